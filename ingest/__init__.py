@@ -1,0 +1,1 @@
+"""Ingest: URL-caption lists -> normalised input -> img2dataset download -> verified shards + wit manifests."""

@@ -1,0 +1,185 @@
+"""`wit download`: URL-caption lists -> verified WebDataset shards with wit manifests, resumable.
+
+The run, top to bottom: read and normalise the lists -> check the output holds a crawl of the same lists ->
+keep the verified shards, clear anything half-written -> let img2dataset's reader shard the input and its
+distributor map WitDownloader over the shards -> summarise the manifests.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import math
+import os
+import time
+from dataclasses import dataclass, field, replace
+
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from ingest.engine import CARRIED_COLUMNS, SafeResizer, WitDownloader
+from ingest.guard import GuardPolicy
+from ingest.lists import find_lists, read_list
+from ingest.progress import ShardProgress
+from ingest.summary import summarize
+from shards.storage import (
+    WitError, absolute, check_writable, exists, fs_and_path, join, read_json, write_atomic, write_json_atomic,
+)
+from shards.verify import shard_names, verify_shard
+
+SHARD_DIGITS = 5  # img2dataset's `{shard:05d}.tar`
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    lists: tuple[str, ...]
+    out: str = "data/raw"
+    input_format: str | None = None
+    url_col: str | None = None
+    caption_col: str | None = None
+    image_size: int = 256
+    resize_mode: str = "keep_ratio"  # short side to image_size, aspect kept
+    encode_quality: int = 95
+    processes: int = field(default_factory=lambda: os.cpu_count() or 1)
+    threads: int = 64
+    shard_size: int = 10_000
+    timeout: float = 10.0
+    retries: int = 0
+    distributor: str = "multiprocessing"  # or "pyspark", "ray"
+    ray_address: str | None = None
+    allow_net: tuple[str, ...] = ()
+    max_bytes: int = 20 * 2**20
+    max_pixels: int = 89_478_485
+    user_agent_token: str = "wit"
+    disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
+    progress: bool = True
+
+
+def download(cfg: DownloadConfig) -> dict:
+    """Crawl cfg.lists into cfg.out; a second call with the same arguments resumes. Returns the summary."""
+    cfg = replace(cfg, out=absolute(cfg.out))
+    check_writable(cfg.out)
+    inputs = prepare_inputs(cfg)
+    expected = {f"{i:0{SHARD_DIGITS}d}" for i in range(_expected_shards(inputs, cfg.shard_size))}
+    done = resume_scan(cfg.out)
+    start = time.time()
+    run_engine(cfg, input_dir=join(cfg.out, "_wit", "input"), done=done, start_shard=0, total_rows=sum(inputs))
+    missing = sorted(expected - set(shard_names(cfg.out)))
+    summary = summarize(cfg.out, started=start, new_shards=set(shard_names(cfg.out)) - done)
+    summary["missing_shards"] = missing
+    write_json_atomic(join(cfg.out, "_wit", "summary.json"), summary)
+    return summary
+
+
+def prepare_inputs(cfg: DownloadConfig) -> list[int]:
+    """Normalise every list into `_wit/input/NNNNN.parquet`; refuse an output that holds other lists' crawl."""
+    files = find_lists(list(cfg.lists))
+    digest, counts = hashlib.sha256(), []
+    tables = []
+    for path in files:
+        table = read_list(path, cfg.input_format, cfg.url_col, cfg.caption_col)
+        digest.update("\n".join(table["uid"].to_pylist()).encode())
+        counts.append(table.num_rows)
+        tables.append(table)
+    fingerprint = {"lists": files, "rows": counts, "uids_sha256": digest.hexdigest(), "shard_size": cfg.shard_size}
+    run_file = join(cfg.out, "_wit", "run.json")
+    if exists(run_file):
+        previous = read_json(run_file)
+        if {k: previous.get(k) for k in fingerprint} != fingerprint:
+            raise WitError(
+                f"{cfg.out}: holds a crawl of other lists or another shard size ({run_file}); "
+                "use a new output folder, or delete this one to start over"
+            )
+    for i, table in enumerate(tables):
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        write_atomic(join(cfg.out, "_wit", "input", f"{i:05d}.parquet"), sink.getvalue())
+    write_json_atomic(run_file, fingerprint)
+    return counts
+
+
+def _expected_shards(counts: list[int], shard_size: int) -> int:
+    return sum(math.ceil(n / shard_size) for n in counts)
+
+
+def resume_scan(out: str) -> set[int]:
+    """Ids of shards that are complete and verified; every other shard file is removed so it gets redone."""
+    fs, root = fs_and_path(out)
+    done, bad = set(), []
+    for name in shard_names(out):
+        check = verify_shard(out, name)
+        (done.add(int(name)) if check.ok else bad.append((name, check.problem)))
+    for name, problem in bad:
+        print(f"resume: redoing shard {name}: {problem}")
+    keep = {f"{i:0{SHARD_DIGITS}d}" for i in done}
+    for path in fs.glob(root.rstrip("/") + "/*"):
+        base = path.rsplit("/", 1)[-1]
+        stem = base.split("_")[0].split(".")[0]
+        if stem.isdigit() and stem not in keep:
+            fs.rm(path)
+    for scratch in ("staging", "tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(f"{root.rstrip('/')}/_wit/{scratch}", recursive=True)
+    return done
+
+
+def run_engine(cfg: DownloadConfig, input_dir: str, done: set[int], start_shard: int, total_rows: int) -> None:
+    """Shard the normalised input with img2dataset's Reader and map WitDownloader over it."""
+    from img2dataset import distributor as distributors
+    from img2dataset.reader import Reader
+    from img2dataset.writer import WebDatasetSampleWriter
+
+    staging, tmp = join(cfg.out, "_wit", "staging"), join(cfg.out, "_wit", "tmp")
+    fs, _ = fs_and_path(cfg.out)
+    for folder in (staging, tmp):
+        fs.makedirs(fs_and_path(folder)[1], exist_ok=True)
+    reader = Reader(
+        input_dir, "parquet", "url", "caption", None, None, CARRIED_COLUMNS,
+        cfg.shard_size, done, tmp, start_shard,
+    )
+    resizer = SafeResizer(
+        image_size=cfg.image_size, resize_mode=cfg.resize_mode, resize_only_if_bigger=False,
+        upscale_interpolation="lanczos", downscale_interpolation="area", encode_quality=cfg.encode_quality,
+        encode_format="jpg", skip_reencode=False, disable_all_reencoding=False, min_image_size=0,
+        max_image_area=float("inf"), max_aspect_ratio=float("inf"),
+    )
+    resizer.max_pixels = cfg.max_pixels
+    downloader = WitDownloader(
+        policy=GuardPolicy(allow_nets=cfg.allow_net, max_bytes=cfg.max_bytes, max_seconds=max(60.0, 6 * cfg.timeout)),
+        staging=staging, output=cfg.out,
+        sample_writer_class=WebDatasetSampleWriter, resizer=resizer, thread_count=cfg.threads,
+        save_caption=True, extract_exif=False, column_list=reader.column_list, timeout=cfg.timeout,
+        number_sample_per_shard=cfg.shard_size, oom_shard_count=SHARD_DIGITS, compute_hash="sha256",
+        verify_hash_type=None, encode_format="jpg", retries=cfg.retries,
+        user_agent_token=cfg.user_agent_token,
+        disallowed_header_directives=list(cfg.disallowed_header_directives) or None,
+    )
+    if cfg.distributor == "multiprocessing":
+        run = distributors.multiprocessing_distributor
+    elif cfg.distributor == "pyspark":
+        _require("pyspark", "spark")
+        run = distributors.pyspark_distributor
+    elif cfg.distributor == "ray":
+        ray = _require("ray", "ray")
+        if not ray.is_initialized():
+            ray.init(address=cfg.ray_address, log_to_driver=False)
+        run = distributors.ray_distributor
+    else:
+        raise WitError(f"--distributor {cfg.distributor!r}: use multiprocessing, pyspark or ray")
+    # img2dataset's distributor draws a bar of shards; ours counts pairs, so silence theirs.
+    distributors.tqdm = functools.partial(tqdm, disable=True)
+    try:
+        with ShardProgress(cfg.out, total_rows, enabled=cfg.progress):
+            run(cfg.processes, downloader, reader, 1000, 1)
+    finally:
+        for folder in (tmp, staging):
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(fs_and_path(folder)[1], recursive=True)
+
+
+def _require(module: str, extra: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise WitError(f"--distributor needs {module}: pip install 'wit[{extra}]'") from None

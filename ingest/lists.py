@@ -1,0 +1,177 @@
+"""Read URL-caption lists (parquet, csv, tsv, jsonl, txt; local, s3://, https://) into wit's input schema.
+
+File-level problems (missing file, empty list, no URL column, bad encoding) raise WitError naming the file and
+line. Row-level problems (a malformed URL) stay in the data as an `invalid` reason: the row is recorded in the
+manifest as failed instead of stopping the crawl.
+"""
+from __future__ import annotations
+
+import io
+import json
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from shards.schema import INPUT, pair_uid
+from shards.storage import WitError, expand, fs_and_path
+
+FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")
+URL_COLUMNS = ("url", "URL", "image_url", "img_url", "link")
+CAPTION_COLUMNS = ("caption", "TEXT", "text", "alt", "ALT", "alt_text", "title")
+MAX_URL_LENGTH = 2048
+
+
+def find_lists(patterns: list[str]) -> list[str]:
+    """Expand brace patterns and directories into list files, each checked to exist."""
+    files: list[str] = []
+    for pattern in patterns:
+        for url in expand(pattern):
+            fs, path = fs_and_path(url)
+            try:
+                if fs.isdir(path):
+                    found = sorted(p for p in fs.find(path) if list_format(p, strict=False))
+                    if not found:
+                        raise WitError(f"{url}: directory holds no URL list ({', '.join(FORMATS)})")
+                    files += [fs.unstrip_protocol(p) if "://" in url else p for p in found]
+                    continue
+                if not fs.exists(path):
+                    raise WitError(f"{url}: no such file")
+            except WitError:
+                raise
+            except Exception as err:
+                raise WitError(f"{url}: cannot read ({type(err).__name__}: {err})") from None
+            files.append(url)
+    if not files:
+        raise WitError("no URL list given")
+    return files
+
+
+def list_format(path: str, strict: bool = True) -> str | None:
+    name = path.lower().removesuffix(".gz")
+    for fmt in FORMATS:
+        if name.endswith("." + fmt) or (fmt == "jsonl" and name.endswith(".json")):
+            return fmt
+    if strict:
+        raise WitError(f"{path}: unknown list format (use one of {', '.join(FORMATS)} or --input-format)")
+    return None
+
+
+def read_list(url: str, fmt: str | None = None, url_col: str | None = None, caption_col: str | None = None) -> pa.Table:
+    """One list file -> a table in the INPUT schema, with a stable uid and the source row of every pair."""
+    fmt = fmt or list_format(url)
+    table = _read_table(url, fmt)
+    if table.num_rows == 0:
+        raise WitError(f"{url}: the list is empty")
+    ucol = _pick_column(url, table, url_col, URL_COLUMNS, "URL", "--url-col")
+    ccol = None if fmt == "txt" else _pick_column(url, table, caption_col, CAPTION_COLUMNS, "caption", "--caption-col")
+    urls = [_as_text(v) for v in table.column(ucol).to_pylist()]
+    captions = [""] * len(urls) if ccol is None else [_as_text(v) for v in table.column(ccol).to_pylist()]
+    return pa.table(
+        {
+            "uid": [pair_uid(u, c) for u, c in zip(urls, captions)],
+            "url": urls,
+            "caption": captions,
+            "source_file": [url] * len(urls),
+            "source_row": list(range(len(urls))),
+            "invalid": [url_problem(u) for u in urls],
+        },
+        schema=INPUT,
+    )
+
+
+def url_problem(url: str | None) -> str | None:
+    """A reason when the URL cannot be crawled at all, else None."""
+    if not url or not url.strip():
+        return "invalid_url"
+    if len(url) > MAX_URL_LENGTH or any(ch.isspace() or ord(ch) < 32 for ch in url):
+        return "invalid_url"
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises on a malformed port
+    except ValueError:
+        return "invalid_url"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "invalid_url"
+    return None
+
+
+def _as_text(value) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _pick_column(url, table, given, candidates, what, flag) -> str:
+    names = table.column_names
+    if given:
+        if given not in names:
+            raise WitError(f"{url}: no column {given!r} (columns: {', '.join(names)})")
+        return given
+    for name in candidates:
+        if name in names:
+            return name
+    raise WitError(
+        f"{url}: no {what} column (looked for {', '.join(candidates)}; columns: {', '.join(names)}); name it with {flag}"
+    )
+
+
+def _read_table(url: str, fmt: str) -> pa.Table:
+    fs, path = fs_and_path(url)
+    compression = "gzip" if url.lower().endswith(".gz") else None
+    try:
+        with fs.open(path, "rb", compression=compression) as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise WitError(f"{url}: no such file") from None
+    except Exception as err:
+        raise WitError(f"{url}: cannot read ({type(err).__name__}: {err})") from None
+    try:
+        if fmt == "parquet":
+            return pq.read_table(io.BytesIO(data))
+        _check_utf8(url, data)
+        if fmt == "jsonl":
+            return _read_jsonl(url, data)
+        if fmt == "txt":
+            lines = data.decode("utf-8").splitlines()
+            return pa.table({"url": [line.strip() for line in lines if line.strip()]})
+        delimiter = "\t" if fmt == "tsv" else ","
+        return pacsv.read_csv(
+            io.BytesIO(data),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(strings_can_be_null=False, column_types=None),
+        )
+    except WitError:
+        raise
+    except pa.ArrowInvalid as err:
+        msg = str(err).splitlines()[0]
+        if "Empty CSV file" in msg:
+            raise WitError(f"{url}: the list is empty") from None
+        raise WitError(f"{url}: malformed {fmt} ({msg})") from None
+
+
+def _check_utf8(url: str, data: bytes) -> None:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise WitError(f"{url}:{line}: text is not UTF-8 (byte {data[err.start]:#04x} at offset {err.start})") from None
+
+
+def _read_jsonl(url: str, data: bytes) -> pa.Table:
+    try:
+        return pajson.read_json(io.BytesIO(data))
+    except pa.ArrowInvalid:
+        pass  # find the first bad line, for a message that names it
+    for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                if not isinstance(json.loads(line), dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as err:
+                raise WitError(f"{url}:{number}: malformed jsonl ({err})") from None
+    raise WitError(f"{url}: malformed jsonl")

@@ -1,0 +1,48 @@
+"""Map img2dataset's free-text errors to short manifest reasons that an audit can group by."""
+from __future__ import annotations
+
+import re
+
+_HTTP = re.compile(r"HTTP Error (\d{3})")
+
+# (substring of the error text, reason), first match wins; matched case-insensitively.
+_PATTERNS = (
+    ("ssrf_blocked", "ssrf_blocked"),
+    ("decompression_bomb", "decompression_bomb"),
+    ("too_large", "too_large"),
+    ("x-robots-tag", "robots_optout"),
+    ("infinite loop", "redirect_loop"),
+    ("unknown url type", "invalid_url"),
+    ("no host given", "invalid_url"),
+    ("timed out", "timeout"),
+    ("connection reset", "connection_reset"),
+    ("remote end closed", "connection_reset"),
+    ("incompleteread", "connection_reset"),
+    ("incomplete read", "connection_reset"),
+    ("connection refused", "connection_error"),
+    ("name or service not known", "dns_error"),
+    ("temporary failure in name resolution", "dns_error"),
+    ("image decoding error", "decode_error"),
+    ("image too small", "too_small"),
+    ("image area too large", "image_too_large"),
+    ("aspect ratio too large", "bad_aspect_ratio"),
+)
+
+TRANSIENT = frozenset({"timeout", "connection_reset", "connection_error", "http_429"})
+
+
+def reason_for(error: str | None) -> str:
+    text = (error or "").lower()
+    if m := _HTTP.search(error or ""):
+        if "infinite loop" in text:
+            return "redirect_loop"
+        return f"http_{m.group(1)}"
+    for needle, reason in _PATTERNS:
+        if needle in text:
+            return reason
+    return "download_error"
+
+
+def is_transient(reason: str | None) -> bool:
+    """Failures worth another try later: timeouts, 5xx, 429, dropped connections."""
+    return bool(reason) and (reason in TRANSIENT or re.fullmatch(r"http_5\d\d", reason) is not None)

@@ -1,0 +1,87 @@
+"""`wit download --retry-failed`: give transient failures another try, keeping the row count honest.
+
+Rows are identified by (source_file, source_row). Retried rows go into new shards after the last one; the old
+rows then become `superseded` with the new shard in their reason. If a retry is killed, the next call first
+supersedes what the finished retry shards already hold, so a row is never retried twice into the output.
+"""
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import replace
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ingest.download import DownloadConfig, prepare_inputs, resume_scan, run_engine
+from ingest.reasons import is_transient
+from ingest.summary import read_manifests, summarize
+from shards.schema import FAILED, INPUT, SUPERSEDED
+from shards.storage import WitError, absolute, check_writable, exists, join, write_atomic, write_json_atomic
+from shards.verify import shard_names
+
+
+def retry_failed(cfg: DownloadConfig) -> dict:
+    cfg = replace(cfg, out=absolute(cfg.out))
+    check_writable(cfg.out)
+    if not exists(join(cfg.out, "_wit", "run.json")):
+        raise WitError(f"{cfg.out}: no crawl here to retry (run `wit download` first)")
+    prepare_inputs(cfg)  # the same lists, or a clear error
+    done = resume_scan(cfg.out)
+    supersede(cfg.out)
+    todo = transient_failures(cfg.out)
+    start = time.time()
+    if todo.num_rows:
+        first = max(done, default=-1) + 1
+        batch = join(cfg.out, "_wit", f"retry-{first:05d}")
+        sink = io.BytesIO()
+        pq.write_table(todo, sink)
+        write_atomic(join(batch, "00000.parquet"), sink.getvalue())
+        print(f"retrying {todo.num_rows:,} rows that failed transiently, into shards from {first:05d}")
+        run_engine(cfg, input_dir=batch, done=set(), start_shard=first, total_rows=todo.num_rows)
+        supersede(cfg.out)
+    else:
+        print("no transient failures to retry")
+    summary = summarize(cfg.out, started=start, new_shards=set(shard_names(cfg.out)) - {f"{i:05d}" for i in done})
+    write_json_atomic(join(cfg.out, "_wit", "summary.json"), summary)
+    return summary
+
+
+def transient_failures(out: str) -> pa.Table:
+    rows = []
+    for _, t in read_manifests(out, ["uid", "url", "caption", "status", "reason", "source_file", "source_row"]):
+        mask = pc.and_(pc.equal(t["status"], FAILED), pa.array([is_transient(r) for r in t["reason"].to_pylist()]))
+        rows.append(t.filter(mask))
+    if not rows:
+        return INPUT.empty_table()
+    t = pa.concat_tables(rows)
+    return pa.table(
+        {"uid": t["uid"], "url": t["url"], "caption": t["caption"], "source_file": t["source_file"],
+         "source_row": t["source_row"], "invalid": pa.nulls(t.num_rows, pa.string())},
+        schema=INPUT,
+    )
+
+
+def supersede(out: str) -> int:
+    """Mark a failed row superseded when a later shard holds an attempt at the same input row."""
+    latest: dict[tuple, str] = {}
+    for name, t in read_manifests(out, ["source_file", "source_row"]):
+        for key in zip(t["source_file"].to_pylist(), t["source_row"].to_pylist()):
+            latest[key] = max(latest.get(key, name), name)
+    changed = 0
+    for name, t in read_manifests(out):
+        status, reason = t["status"].to_pylist(), t["reason"].to_pylist()
+        hits = 0
+        for i, key in enumerate(zip(t["source_file"].to_pylist(), t["source_row"].to_pylist())):
+            if status[i] == FAILED and latest[key] > name:
+                status[i], reason[i] = SUPERSEDED, f"retried_in:{latest[key]}"
+                hits += 1
+        if hits:
+            t = t.set_column(t.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
+            t = t.set_column(t.schema.get_field_index("reason"), "reason", pa.array(reason, pa.string()))
+            sink = io.BytesIO()
+            pq.write_table(t, sink)
+            write_atomic(join(out, f"{name}.parquet"), sink.getvalue())
+            changed += hits
+    return changed

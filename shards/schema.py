@@ -1,0 +1,103 @@
+"""The manifest schema: the one place that names the columns every stage writes and reads.
+
+A manifest row is one input pair. Stages never drop a row: they set `status` and `reason`,
+so counting rows by status is the audit's funnel and adds up to the input.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+# Row statuses.
+OK = "ok"  # the pair is in the shard beside this manifest
+FAILED = "failed"  # the pair is not in any shard; `reason` says why
+SUPERSEDED = "superseded"  # a later shard holds the retried attempt; `reason` names it
+
+MANIFEST = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),  # stable hash of (url, caption)
+        pa.field("url", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),  # null when status == ok
+        pa.field("detail", pa.string()),  # the raw error message, for humans
+        pa.field("shard", pa.string()),  # shard name, e.g. "00012"
+        pa.field("key", pa.string()),  # sample key inside the tar (no dots)
+        pa.field("width", pa.int32()),  # stored image size
+        pa.field("height", pa.int32()),
+        pa.field("original_width", pa.int32()),
+        pa.field("original_height", pa.int32()),
+        pa.field("sha256", pa.string()),  # sha256 of the downloaded image bytes
+        pa.field("source_file", pa.string()),  # the URL list the row came from
+        pa.field("source_row", pa.int64()),  # 0-based row in that list
+    ]
+)
+
+# The normalised input that ingest hands to the downloader: one row per list row.
+INPUT = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("source_file", pa.string()),
+        pa.field("source_row", pa.int64()),
+        pa.field("invalid", pa.string()),  # a reason when the row was bad before download
+    ]
+)
+
+
+def pair_uid(url: str | None, caption: str | None) -> str:
+    """Stable id of a pair: the same (url, caption) gets the same uid in every run and stage."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update((url or "").encode("utf-8", "surrogatepass"))
+    h.update(b"\x00")
+    h.update((caption or "").encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def empty_manifest() -> pa.Table:
+    return MANIFEST.empty_table()
+
+
+# ---- Query-based curation (filters/: queries, curate match, curate balance) ----------------------------------
+
+# The query list: id is the position (0..n-1); source is one of QUERY_SOURCES; score is the source's own
+# strength (count, PMI, page views, synsets; null for user lists).
+QUERY_SOURCES = ("extra", "wordnet", "unigram", "bigram", "title")
+QUERIES = pa.schema(
+    [
+        pa.field("id", pa.int32(), nullable=False),
+        pa.field("entry", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("score", pa.float64()),
+    ]
+)
+
+# One match file per input file: the query ids whose entry occurs as whole tokens in the caption (sorted,
+# unique). url and caption are carried over when the input has them, so a selection can be a URL list.
+MATCHES = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),
+        pa.field("matched", pa.list_(pa.int32()), nullable=False),
+    ]
+)
+
+# Selection statuses and reasons (curate balance). Every match row appears once in the selection.
+SELECTED = "selected"
+DROPPED = "dropped"
+NO_QUERY_MATCH = "no_query_match"
+NOT_SELECTED = "not_selected"
+
+SELECTION = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # selected | dropped
+        pa.field("reason", pa.string()),  # null when selected
+        pa.field("keep_prob", pa.float64(), nullable=False),  # 1 - prod(1 - p_e) over matched entries
+        pa.field("draw", pa.float64(), nullable=False),  # uniform in [0, 1) from (seed, uid); kept iff draw < keep_prob
+        pa.field("matched", pa.list_(pa.int32()), nullable=False),
+    ]
+)

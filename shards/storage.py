@@ -1,0 +1,87 @@
+"""fsspec helpers: every path in wit is a URL (local path, s3://, https://)."""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import braceexpand
+import fsspec
+
+
+class WitError(Exception):
+    """A user-facing error: one line that names the file (and row) and what is wrong."""
+
+
+def fs_and_path(url: str):
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def expand(pattern: str) -> list[str]:
+    """Brace-expand a pattern (`lists/part-{000..009}.parquet`), with a clear error when malformed."""
+    if pattern.count("{") != pattern.count("}"):
+        raise WitError(f"{pattern}: bad brace pattern (unbalanced braces)")
+    try:
+        return list(braceexpand.braceexpand(pattern))
+    except Exception as err:  # braceexpand raises its own UnbalancedBracesError
+        raise WitError(f"{pattern}: bad brace pattern ({err})") from None
+
+
+def write_atomic(url: str, data: bytes) -> None:
+    """Write to a temporary name beside the target, then rename: readers never see half a file."""
+    fs, path = fs_and_path(url)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    if is_local(url):
+        fs.makedirs(os.path.dirname(path), exist_ok=True)
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    move(fs, tmp, path)
+
+
+def write_json_atomic(url: str, obj) -> None:
+    write_atomic(url, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def move(fs, src: str, dst: str) -> None:
+    if getattr(fs, "protocol", None) in ("file", ("file", "local")) or "file" in fs.protocol:
+        os.replace(src, dst)  # atomic on POSIX
+    else:
+        fs.mv(src, dst)  # object stores: copy then delete; the new key appears whole
+
+
+def read_json(url: str):
+    fs, path = fs_and_path(url)
+    with fs.open(path, "rb") as f:
+        return json.load(f)
+
+
+def absolute(url: str) -> str:
+    """Local paths become absolute (worker processes may not share our idea of '.'); URLs stay as they are."""
+    return os.path.abspath(url) if "://" not in url else url
+
+
+def exists(url: str) -> bool:
+    fs, path = fs_and_path(url)
+    return fs.exists(path)
+
+
+def check_writable(url: str) -> None:
+    """Fail early, in one line, when the output cannot be written."""
+    fs, path = fs_and_path(url)
+    probe = f"{path.rstrip('/')}/.wit-write-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        fs.makedirs(path, exist_ok=True)
+        with fs.open(probe, "wb") as f:
+            f.write(b"ok")
+        fs.rm(probe)
+    except Exception as err:
+        raise WitError(f"{url}: output is not writable ({type(err).__name__}: {err})") from None

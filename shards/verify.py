@@ -1,0 +1,71 @@
+"""Is a shard done? Only when its tar, manifest and stats all exist and agree.
+
+Resume trusts nothing else: a tar cut short by a kill, a manifest without its tar or a tar whose samples do not
+match the manifest's `ok` rows all fail here and the shard is redone.
+"""
+from __future__ import annotations
+
+import tarfile
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+
+from shards.schema import OK
+from shards.storage import fs_and_path, join, read_json
+
+
+@dataclass(frozen=True)
+class ShardCheck:
+    name: str
+    ok: bool
+    problem: str = ""
+    samples: int = 0
+
+
+def tar_keys(url: str, ext: str = "jpg") -> list[str]:
+    """Keys of the members with extension `ext`; reads the tar to its end, so truncation raises."""
+    fs, path = fs_and_path(url)
+    keys = []
+    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        for member in tar:
+            stem, _, suffix = member.name.rpartition("/")[-1].partition(".")
+            if suffix == ext:
+                keys.append(stem)
+            tar.members = []  # streaming: keep memory flat on large tars
+    return keys
+
+
+def verify_shard(folder: str, name: str) -> ShardCheck:
+    """Check `{name}.tar`, `{name}.parquet` and `{name}_stats.json` in `folder` against each other."""
+    try:
+        stats = read_json(join(folder, f"{name}_stats.json"))
+    except Exception as err:
+        return ShardCheck(name, False, f"stats unreadable ({type(err).__name__})")
+    wit = stats.get("wit") or {}
+    if not wit.get("verified"):
+        return ShardCheck(name, False, "stats lack wit's verification")
+    try:
+        fs, path = fs_and_path(join(folder, f"{name}.parquet"))
+        with fs.open(path, "rb") as f:
+            manifest = pq.read_table(f, columns=["key", "status"])
+    except Exception as err:
+        return ShardCheck(name, False, f"manifest unreadable ({type(err).__name__})")
+    ok_keys = {k for k, s in zip(manifest["key"].to_pylist(), manifest["status"].to_pylist()) if s == OK}
+    if manifest.num_rows != wit.get("rows") or len(ok_keys) != wit.get("samples"):
+        return ShardCheck(name, False, "manifest and stats disagree")
+    try:
+        keys = tar_keys(join(folder, f"{name}.tar"))
+    except Exception as err:
+        return ShardCheck(name, False, f"tar unreadable to its end ({type(err).__name__}: {err})")
+    if len(keys) != len(set(keys)) or set(keys) != ok_keys:
+        return ShardCheck(name, False, f"tar holds {len(keys)} samples, manifest {len(ok_keys)}")
+    return ShardCheck(name, True, samples=len(keys))
+
+
+def shard_names(folder: str) -> list[str]:
+    """Names of the shards that have a stats file (the last file a shard gets)."""
+    fs, path = fs_and_path(folder)
+    if not fs.exists(path):
+        return []
+    names = [p.rsplit("/", 1)[-1].removesuffix("_stats.json") for p in fs.glob(path.rstrip("/") + "/*_stats.json")]
+    return sorted(n for n in names if n.isdigit())

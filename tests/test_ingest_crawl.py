@@ -1,0 +1,81 @@
+"""A real crawl of a loopback server over real images, with every fault route: statuses, shards, manifests."""
+from __future__ import annotations
+
+import io
+import json
+
+from PIL import Image
+
+from tests.conftest import write_csv
+from tests.ingest_helpers import FAST, manifests, tar_samples, wit
+
+FAULTS = {
+    "/404": "http_404",
+    "/500": "http_500",
+    "/slow/{img}": "timeout",
+    "/endless": "too_large",
+    "/reset": "connection_reset",
+    "/corrupt.jpg": "decode_error",
+    "/page.html": "decode_error",
+    "/bomb.jpg": "decompression_bomb",
+    "/loop": "redirect_loop",
+    "/noai/{img}": "robots_optout",
+}
+
+
+def test_crawl_records_every_row_with_its_verdict(tmp_path, image_server, real_images):
+    names = sorted(real_images)[:20]
+    good = [(f"{image_server.url}/img/{n}", f"a photo number {i}") for i, n in enumerate(names)]
+    faults = [(image_server.url + route.format(img=names[0]), f"fault {route}") for route in FAULTS]
+    invalid = [("not a url", "bad url"), ("ftp://127.0.0.1/a.jpg", "other scheme")]
+    lst = write_csv(tmp_path / "list.csv", good + faults + invalid)
+    out = tmp_path / "out"
+
+    # the endless route stops after 8 s, so the cap (not the server) must be what ends the download
+    r = wit("download", str(lst), "--out", str(out), "--allow-net", "127.0.0.1/32", "--shard-size", "8",
+            "--max-bytes", "2000000", *FAST)
+    assert r.returncode == 0, r.stderr
+    assert "rows          32" in r.stdout and "ok            20" in r.stdout
+
+    m = manifests(out).to_pylist()
+    assert len(m) == len(good) + len(faults) + len(invalid)  # the funnel adds up to the input
+    by_caption = {row["caption"]: row for row in m}
+    for route, reason in FAULTS.items():
+        row = by_caption[f"fault {route}"]
+        assert (row["status"], row["reason"]) == ("failed", reason), (route, row["detail"])
+    assert by_caption["bad url"]["reason"] == by_caption["other scheme"]["reason"] == "invalid_url"
+    assert sorted(row["source_row"] for row in m) == list(range(len(m)))
+
+    samples = tar_samples(out)
+    ok_rows = [row for row in m if row["status"] == "ok"]
+    assert len(ok_rows) == len(good)
+    assert set(samples) == {row["key"] for row in ok_rows}  # the tars hold exactly the good rows
+    for row in ok_rows:
+        sample = samples[row["key"]]
+        assert "." not in row["key"]
+        assert sample["txt"].decode() == row["caption"]
+        meta = json.loads(sample["json"])
+        assert meta["uid"] == row["uid"] and meta["url"] == row["url"]
+        img = Image.open(io.BytesIO(sample["jpg"]))
+        assert min(img.size) == 256 and img.size == (row["width"], row["height"])
+        assert row["sha256"] and len(row["sha256"]) == 64
+        orig = Image.open(io.BytesIO(real_images[row["url"].rsplit("/", 1)[-1]]))
+        assert (row["original_width"], row["original_height"]) == orig.size
+
+    stats = json.loads((out / "00000_stats.json").read_text())
+    assert stats["wit"]["verified"] and stats["wit"]["rows"] == 8
+    summary = json.loads((out / "_wit" / "summary.json").read_text())
+    assert summary["rows"] == 32 and summary["ok"] == 20
+    assert summary["failures_by_reason"]["decode_error"] == 2
+
+
+def test_uid_is_stable_across_runs_and_lists(tmp_path, image_server, real_images):
+    name = sorted(real_images)[0]
+    rows = [(f"{image_server.url}/img/{name}", "same pair")]
+    a = write_csv(tmp_path / "a.csv", rows)
+    b = tmp_path / "b.jsonl"
+    b.write_text(json.dumps({"URL": rows[0][0], "TEXT": "same pair"}) + "\n")
+    for lst, out in ((a, "oa"), (b, "ob")):
+        assert wit("download", str(lst), "--out", str(tmp_path / out), "--allow-net", "127.0.0.1/32", *FAST).returncode == 0
+    ua, ub = (manifests(tmp_path / o)["uid"][0].as_py() for o in ("oa", "ob"))
+    assert ua == ub

@@ -1,0 +1,3 @@
+from wit.cli import main
+
+raise SystemExit(main())
