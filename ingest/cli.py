@@ -10,7 +10,7 @@ from shards.storage import WitError
 
 
 def register(sub) -> None:
-    from ingest.download import DownloadConfig
+    from ingest.config import DownloadConfig
 
     d = DownloadConfig(lists=())
     p = sub.add_parser(
@@ -52,7 +52,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ingest.download import DownloadConfig, download
+    from ingest.config import DownloadConfig
+    from ingest.download import download
     from ingest.retry import retry_failed
     from ingest.summary import format_summary
 

@@ -13,11 +13,12 @@ import io
 import math
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from ingest.config import SHARD_DIGITS, DownloadConfig
 from ingest.engine import CARRIED_COLUMNS, SafeResizer, WitDownloader
 from ingest.guard import GuardPolicy
 from ingest.lists import find_lists, read_list
@@ -27,34 +28,6 @@ from shards.storage import (
     WitError, absolute, check_writable, exists, fs_and_path, join, read_json, write_atomic, write_json_atomic,
 )
 from shards.verify import shard_names, verify_shard
-
-SHARD_DIGITS = 5  # img2dataset's `{shard:05d}.tar`
-
-
-@dataclass(frozen=True)
-class DownloadConfig:
-    lists: tuple[str, ...]
-    out: str = "data/raw"
-    input_format: str | None = None
-    url_col: str | None = None
-    caption_col: str | None = None
-    image_size: int = 256
-    resize_mode: str = "keep_ratio"  # short side to image_size, aspect kept
-    encode_quality: int = 95
-    processes: int = field(default_factory=lambda: os.cpu_count() or 1)
-    threads: int = 64
-    shard_size: int = 10_000
-    timeout: float = 10.0
-    retries: int = 0
-    distributor: str = "multiprocessing"  # or "pyspark", "ray"
-    ray_address: str | None = None
-    allow_net: tuple[str, ...] = ()
-    max_bytes: int = 20 * 2**20
-    max_pixels: int = 89_478_485
-    user_agent_token: str = "wit"
-    disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
-    progress: bool = True
-
 
 def download(cfg: DownloadConfig) -> dict:
     """Crawl cfg.lists into cfg.out; a second call with the same arguments resumes. Returns the summary."""
@@ -66,7 +39,8 @@ def download(cfg: DownloadConfig) -> dict:
     start = time.time()
     run_engine(cfg, input_dir=join(cfg.out, "_wit", "input"), done=done, start_shard=0, total_rows=sum(inputs))
     missing = sorted(expected - set(shard_names(cfg.out)))
-    summary = summarize(cfg.out, started=start, new_shards=set(shard_names(cfg.out)) - done)
+    new = set(shard_names(cfg.out)) - {f"{i:0{SHARD_DIGITS}d}" for i in done}
+    summary = summarize(cfg.out, started=start, new_shards=new)
     summary["missing_shards"] = missing
     write_json_atomic(join(cfg.out, "_wit", "summary.json"), summary)
     return summary

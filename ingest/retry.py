@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ingest.download import DownloadConfig, prepare_inputs, resume_scan, run_engine
+from ingest.config import DownloadConfig
+from ingest.download import prepare_inputs, resume_scan, run_engine
 from ingest.reasons import is_transient
 from ingest.summary import read_manifests, summarize
 from shards.schema import FAILED, INPUT, SUPERSEDED
@@ -78,8 +79,9 @@ def supersede(out: str) -> int:
                 status[i], reason[i] = SUPERSEDED, f"retried_in:{latest[key]}"
                 hits += 1
         if hits:
-            t = t.set_column(t.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
-            t = t.set_column(t.schema.get_field_index("reason"), "reason", pa.array(reason, pa.string()))
+            for col, values in (("status", status), ("reason", reason)):
+                i = t.schema.get_field_index(col)
+                t = t.set_column(i, t.schema.field(i), pa.array(values, pa.string()))
             sink = io.BytesIO()
             pq.write_table(t, sink)
             write_atomic(join(out, f"{name}.parquet"), sink.getvalue())

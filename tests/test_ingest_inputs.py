@@ -1,0 +1,88 @@
+"""List formats, column detection, brace patterns, and every bad input: one clear line, exit 2, nothing trusted."""
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ingest.lists import find_lists, read_list, url_problem
+from ingest.loopback import LoopbackImageServer
+from shards.storage import WitError
+from tests.conftest import write_csv
+from tests.ingest_helpers import FAST, wit
+
+
+def test_formats_and_column_detection(tmp_path):
+    pq.write_table(pa.table({"URL": ["http://a.example/1.jpg"], "TEXT": ["one"]}), tmp_path / "a.parquet")
+    (tmp_path / "b.tsv").write_text("url\talt\nhttp://a.example/2.jpg\ttwo\n")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"image_url": "http://a.example/3.jpg", "text": "three"}) + "\n")
+    (tmp_path / "d.txt").write_text("http://a.example/4.jpg\n")
+    write_csv(tmp_path / "e.csv", [("http://a.example/5.jpg", "five, with a comma")], header=("link", "caption"))
+    got = {}
+    for name in ("a.parquet", "b.tsv", "c.jsonl", "d.txt", "e.csv"):
+        t = read_list(str(tmp_path / name))
+        got[name] = (t["url"][0].as_py(), t["caption"][0].as_py(), t["source_row"][0].as_py())
+    assert got == {
+        "a.parquet": ("http://a.example/1.jpg", "one", 0), "b.tsv": ("http://a.example/2.jpg", "two", 0),
+        "c.jsonl": ("http://a.example/3.jpg", "three", 0), "d.txt": ("http://a.example/4.jpg", "", 0),
+        "e.csv": ("http://a.example/5.jpg", "five, with a comma", 0),
+    }
+
+
+def test_brace_patterns_and_http_lists(tmp_path):
+    for i in range(3):
+        write_csv(tmp_path / f"part-{i:03d}.csv", [(f"http://a.example/{i}.jpg", str(i))])
+    assert [p.rsplit("/", 1)[-1] for p in find_lists([str(tmp_path / "part-{000..002}.csv")])] == [
+        "part-000.csv", "part-001.csv", "part-002.csv"]
+    body = (tmp_path / "part-001.csv").read_bytes()
+    with LoopbackImageServer({"list.csv": body}) as server:
+        t = read_list(f"{server.url}/img/list.csv")
+    assert t["url"].to_pylist() == ["http://a.example/1.jpg"]
+
+
+@pytest.mark.parametrize("url, bad", [
+    ("http://a.example/x.jpg", False), ("https://a.example:8443/x?y=1", False), ("", True), (None, True),
+    ("a.example/x.jpg", True), ("javascript:alert(1)", True), ("http://a b/x.jpg", True),
+    ("http://a.example:99999/x", True), ("file:///etc/passwd", True), ("http:///x.jpg", True),
+])
+def test_url_validation(url, bad):
+    assert (url_problem(url) is not None) == bad
+
+
+def _bad_input_cases(tmp_path):
+    write_csv(tmp_path / "header-only.csv", [])
+    pq.write_table(pa.table({"link_to_img": ["http://a.example/x.jpg"], "caption": ["x"]}), tmp_path / "nourl.parquet")
+    (tmp_path / "latin1.csv").write_bytes("url,caption\nhttp://a.example/1.jpg,ok\nhttp://a.example/2.jpg,caf\xe9\n".encode("latin-1"))
+    (tmp_path / "broken.jsonl").write_text('{"url": "http://a.example/1.jpg", "caption": "x"}\n{"url": oops}\n')
+    (tmp_path / "ragged.csv").write_text("url,caption\nhttp://a.example/1.jpg,x,extra,fields\n")
+    (tmp_path / "afile").write_text("not a folder")
+    good = write_csv(tmp_path / "good.csv", [("http://127.0.0.1:9/x.jpg", "x")])
+    return [
+        ([str(tmp_path / "missing.csv")], "missing.csv: no such file"),
+        ([str(tmp_path / "header-only.csv")], "header-only.csv: the list is empty"),
+        ([str(tmp_path / "nourl.parquet")], "nourl.parquet: no URL column (looked for url, URL"),
+        ([str(tmp_path / "latin1.csv")], "latin1.csv:3: text is not UTF-8"),
+        ([str(tmp_path / "broken.jsonl")], "broken.jsonl:2: malformed jsonl"),
+        ([str(tmp_path / "ragged.csv")], "ragged.csv: malformed csv (CSV parse error"),
+        ([str(tmp_path / "part-{000..002.csv")], "bad brace pattern"),
+        ([str(good), "--url-col", "nope"], "good.csv: no column 'nope'"),
+        ([str(good), "--out", str(tmp_path / "afile" / "out")], "output is not writable"),
+    ]
+
+
+def test_bad_inputs_give_one_line_errors_and_write_nothing(tmp_path):
+    for args, message in _bad_input_cases(tmp_path):
+        out = tmp_path / "out"
+        cmd = ["download", *args, *FAST] + ([] if "--out" in args else ["--out", str(out)])
+        r = wit(*cmd)
+        assert r.returncode == 2, (args, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and lines[0].startswith("wit download: error: "), (args, r.stderr)
+        assert not list(out.glob("*.tar")) and not (out / "_wit" / "run.json").exists()
+
+
+def test_read_list_errors_name_the_file(tmp_path):
+    with pytest.raises(WitError, match=r"x\.weird: unknown list format"):
+        read_list(str(tmp_path / "x.weird"))

@@ -1,0 +1,83 @@
+"""Resume: a crawl killed with SIGKILL, or a shard damaged on disk, is finished by running the command again."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests.conftest import write_csv
+from tests.ingest_helpers import REPO, manifests, tar_samples, wit
+
+
+def _rows(server, images, n_shards=6, per_shard=4):
+    names = sorted(images)
+    rows = []
+    for s in range(n_shards):
+        rows += [(f"{server.url}/img/{names[(s * 3 + i) % len(names)]}", f"shard {s} photo {i}") for i in range(per_shard - 1)]
+        rows.append((f"{server.url}/slow/{names[s % len(names)]}", f"shard {s} slow"))  # makes each shard take ~2 s
+    return rows
+
+
+def _check_complete(out, rows):
+    m = manifests(out).to_pylist()
+    assert sorted(r["source_row"] for r in m) == list(range(len(rows)))  # no row missing or doubled
+    samples = tar_samples(out)  # reads every tar to its end; asserts no key twice
+    ok = {r["key"] for r in m if r["status"] == "ok"}
+    assert set(samples) == ok
+    assert all(s.keys() == {"jpg", "txt", "json"} and len(s["jpg"]) > 1000 for s in samples.values())
+    return m
+
+
+def test_sigkill_mid_crawl_then_rerun_finishes_exactly(tmp_path, image_server, real_images):
+    rows = _rows(image_server, real_images)
+    lst = write_csv(tmp_path / "l.csv", rows)
+    out = tmp_path / "out"
+    args = ["download", str(lst), "--out", str(out), "--allow-net", "127.0.0.1/32", "--shard-size", "4",
+            "--timeout", "2", "--processes", "1", "--threads", "4", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "wit", *args], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("*_stats.json")):
+        time.sleep(0.2)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole job, workers included, as a scheduler would
+    proc.wait()
+    finished = len(list(out.glob("*_stats.json")))
+    assert 1 <= finished < 6, "the kill should land mid-crawl"
+
+    r = wit(*args)
+    assert r.returncode == 0, r.stderr
+    assert f"this run      {6 - finished} shards" in r.stdout  # finished shards were trusted, not redone
+    m = _check_complete(out, rows)
+    assert sum(r["status"] == "ok" for r in m) == 18
+    assert not (out / "_wit" / "staging").exists()
+
+
+def test_damaged_shard_is_redone(tmp_path, image_server, real_images):
+    rows = [(f"{image_server.url}/img/{n}", f"photo {i}") for i, n in enumerate(sorted(real_images)[:8])]
+    lst = write_csv(tmp_path / "l.csv", rows)
+    out = tmp_path / "out"
+    args = ["download", str(lst), "--out", str(out), "--allow-net", "127.0.0.1/32", "--shard-size", "4",
+            "--processes", "1", "--no-progress"]
+    assert wit(*args).returncode == 0
+    tar = out / "00001.tar"
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])  # cut short, as a crash of the disk would
+    (out / "00002.tar").write_bytes(b"orphan from a killed run")  # a tar with no stats: never trusted
+
+    r = wit(*args)
+    assert r.returncode == 0, r.stderr
+    assert "redoing shard 00001" in r.stdout and "this run      1 shards" in r.stdout
+    assert not (out / "00002.tar").exists()
+    _check_complete(out, rows)
+
+
+def test_rerun_with_other_lists_is_refused(tmp_path, image_server, real_images):
+    names = sorted(real_images)
+    a = write_csv(tmp_path / "a.csv", [(f"{image_server.url}/img/{names[0]}", "a")])
+    b = write_csv(tmp_path / "b.csv", [(f"{image_server.url}/img/{names[1]}", "b")])
+    out = str(tmp_path / "out")
+    assert wit("download", str(a), "--out", out, "--allow-net", "127.0.0.1/32", "--no-progress").returncode == 0
+    r = wit("download", str(b), "--out", out, "--allow-net", "127.0.0.1/32", "--no-progress")
+    assert r.returncode == 2 and "holds a crawl of other lists" in r.stderr

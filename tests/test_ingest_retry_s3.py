@@ -1,0 +1,62 @@
+"""--retry-failed on transient failures, and the same crawl to and from a real S3 server on 127.0.0.1."""
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+
+from shards.verify import shard_names, verify_shard
+from tests.conftest import write_csv
+from tests.ingest_helpers import FAST, manifests, wit
+
+
+def test_retry_failed_supersedes_transient_failures(tmp_path, image_server, real_images):
+    names = sorted(real_images)
+    rows = [(f"{image_server.url}/img/{names[0]}", "good"), (f"{image_server.url}/flaky/{names[1]}", "flaky"),
+            (f"{image_server.url}/404", "gone"), (f"{image_server.url}/flaky/{names[2]}", "flaky too")]
+    lst = write_csv(tmp_path / "l.csv", rows)
+    out = tmp_path / "out"
+    args = ["download", str(lst), "--out", str(out), "--allow-net", "127.0.0.1/32", *FAST]
+    assert wit(*args).returncode == 0
+    first = {r["caption"]: r for r in manifests(out).to_pylist()}
+    assert first["flaky"]["reason"] == "http_503" and first["gone"]["reason"] == "http_404"
+
+    r = wit(*args, "--retry-failed")
+    assert r.returncode == 0, r.stderr
+    assert "retrying 2 rows" in r.stdout
+    m = manifests(out).to_pylist()
+    live = [row for row in m if row["status"] != "superseded"]
+    assert sorted(row["source_row"] for row in live) == [0, 1, 2, 3]  # the row count still adds up
+    by_caption = {row["caption"]: row for row in live}
+    assert by_caption["flaky"]["status"] == by_caption["flaky too"]["status"] == "ok"
+    assert by_caption["flaky"]["shard"] == "00001"
+    assert by_caption["gone"]["reason"] == "http_404"  # not transient: not retried
+    old = [row for row in m if row["status"] == "superseded"]
+    assert {row["caption"] for row in old} == {"flaky", "flaky too"}
+    assert all(row["reason"] == "retried_in:00001" for row in old)
+    assert all(verify_shard(str(out), n).ok for n in shard_names(str(out)))
+
+    again = wit(*args, "--retry-failed")  # nothing transient left: nothing happens
+    assert again.returncode == 0 and "no transient failures to retry" in again.stdout
+    assert len(manifests(out)) == len(m)
+
+
+def test_crawl_from_and_to_s3(tmp_path, s3_bucket, image_server, real_images):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    rows = [(f"{image_server.url}/img/{n}", f"photo {i}") for i, n in enumerate(sorted(real_images)[:6])]
+    rows.append((f"{image_server.url}/404", "gone"))
+    fs.put(str(write_csv(tmp_path / "l.csv", rows)), f"{s3_bucket}/lists/l.csv")
+    out = f"{s3_bucket}/raw"
+    args = ["download", f"{s3_bucket}/lists/l.csv", "--out", out, "--allow-net", "127.0.0.1/32",
+            "--shard-size", "4", *FAST]
+    r = wit(*args)
+    assert r.returncode == 0, r.stderr
+    assert shard_names(out) == ["00000", "00001"]
+    assert all(verify_shard(out, n).ok for n in shard_names(out))
+    with fs.open(f"{out}/00001.parquet", "rb") as f:
+        t = pq.read_table(f)
+    assert t.num_rows == 3 and t["status"].to_pylist().count("ok") == 2
+    assert not fs.exists(f"{out}/_wit/staging")
+
+    r = wit(*args)  # resume on object storage: both shards are trusted
+    assert r.returncode == 0 and "this run      0 shards" in r.stdout
