@@ -11,7 +11,6 @@ import functools
 import hashlib
 import io
 import math
-import os
 import time
 from dataclasses import replace
 

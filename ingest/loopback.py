@@ -20,6 +20,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # the default backlog of 5 drops connections from a crawler's hundreds of threads
+    daemon_threads = True
+
+
 class LoopbackImageServer:
     def __init__(self, images: dict[str, bytes], host: str = "127.0.0.1", port: int = 0, *,
                  slow_seconds: float = 5.0, endless_seconds: float = 20.0, flaky_failures: int = 1):
@@ -30,8 +35,7 @@ class LoopbackImageServer:
         self.requests: list[str] = []
         self.flaky_seen: Counter = Counter()
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer((host, port), self._handler())
-        self.httpd.daemon_threads = True
+        self.httpd = _Server((host, port), self._handler())
         self.host, self.port = self.httpd.server_address[:2]
         self.url = f"http://{self.host}:{self.port}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -1,0 +1,94 @@
+"""bench-ingest: `wit download` vs the plain img2dataset CLI on the same 10,000 real captions, one run.
+
+The URLs of ../shared/data/url_lists/img2dataset_test_10000.parquet are rewritten to a loopback server over real
+photos (Flickr8k from ../shared/data, else the photos PyPI wheels ship). Both crawlers get the same processes,
+threads, shard size and resize (short side 256, JPEG, WebDataset); ours adds the guard, manifests and
+verification. Each runs twice, alternating; the better run of each counts.
+Last line: RESULT ingest_ratio=<wit samples/s / img2dataset samples/s> target>=0.95
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from ingest.loopback import LoopbackImageServer  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+
+
+def images() -> dict[str, bytes]:
+    folder = SHARED / "flickr8k" / "images"
+    if folder.is_dir():
+        return {p.name: p.read_bytes() for p in sorted(folder.glob("*.jpg"))}
+    from ingest.sample_images import package_photos
+
+    return package_photos()
+
+
+def count_samples(out: Path) -> int:
+    n = 0
+    for stats in out.glob("*_stats.json"):
+        n += json.loads(stats.read_text())["successes"]
+    return n
+
+
+def run(cmd: list[str], out: Path) -> tuple[float, int]:
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    return time.perf_counter() - start, count_samples(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--threads", type=int, default=64)
+    p.add_argument("--shard-size", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=2)
+    args = p.parse_args()
+    source = SHARED / "url_lists" / "img2dataset_test_10000.parquet"
+    if not source.exists():
+        raise SystemExit(f"needs {source} (../shared/data)")
+    table = pq.read_table(source)
+    pics = images()
+    names = sorted(pics)
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    with LoopbackImageServer(pics) as server:
+        urls = [f"{server.url}/img/{names[i % len(names)]}" for i in range(table.num_rows)]
+        lst = work / "list.parquet"
+        pq.write_table(pa.table({"URL": urls, "TEXT": table.column("TEXT")}), lst)
+        common = dict(processes=str(args.processes), threads=str(args.threads), shard=str(args.shard_size))
+        wit_cmd = [sys.executable, "-m", "wit", "download", str(lst), "--out", str(work / "wit"),
+                   "--allow-net", "127.0.0.1/32", "--processes", common["processes"], "--threads", common["threads"],
+                   "--shard-size", common["shard"], "--no-progress"]
+        i2d_cmd = [str(Path(sys.executable).parent / "img2dataset"), "--url_list", str(lst), "--input_format", "parquet",
+                   "--url_col", "URL", "--caption_col", "TEXT", "--output_folder", str(work / "i2d"),
+                   "--output_format", "webdataset", "--resize_mode", "keep_ratio", "--image_size", "256",
+                   "--processes_count", common["processes"], "--thread_count", common["threads"],
+                   "--number_sample_per_shard", common["shard"]]
+        best = {"wit": 0.0, "img2dataset": 0.0}
+        for round_ in range(args.rounds):
+            for name, cmd, out in (("img2dataset", i2d_cmd, work / "i2d"), ("wit", wit_cmd, work / "wit")):
+                seconds, samples = run(cmd, out)
+                rate = samples / seconds
+                best[name] = max(best[name], rate)
+                print(f"round {round_ + 1} {name:<12} {samples:>6} samples in {seconds:6.1f} s = {rate:7.1f} samples/s")
+    shutil.rmtree(work, ignore_errors=True)
+    ratio = best["wit"] / best["img2dataset"]
+    print(f"best: wit {best['wit']:.1f} samples/s, img2dataset {best['img2dataset']:.1f} samples/s")
+    print(f"RESULT ingest_ratio={ratio:.3f} target>=0.95")
+
+
+if __name__ == "__main__":
+    main()
