@@ -101,3 +101,18 @@ SELECTION = pa.schema(
         pa.field("matched", pa.list_(pa.int32()), nullable=False),
     ]
 )
+
+
+# ---- Filter verdicts (filters/: text and image filters, dedup, leakage) ---------------------------------------
+
+# Every filter stage writes one verdict file per input shard, `<stage dir>/<shard>.parquet`, with one row per
+# manifest row of that shard (uid is the join key; the ingest manifest is never rewritten). A stage may add its own
+# columns after these (e.g. phash, sha256). `keep` is false exactly when `reason` is set.
+VERDICT = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),
+        pa.field("keep", pa.bool_(), nullable=False),
+        pa.field("reason", pa.string()),  # e.g. too_small, near_dup_of:<uid>, eval_leak:<eval image>, not_ok_in_ingest
+        pa.field("dup_of", pa.string()),  # uid of the kept copy, for exact and near duplicates
+    ]
+)
