@@ -40,3 +40,70 @@ bench-%: venv
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
+
+# ---- trainer (issue 6) ------------------------------------------------------------------------------------
+# make train args="--data 's3://bucket/shards/{00000..00099}.tar' --model ViT-B-32 --steps 10000" [nproc=N]
+# One node: all local GPUs (NCCL), or one gloo rank on CPU; multi-node: see trainer/README.md.
+nproc ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | wc -l); [ "$$n" -gt 0 ] && echo $$n || echo 1)
+
+.PHONY: train test-trainer
+
+train: venv
+	NO_ALBUMENTATIONS_UPDATE=1 $(VENV)/bin/torchrun --standalone --nproc_per_node $(nproc) -m trainer.train $(args)
+
+test-trainer: venv
+	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q tests/test_trainer_*.py
+
+# ---- query-based curation (filters/): make queries; make match pool=<parquet>; make balance [t=20000] ----------
+queries_file ?= data/queries.parquet
+pool ?=
+matches ?= data/matches
+selection ?= data/selection
+t ?= 20000
+seed ?= 0
+
+.PHONY: queries match balance
+
+queries: venv
+	$(WIT) queries build --out "$(queries_file)" $(args)
+
+match: venv
+	@test -n "$(pool)" || { echo "usage: make match pool=<parquet files/folder with uid,caption> [matches=<dir>]" >&2; exit 2; }
+	$(WIT) curate match "$(pool)" --queries "$(queries_file)" --out "$(matches)" $(args)
+
+balance: venv
+	$(WIT) curate balance "$(matches)" --out "$(selection)" --t $(t) --seed $(seed) $(args)
+
+# ---- evaluation (issue 7): make eval [task=zeroshot|retrieval|linear-probe] args="--data ... --checkpoint FILE"
+# e.g. make eval args="--data ../shared/data/cifar10/test.tar --prompts cifar10 --checkpoint runs/wit/checkpoints"
+task ?= zeroshot
+
+.PHONY: eval test-eval
+
+eval: venv
+	NO_ALBUMENTATIONS_UPDATE=1 $(WIT) eval $(task) $(args)
+
+test-eval: venv
+	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q -p no:logging tests/test_eval_*.py
+
+# ---- filters and dedup (issue 4) -----------------------------------------------------------------------------
+# make filter-images [raw=data/raw] [eval_sets="../shared/data/cifar10/test.tar"] ; make dedup [near_k=2]
+# make filter-text pool=<parquet lists or manifests>          (see `wit filter --help`, `wit dedup --help`)
+raw ?= data/raw
+images_verdicts ?= data/verdicts/images
+dedup_verdicts ?= data/verdicts/dedup
+text_verdicts ?= data/verdicts/text
+eval_sets ?=
+near_k ?= 2
+
+.PHONY: filter-images dedup filter-text
+
+filter-images: venv
+	$(WIT) filter images "$(raw)" --out "$(images_verdicts)" $(foreach e,$(eval_sets),--eval "$(e)") $(args)
+
+dedup: venv
+	$(WIT) dedup "$(images_verdicts)" --out "$(dedup_verdicts)" --near-k $(near_k) $(args)
+
+filter-text: venv
+	@test -n "$(pool)" || { echo "usage: make filter-text pool=<parquet files/folder with uid,url,caption>" >&2; exit 2; }
+	$(WIT) filter text "$(pool)" --out "$(text_verdicts)" $(args)

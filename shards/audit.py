@@ -31,11 +31,16 @@ class AuditConfig:
     top: int = 20
 
 
+# The pipeline's order of verdict stages; a stage's rows carry the earlier stages' drops, so it counts only its own.
+STAGE_ORDER = ("text", "images", "dedup")
+
+
 def _folders(url: str) -> list[str]:
     fs, path = fs_and_path(url)
     if not fs.exists(path):
         return []
-    return sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if fs.isdir(p))
+    names = [p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if fs.isdir(p)]
+    return sorted(names, key=lambda n: (STAGE_ORDER.index(n) if n in STAGE_ORDER else len(STAGE_ORDER), n))
 
 
 def funnel(con, stages: list[tuple[str, str]]) -> list[dict]:

@@ -1,0 +1,22 @@
+"""One shard's parquet file (ingest manifest, filter verdict) by name, read and written whole, from any fsspec URL."""
+from __future__ import annotations
+
+import io
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shards.storage import fs_and_path, join, write_atomic
+
+
+def read_shard_table(folder: str, name: str, columns: list[str] | None = None) -> pa.Table:
+    fs, path = fs_and_path(join(folder, f"{name}.parquet"))
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f, columns=columns)
+
+
+def write_table_atomic(url: str, table: pa.Table) -> None:
+    """One parquet file, written whole under a temporary name and renamed."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    write_atomic(url, buf.getvalue())
