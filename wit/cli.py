@@ -8,7 +8,7 @@ import sys
 from shards.storage import WitError
 
 # Wings that contribute subcommands; each module has `register(subparsers)`.
-WINGS = ["ingest.cli", "shards.cli", "filters.clean_cli"]
+WINGS = ["ingest.cli", "shards.cli", "filters.cli", "filters.clean_cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,154 @@
+"""Balance the pool (MetaCLIP Algorithm 1): at most about t pairs per query entry.
+
+c_e = pool pairs matching entry e (a reduction over all match files); p_e = min(1, t / c_e); a pair matching the
+set M is kept with probability 1 - prod_{e in M} (1 - p_e). The draw is a hash of (seed, uid), so the selected
+set depends on nothing else: not on sharding, worker count or engine. Two passes over the match files, each a
+pure function per file mapped by shards.runner: count, then select.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from filters import datacard
+from filters.io import read_schema, read_table, write_table
+from shards.runner import run_map
+from shards.schema import DROPPED, NO_QUERY_MATCH, NOT_SELECTED, SELECTED, SELECTION
+from shards.storage import WitError
+
+
+@dataclass(frozen=True)
+class BalanceConfig:
+    matches: tuple[str, ...]  # match files written by `wit curate match`
+    out: str  # folder: selection/, urls/, entry_counts.parquet, datacard.json, *.png
+    t: int = 20_000
+    seed: int = 0
+    engine: str = "local"
+    workers: int | None = None
+    ray_address: str | None = None
+
+
+@dataclass(frozen=True)
+class SelectTask:
+    source: str
+    target: str  # selection file (every row, with status and reason)
+    urls: str  # selected rows only (uid, url, caption): a URL list for `wit download`
+    seed: int
+    p: np.ndarray  # p_e per entry
+
+
+def draw(seed: int, uid: str) -> float:
+    """A uniform number in [0, 1) that depends only on (seed, uid)."""
+    digest = hashlib.blake2b(f"{seed}\x00{uid}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def entry_probabilities(counts: np.ndarray, t: int) -> np.ndarray:
+    return np.minimum(1.0, t / np.maximum(counts, 1)).astype(np.float64)
+
+
+def keep_probabilities(matched: pa.ListArray, p: np.ndarray) -> np.ndarray:
+    """1 - prod(1 - p_e) per row, summed in log space; a tail entry (p_e = 1) makes it exactly 1."""
+    ids = matched.flatten().to_numpy(zero_copy_only=False)
+    rows = np.repeat(np.arange(len(matched)), pc.list_value_length(matched).to_numpy(zero_copy_only=False))
+    with np.errstate(divide="ignore"):
+        log_q = np.log1p(-p[ids])  # -inf where p_e == 1
+    total = np.bincount(rows, weights=log_q, minlength=len(matched))
+    return -np.expm1(total)
+
+
+def count_file(url: str) -> tuple[np.ndarray, int]:
+    """c_e over one match file (each pair counts once per entry), and its row count."""
+    table = read_table(url, columns=["matched"])
+    n_entries = _entries(url)
+    ids = table.column("matched").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return np.bincount(ids, minlength=n_entries).astype(np.int64), table.num_rows
+
+
+def select_file(task: SelectTask) -> dict:
+    table = read_table(task.source)
+    matched = table.column("matched").combine_chunks()
+    keep_prob = keep_probabilities(matched, task.p)
+    uids = table.column("uid").to_pylist()
+    u = np.fromiter((draw(task.seed, x) for x in uids), dtype=np.float64, count=len(uids))
+    has_match = pc.list_value_length(matched).to_numpy(zero_copy_only=False) > 0
+    keep = has_match & (u < keep_prob)
+    status = np.where(keep, SELECTED, DROPPED)
+    reason = np.where(keep, None, np.where(has_match, NOT_SELECTED, NO_QUERY_MATCH))
+    cols = {"uid": table.column("uid"), "status": pa.array(status, pa.string()), "reason": pa.array(reason, pa.string()),
+            "keep_prob": pa.array(keep_prob), "draw": pa.array(u), "matched": matched}
+    schema = SELECTION
+    for extra in ("url", "caption"):
+        if extra in table.column_names:
+            cols[extra] = table.column(extra)
+            schema = schema.append(pa.field(extra, pa.string()))
+    selection = pa.table(cols, schema=schema)
+    write_table(task.target, selection)
+    if "url" in table.column_names:
+        write_table(task.urls, selection.filter(pa.array(keep)).select(
+            [c for c in ("uid", "url", "caption") if c in selection.column_names]))
+    sel_ids = matched.filter(pa.array(keep)).flatten().to_numpy(zero_copy_only=False)
+    return {
+        "after": np.bincount(sel_ids, minlength=len(task.p)).astype(np.int64),
+        "rows": len(uids),
+        "selected": int(keep.sum()),
+        NO_QUERY_MATCH: int((~has_match).sum()),
+        NOT_SELECTED: int((has_match & ~keep).sum()),
+        "expected_selected": float(keep_prob.sum()),
+    }
+
+
+def _entries(url: str) -> int:
+    meta = read_schema(url).metadata or {}
+    if b"wit.queries.entries" not in meta:
+        raise WitError(f"{url}: not a match file (no wit.queries.entries; write it with `wit curate match`)")
+    return int(meta[b"wit.queries.entries"])
+
+
+def _check_same_queries(files: list[str]) -> tuple[str, str]:
+    seen = {}
+    for url in files:
+        meta = read_schema(url).metadata or {}
+        version = meta.get(b"wit.queries.version", b"").decode()
+        seen.setdefault(version, (url, meta.get(b"wit.queries", b"").decode()))
+    if len(seen) != 1:
+        (v1, (f1, _)), (v2, (f2, _)) = list(seen.items())[:2]
+        raise WitError(f"{f2}: matched against query list {v2}, but {f1} used {v1}; match all files with one list")
+    version, (_, queries) = next(iter(seen.items()))
+    return version, queries
+
+
+def run(cfg: BalanceConfig) -> dict:
+    files = list(cfg.matches)
+    if not files:
+        raise WitError("no match files given")
+    if cfg.t < 1:
+        raise WitError(f"--t {cfg.t}: must be at least 1")
+    version, queries = _check_same_queries(files)
+    parts = run_map(count_file, files, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address)
+    counts = np.sum([c for c, _ in parts], axis=0)
+    p = entry_probabilities(counts, cfg.t)
+    names = [posixpath.basename(f).rsplit(".", 1)[0] for f in files]
+    if len(set(names)) != len(names):
+        names = [f"{i:05d}" for i in range(len(files))]  # the same base name in two folders
+    tasks = [
+        SelectTask(f, posixpath.join(cfg.out, "selection", f"{n}.parquet"),
+                   posixpath.join(cfg.out, "urls", f"{n}.parquet"), cfg.seed, p)
+        for f, n in zip(files, names)
+    ]
+    results = run_map(select_file, tasks, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address)
+    after = np.sum([r["after"] for r in results], axis=0)
+    funnel = {k: sum(r[k] for r in results) for k in ("rows", "selected", NO_QUERY_MATCH, NOT_SELECTED)}
+    funnel["expected_selected"] = round(sum(r["expected_selected"] for r in results), 3)
+    card = datacard.write(cfg.out, counts=counts, after=after, t=cfg.t, seed=cfg.seed, funnel=funnel,
+                          queries=queries, queries_version=version,
+                          config={k: v for k, v in asdict(cfg).items() if k != "matches"} | {"files": len(files)})
+    print(json.dumps(funnel), flush=True)
+    return card
+

@@ -1,0 +1,57 @@
+"""Small parquet/JSON helpers over shards.storage: parent folders are made, every write is atomic."""
+from __future__ import annotations
+
+import posixpath
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shards.storage import WitError, expand, fs_and_path, write_atomic, write_json_atomic
+
+
+def make_parent(url: str) -> None:
+    fs, path = fs_and_path(url)
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)  # a no-op on object stores
+
+
+def write_table(url: str, table: pa.Table) -> None:
+    make_parent(url)
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    write_atomic(url, buf.getvalue().to_pybytes())
+
+
+def write_json(url: str, obj) -> None:
+    make_parent(url)
+    write_json_atomic(url, obj)
+
+
+def read_table(url: str, columns: list[str] | None = None) -> pa.Table:
+    fs, path = fs_and_path(url)
+    return pq.read_table(path, filesystem=fs, columns=columns)
+
+
+def read_schema(url: str) -> pa.Schema:
+    fs, path = fs_and_path(url)
+    return pq.read_schema(path, filesystem=fs)
+
+
+def list_parquet(patterns: list[str]) -> list[str]:
+    """Parquet files named by paths, brace patterns, globs or folders (their *.parquet), each sorted."""
+    out: list[str] = []
+    for pattern in patterns:
+        for url in expand(pattern):
+            fs, path = fs_and_path(url)
+            if fs.isdir(path):
+                found = fs.glob(posixpath.join(path, "*.parquet"))
+            elif any(ch in path for ch in "*?["):
+                found = fs.glob(path)
+            else:
+                found = [path] if fs.exists(path) else []
+            if not found:
+                raise WitError(f"{url}: no parquet files there")
+            proto = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+            out += [p if proto in ("file", "local") else f"{proto}://{p}" for p in sorted(found)]
+    return out
