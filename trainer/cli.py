@@ -1,0 +1,30 @@
+"""`wit train`: train CLIP on shards; with --nproc N > 1 it hands the same flags to torchrun (one node).
+
+Multi-node runs call torchrun directly: `torchrun --nnodes ... -m trainer.train --data ...` (see trainer/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from trainer.config import TrainConfig
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train CLIP (open_clip model) on WebDataset shards, local or s3://; resumable",
+                       description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--nproc", type=int, default=1, help="processes on this node (GPUs; on CPU, gloo ranks)")
+    TrainConfig.add_arguments(p)
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    cfg = TrainConfig.from_args(args)
+    if args.nproc > 1 and "RANK" not in os.environ:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
+               "-m", "trainer.train", *cfg.to_argv()]
+        return subprocess.call(cmd)
+    from trainer.train import train
+    return train(cfg)

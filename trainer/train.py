@@ -1,0 +1,241 @@
+"""Train CLIP on WebDataset shards: `torchrun --nproc_per_node N -m trainer.train --data ... [--flags]`.
+
+One process per device; DDP over NCCL on GPUs, gloo on CPU. Read top to bottom: setup, resume, the loop.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from shards.storage import WitError
+from trainer import checkpoint
+from trainer.config import TrainConfig
+from trainer.data import ShardLoader, resolve_shards
+from trainer.loss import MAX_LOGIT_SCALE, clip_loss
+
+MODEL_CONFIGS = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIGS)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr, then cosine to zero at cfg.steps."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: not on gains, biases, embedding vectors or the temperature."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def shards_once(spec: str, rank: int, world: int) -> tuple[list[str], list[int]]:
+    """Rank 0 lists (or reads the index of) the shards and tells the others, errors included."""
+    if world == 1:
+        return resolve_shards(spec)
+    box = [None]
+    if rank == 0:
+        try:
+            box = [resolve_shards(spec)]
+        except WitError as err:
+            box = [err]
+    dist.broadcast_object_list(box, src=0)
+    if isinstance(box[0], WitError):
+        raise box[0]
+    return box[0]
+
+
+def all_sum(values: list[float], device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def train(cfg: TrainConfig) -> int:
+    if not cfg.data:
+        raise WitError("--data: no shards given (a brace pattern or an index .json)")
+    if cfg.accum < 1 or cfg.batch_size % cfg.accum:
+        raise WitError(f"--accum {cfg.accum}: must divide --batch-size {cfg.batch_size}")
+    rank, world, device = setup_distributed()
+    shards = shards_once(cfg.data, rank, world)  # fail early on bad data, before building the model
+    torch.manual_seed(cfg.seed)
+    model = open_clip.create_model(cfg.model, device=device)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    mean = torch.tensor(getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN, device=device)
+    std = torch.tensor(getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD, device=device)
+    loader = ShardLoader(cfg.data, batch_size=cfg.batch_size, image_size=size, rank=rank, world=world,
+                         tokenizer=open_clip.get_tokenizer(cfg.model), workers=cfg.workers, seed=cfg.seed,
+                         window=cfg.window, shards=shards)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                  betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    step, samples_seen = 0, 0
+
+    resume = checkpoint.latest(cfg.ckpt_dir) if cfg.resume == "latest" else cfg.resume
+    if resume:
+        state = checkpoint.load(resume)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        loader.load_state_dict(state["loader"])
+        checkpoint.set_rng_state(state["rng"][rank])
+        step, samples_seen = state["step"], state["samples_seen"]
+
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    forward = torch.compile(ddp) if cfg.compile else ddp
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        (out / "config.json").write_text(cfg.to_json() + "\n")
+        print(f"wit train: {world} x {device.type}, {sum(loader.counts)} samples in {len(loader.urls)} shards, "
+              f"{loader.steps_per_epoch} steps/epoch\n{cfg.to_json()}", flush=True)
+        print(f"wit train: {'resuming from ' + resume if resume else 'starting fresh'} at step {step}", flush=True)
+    log = open(out / "log.jsonl", "a") if rank == 0 else None
+    samples_log = open(out / f"samples-rank{rank}.jsonl", "a") if cfg.log_samples else None
+    bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, dynamic_ncols=True)
+
+    batches, last_save = iter(loader), time.monotonic()
+    interval = {"loss": 0.0, "steps": 0, "wait": 0.0, "skipped": 0, "t0": time.perf_counter()}
+    while step < cfg.steps:
+        t = time.perf_counter()
+        batch = next(batches)
+        interval["wait"] += time.perf_counter() - t
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        images = (batch["images"].to(device, non_blocking=True).float() / 255 - mean[:, None, None]) / std[:, None, None]
+        texts, valid = batch["texts"].to(device, non_blocking=True), batch["valid"].to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = forward_backward(forward, ddp, images, texts, valid, cfg.accum, autocast)
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        step += 1
+        samples_seen += world * cfg.batch_size
+        bar.update()
+
+        interval["loss"] += loss  # a tensor: no device sync until the log line
+        interval["steps"] += 1
+        interval["skipped"] += len(batch["skipped"])
+        if samples_log:
+            samples_log.write(json.dumps({"step": step - 1, "epoch": batch["epoch"], "keys": batch["keys"],
+                                         "skipped": batch["skipped"], "loss": loss.item()}) + "\n")
+            samples_log.flush()
+        save_now = step % cfg.ckpt_every == 0 or step == cfg.steps
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            due = rank == 0 and cfg.ckpt_minutes > 0 and time.monotonic() - last_save > cfg.ckpt_minutes * 60
+            loss_sum, wait, skipped, due = all_sum([float(interval["loss"]), interval["wait"], interval["skipped"],
+                                                    float(due)], device)  # rank 0's clock decides for all
+            save_now = save_now or due > 0
+            elapsed = time.perf_counter() - interval["t0"]
+            n = interval["steps"]
+            record = {"step": step, "epoch": batch["epoch"], "loss": loss_sum / n / world, "lr": lr,
+                      "temperature": 1 / model.logit_scale.exp().item(), "logit_scale": model.logit_scale.exp().item(),
+                      "samples_per_s": n * world * cfg.batch_size / elapsed,
+                      "samples_per_s_per_device": n * cfg.batch_size / elapsed,
+                      "data_wait": wait / world / elapsed, "skipped": int(skipped), "samples_seen": samples_seen}
+            if rank == 0:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", sps=f"{record['samples_per_s']:.0f}")
+            interval = {"loss": 0.0, "steps": 0, "wait": 0.0, "skipped": 0, "t0": time.perf_counter()}
+        if save_now:
+            save(cfg, rank, world, model, optimizer, loader, step, samples_seen)
+            last_save = time.monotonic()
+
+    bar.close()
+    return 0
+
+
+def forward_backward(forward, ddp, images, texts, valid, accum: int, autocast) -> torch.Tensor:
+    """Loss and gradients of the whole batch. With accum > 1, feature-cached accumulation: features of all
+    micro-batches first without gradients, then each micro-batch again with gradients against the cached rest.
+    Activations of one micro-batch at a time; the same gradients as one pass over the whole batch."""
+    if accum == 1:
+        with autocast:
+            image_features, text_features, logit_scale = forward(images, texts)
+        loss = clip_loss(image_features.float(), text_features.float(), logit_scale.float(), valid)
+        loss.backward()
+        return loss.detach()
+    chunks = list(zip(images.chunk(accum), texts.chunk(accum)))
+    with torch.no_grad(), autocast:
+        cached = [forward(i, t)[:2] for i, t in chunks]
+    no_sync = getattr(ddp, "no_sync", None)  # DDP: reduce gradients once, after the last micro-batch
+    for k, (i, t) in enumerate(chunks):
+        last = k == accum - 1
+        with no_sync() if no_sync and not last else contextlib.nullcontext():
+            with autocast:
+                image_k, text_k, logit_scale = forward(i, t)
+            if not last:  # the temperature's gradient once (in the last pass), not once per micro-batch
+                logit_scale = logit_scale.detach()
+            image = torch.cat([c[0] for c in cached[:k]] + [image_k] + [c[0] for c in cached[k + 1:]])
+            text = torch.cat([c[1] for c in cached[:k]] + [text_k] + [c[1] for c in cached[k + 1:]])
+            loss = clip_loss(image.float(), text.float(), logit_scale.float(), valid)
+            loss.backward()
+    return loss.detach()
+
+
+def save(cfg, rank, world, model, optimizer, loader, step, samples_seen) -> None:
+    """Rank 0 writes one file; every rank's RNG state goes in it."""
+    rngs = [None] * world
+    if world > 1:
+        dist.all_gather_object(rngs, checkpoint.rng_state())
+    else:
+        rngs = [checkpoint.rng_state()]
+    if rank == 0:
+        state = {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                 "samples_seen": samples_seen, "rng": rngs, "loader": loader.state_dict(),
+                 "config": json.loads(cfg.to_json())}
+        checkpoint.save(cfg.ckpt_dir, step, state, cfg.keep)
+    if world > 1:
+        dist.barrier()  # nobody runs ahead of a checkpoint that may be needed to resume
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wit train", description=__doc__.splitlines()[0])
+    TrainConfig.add_arguments(parser)
+    try:
+        return train(TrainConfig.from_args(parser.parse_args(argv)))
+    except WitError as err:
+        print(f"wit train: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
