@@ -29,7 +29,7 @@ test: venv
 	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q tests
 
 demo: venv
-	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m ingest.demo $(args)
+	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m wit.demo $(args)
 
 download: venv
 	@test -n "$(shards)" || { echo "usage: make download shards=<lists> [out=<dir|s3://...>]" >&2; exit 2; }

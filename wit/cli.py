@@ -8,7 +8,7 @@ import sys
 from shards.storage import WitError
 
 # Wings that contribute subcommands; each module has `register(subparsers)`.
-WINGS = ["ingest.cli", "filters.clean_cli", "filters.cli", "shards.cli", "trainer.cli"]
+WINGS = ["ingest.cli", "filters.clean_cli", "filters.cli", "shards.cli", "trainer.cli", "trainer.eval.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,221 @@
+"""Evaluation data readers: every reader yields samples (`key`, image bytes, label or caption) lazily.
+
+Labelled images: a folder of `<class>/<image>`, one tar of such folders (`test/<class>/0001.jpg`), or WebDataset
+shards whose samples carry a class (`.cls` member, or a field of the `.json` member). Captioned images: a folder
+plus a CSV of `image,caption` rows (several rows per image allowed), or shards of `.jpg` + `.txt`.
+Paths are fsspec URLs (local or s3://); shard lists take brace patterns.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from shards.storage import WitError, expand, fs_and_path
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A lazily read dataset: `items()` yields (key, image bytes, label/caption); `classes` are folder names."""
+    items: Callable[[], Iterator[tuple[str, bytes, object]]]
+    count: int | None
+    classes: list[str] | None = None
+
+
+def split_ext(name: str) -> tuple[str, str]:
+    """`dir/000123.jpg` -> (`dir/000123`, `jpg`): WebDataset's key is the name up to its first dot."""
+    head, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{head}/{stem}" if head else stem), ext.lower()
+
+
+def evenly(items: list, limit: int) -> list:
+    """At most `limit` items spread evenly over the list, so a sorted-by-class listing keeps every class."""
+    if not limit or limit >= len(items):
+        return items
+    return [items[i * len(items) // limit] for i in range(limit)]
+
+
+def detect(url: str) -> str:
+    """`folder`, `tar` (a tar of class folders) or `shards` (WebDataset)."""
+    urls = expand(url)
+    fs, path = fs_and_path(urls[0])
+    if len(urls) == 1 and fs.isdir(path):
+        return "folder"
+    if len(urls) == 1 and not fs.exists(path):
+        raise WitError(f"{url}: no such file or folder")
+    if len(urls) > 1:
+        return "shards"
+    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tf:
+        for n, member in enumerate(tf):  # WebDataset samples have sibling members such as .cls/.json/.txt
+            if member.isfile() and split_ext(member.name)[1] not in IMAGE_EXTS:
+                return "shards"
+            if n > 20:
+                break
+    return "tar"
+
+
+# ----------------------------------------------------------------------------------------- labelled images
+def labelled(url: str, fmt: str = "auto", class_field: str = "label", limit: int = 0) -> Source:
+    fmt = detect(url) if fmt == "auto" else fmt
+    if fmt == "folder":
+        return _folder(url, limit)
+    if fmt == "tar":
+        return _class_tar(url, limit)
+    if fmt == "shards":
+        return Source(lambda: _labelled_shards(url, class_field, limit), limit or None)
+    raise WitError(f"--format {fmt}: unknown (auto, folder, tar or shards)")
+
+
+def _class_of(name: str) -> str | None:
+    parts = name.strip("/").split("/")
+    return parts[-2] if len(parts) >= 2 and split_ext(name)[1] in IMAGE_EXTS else None
+
+
+def _folder(url: str, limit: int) -> Source:
+    fs, root = fs_and_path(url)
+    files = sorted(p for p in fs.find(root) if _class_of(p[len(root):]))
+    if not files:
+        raise WitError(f"{url}: no images in <class>/<image> folders")
+    picked = evenly(files, limit)
+
+    def items():
+        for p in picked:
+            with fs.open(p, "rb") as f:
+                yield p, f.read(), _class_of(p)
+    return Source(items, len(picked), sorted({_class_of(p) for p in files}))
+
+
+def _class_tar(url: str, limit: int) -> Source:
+    fs, path = fs_and_path(url)
+    with fs.open(path, "rb") as f, tarfile.open(fileobj=f) as tf:
+        members = [m for m in tf.getmembers() if m.isfile() and _class_of(m.name)]
+    if not members:
+        raise WitError(f"{url}: no images in <class>/<image> folders inside the tar")
+    picked = evenly(members, limit)
+
+    def items():
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f) as tf:
+            for m in picked:
+                yield m.name, tf.extractfile(m).read(), _class_of(m.name)
+    return Source(items, len(picked), sorted({_class_of(m.name) for m in members}))
+
+
+def shard_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """WebDataset samples in order: (key, {ext: bytes}); consecutive members with one key form a sample."""
+    for shard in expand(url):
+        fs, path = fs_and_path(shard)
+        if not fs.exists(path):
+            raise WitError(f"{shard}: no such shard")
+        key, sample = None, {}
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                k, ext = split_ext(m.name)
+                if k != key and sample:
+                    yield f"{shard}:{key}", sample
+                    sample = {}
+                key, sample[ext] = k, tf.extractfile(m).read()
+        if sample:
+            yield f"{shard}:{key}", sample
+
+
+def _image_of(key: str, sample: dict) -> bytes:
+    ext = next((e for e in IMAGE_EXTS if e in sample), None)
+    if ext is None:
+        raise WitError(f"{key}: sample has no image member ({', '.join(sorted(sample))})")
+    return sample[ext]
+
+
+def _labelled_shards(url: str, class_field: str, limit: int):
+    for n, (key, sample) in enumerate(shard_samples(url)):
+        if limit and n >= limit:
+            return
+        if "cls" in sample:
+            raw = sample["cls"].decode().strip()
+            label = int(raw) if raw.lstrip("-").isdigit() else raw
+        elif "json" in sample and class_field in (meta := json.loads(sample["json"])):
+            label = meta[class_field]
+        else:
+            raise WitError(f"{key}: sample has no class (no .cls member, no '{class_field}' in its .json)")
+        yield key, _image_of(key, sample), label
+
+
+# ---------------------------------------------------------------------------------------- captioned images
+@dataclass(frozen=True)
+class Captioned:
+    """Images (read lazily) and their captions; `text_image[t]` is the index of caption t's image."""
+    images: Callable[[], Iterator[tuple[str, bytes]]]
+    n_images: int
+    captions: list[str]
+    text_image: list[int]
+
+
+def captioned(url: str, captions_csv: str | None = None, limit: int = 0) -> Captioned:
+    if captions_csv:
+        return _folder_csv(url, captions_csv, limit)
+    return _captioned_shards(url, limit)
+
+
+def _folder_csv(folder: str, captions_csv: str, limit: int) -> Captioned:
+    fs, root = fs_and_path(folder)
+    cfs, cpath = fs_and_path(captions_csv)
+    if not cfs.exists(cpath):
+        raise WitError(f"{captions_csv}: no such captions file")
+    with cfs.open(cpath, "r", encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if not {"image", "caption"} <= set(reader.fieldnames or ()):
+            raise WitError(f"{captions_csv}: needs the columns image,caption (has {reader.fieldnames})")
+        rows = [(r["image"], r["caption"]) for r in reader]
+    index: dict[str, int] = {}
+    captions, text_image = [], []
+    for name, caption in rows:
+        if name not in index:
+            if limit and len(index) >= limit:
+                continue
+            index[name] = len(index)
+        captions.append(caption)
+        text_image.append(index[name])
+    names = list(index)
+    missing = [n for n in names if not fs.exists(f"{root.rstrip('/')}/{n}")]
+    if missing:
+        raise WitError(f"{captions_csv}: {len(missing)} images not found in {folder} (first: {missing[0]})")
+
+    def images():
+        for n in names:
+            with fs.open(f"{root.rstrip('/')}/{n}", "rb") as f:
+                yield n, f.read()
+    return Captioned(images, len(names), captions, text_image)
+
+
+def _captioned_shards(url: str, limit: int) -> Captioned:
+    # Captions are small and needed up front (text side); images are read again lazily afterwards.
+    captions, keys = [], []
+    for key, sample in shard_samples(url):
+        if limit and len(keys) >= limit:
+            break
+        if "txt" not in sample:
+            raise WitError(f"{key}: sample has no .txt caption")
+        captions.append(sample["txt"].decode("utf-8").strip())
+        keys.append(key)
+
+    def images():
+        for n, (key, sample) in enumerate(shard_samples(url)):
+            if n >= len(keys):
+                return
+            yield key, _image_of(key, sample)
+    return Captioned(images, len(keys), captions, list(range(len(keys))))
+
+
+def read_bytes(data: bytes):
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img.convert("RGB")

@@ -1,0 +1,66 @@
+"""Batched encoding of images and texts, with a progress bar; embeddings come back L2-normalised on the CPU.
+
+Images are decoded and preprocessed one batch at a time (a large dataset never sits in memory), by a few threads
+when a GPU does the encoding. Measured on an H100 host, 5,000 CIFAR images: at 224 px (ViT-B-32) 8 threads give
+540 img/s against 241 with one; at 32 px (wit-tiny) threads halve the rate (1,823 -> 937 img/s), as the GIL-bound
+per-image overhead dominates. On CPU the model needs the cores, so one decoding thread.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from shards.storage import WitError
+from trainer.eval.datasets import read_bytes
+
+
+def autocast(device: str, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def default_workers(device: str) -> int:
+    return min(8, os.cpu_count() or 1) if torch.device(device).type == "cuda" else 1
+
+
+@torch.no_grad()
+def encode_images(model, preprocess, items, *, total=None, batch_size=256, device="cpu", precision="fp32",
+                  desc="images", normalize=True, workers=None):
+    """Encode (key, bytes, extra) or (key, bytes) items in order; returns (embeddings [N, dim], extras)."""
+
+    def prepare(item):
+        try:
+            return preprocess(read_bytes(item[1]))
+        except Exception as err:  # PIL raises many kinds on bad files: name the file
+            raise WitError(f"{item[0]}: cannot decode image ({type(err).__name__}: {err})") from err
+
+    chunks, extras, items = [], [], iter(items)
+    workers = workers or default_workers(device)
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True) as bar:
+        while batch := list(islice(items, batch_size)):
+            pixels = torch.stack(list(pool.map(prepare, batch) if workers > 1 else map(prepare, batch)))
+            with autocast(device, precision):
+                emb = model.encode_image(pixels.to(device, non_blocking=True)).float()
+            chunks.append((F.normalize(emb, dim=-1) if normalize else emb).cpu())
+            extras.extend(item[2] if len(item) > 2 else None for item in batch)
+            bar.update(len(batch))
+    if not chunks:
+        raise WitError("the dataset has no images")
+    return torch.cat(chunks), extras
+
+
+@torch.no_grad()
+def encode_texts(model, tokenizer, texts, *, batch_size=256, device="cpu", precision="fp32", desc="texts"):
+    chunks = []
+    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", dynamic_ncols=True):
+        tokens = tokenizer(texts[start:start + batch_size]).to(device)
+        with autocast(device, precision):
+            chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
+    return torch.cat(chunks)

@@ -1,0 +1,58 @@
+"""`wit eval zeroshot`: classify images by their similarity to prompt-ensembled class embeddings."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from shards.storage import WitError
+from trainer.eval import datasets
+from trainer.eval.common import ModelOptions, finish, load
+from trainer.eval.features import encode_images, encode_texts
+from trainer.eval.metrics import class_embeddings, topk_accuracy
+from trainer.eval.prompts import clean, prompt_set, prompts_for
+
+
+@dataclass(frozen=True)
+class ZeroShotConfig(ModelOptions):
+    data: str = ""
+    prompts: str = "cifar10"
+    format: str = "auto"
+    class_field: str = "label"
+    limit: int = 0
+
+
+def label_index(labels: list, classnames: list[str], data: str) -> torch.Tensor:
+    """Folder/class names or integer labels -> indices into the prompt set's classes."""
+    index = {c: i for i, c in enumerate(classnames)}
+    out = []
+    for label in labels:
+        i = label if isinstance(label, int) else index.get(clean(str(label)))
+        if i is None or not 0 <= i < len(classnames):
+            raise WitError(f"{data}: class {label!r} is not in the prompt set ({len(classnames)} classes)")
+        out.append(i)
+    return torch.tensor(out)
+
+
+def zeroshot_weights(model, tokenizer, classnames, templates, **kw) -> torch.Tensor:
+    """[classes, dim]: every class's prompts encoded, then ensembled (metrics.class_embeddings)."""
+    texts = [p for c in classnames for p in prompts_for(c, templates)]
+    emb = encode_texts(model, tokenizer, texts, desc="prompts", **kw)
+    return class_embeddings(emb.view(len(classnames), len(templates), -1))
+
+
+def run(cfg: ZeroShotConfig) -> dict:
+    started = time.monotonic()
+    source = datasets.labelled(cfg.data, cfg.format, cfg.class_field, cfg.limit)
+    classnames, templates = prompt_set(cfg.prompts, source.classes)
+    model, preprocess, tokenizer, device = load(cfg)
+    kw = {"batch_size": cfg.batch_size, "device": device, "precision": cfg.precision}
+    weights = zeroshot_weights(model, tokenizer, classnames, templates, **kw)
+    images, labels = encode_images(model, preprocess, source.items(), total=source.count,
+                                     workers=cfg.workers, **kw)
+    scores = images @ weights.T
+    results = {"task": "zeroshot", "images": len(labels), "classes": len(classnames), "templates": len(templates),
+               **topk_accuracy(scores, label_index(labels, classnames, cfg.data)),
+               "chance_top1": 1 / len(classnames)}
+    return finish(cfg, results, started)
