@@ -120,3 +120,35 @@ def test_decode_large_jpeg_at_reduced_size_and_seeded_crop():
     img = Image.open(__import__("io").BytesIO(data))
     img.draft("RGB", (80, 80))
     assert img.size[0] < 1600  # draft really decodes a smaller image for this size
+
+
+def test_resampled_draws_shards_with_replacement_deterministically_and_resumes(local_shards, tokenizer):
+    pattern, keys = local_shards  # shards of 7, 13, 4 and 9 samples
+    kw = dict(batch_size=4, image_size=32, tokenizer=tokenizer, workers=2, window=5, seed=1, resampled=True)
+    epoch = ShardLoader(pattern, **kw).steps_per_epoch  # 8 steps: an epoch's worth of 32 samples
+    full = collect(ShardLoader(pattern, **kw), epoch + 2)
+    seen = collections.Counter(k for b in full[:epoch] for k in b["keys"])
+    assert set(seen) <= set(keys) and max(seen.values()) > 1 and len(seen) < 32  # repeats within the "epoch"
+    assert [b["keys"] for b in full] == [b["keys"] for b in collect(ShardLoader(pattern, **kw), epoch + 2)]
+    exact = collect(ShardLoader(pattern, **{**kw, "resampled": False}), epoch)
+    assert max(collections.Counter(k for b in exact for k in b["keys"]).values()) == 1  # the default: once each
+    for k in (3, epoch + 1):  # within the first epoch and in the second
+        first = ShardLoader(pattern, **kw)
+        collect(first, k)
+        resumed = ShardLoader(pattern, **kw)
+        resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+        nxt = collect(resumed, 1)[0]
+        assert nxt["keys"] == full[k]["keys"] and torch.equal(nxt["images"], full[k]["images"])
+    with pytest.raises(WitError, match="resampled"):
+        ShardLoader(pattern, **{**kw, "resampled": False}).load_state_dict(first.state_dict())
+
+
+def test_resampled_plan_fills_each_worker_from_whole_shards():
+    plan = Plan((7, 0, 13, 4), 5, 0, 2, 3, 2, resampled=True)
+    for rank in range(2):
+        for w in range(3):
+            seg = plan.segment(rank, w)
+            assert sum(b - a for _, a, b in seg) == len(plan.batches_of(w)) * 2
+            assert all(a == 0 and plan.counts[s] > 0 for s, a, b in seg)
+    assert plan.segment(0, 0) == Plan((7, 0, 13, 4), 5, 0, 2, 3, 2, resampled=True).segment(0, 0)
+    assert plan.segment(0, 0) != plan.segment(1, 0) or plan.segment(0, 1) != plan.segment(1, 1)

@@ -136,3 +136,31 @@ def test_kill_9_and_resume_gives_the_same_next_batches_and_losses(s3_bucket, tmp
     # The resumed process really re-did the steps after its checkpoint (the log holds the run before the kill too).
     lines = [json.loads(x)["step"] for x in (out / "samples-rank0.jsonl").read_text().splitlines()]
     assert lines.count(resumed_at) == (2 if resumed_at <= killed_at else 1)
+
+
+@pytest.mark.timeout(120)
+def test_tensorboard_scalars_equal_the_jsonl_log_and_resampled_runs_end_to_end(tmp_path, monkeypatch):
+    """In-process, one rank: the event file holds the JSONL values; --resampled --no-tensorboard trains too."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from trainer.train import main
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    write_shards(lambda n, d: (tmp_path / n).write_bytes(d), [9, 5, 12])  # 26 samples: 6 steps/epoch
+    flags = ["--data", str(tmp_path / "{00000..00002}.tar"), "--batch-size", "4", "--workers", "0", "--window", "5",
+             "--warmup", "1", "--steps", "6", "--log-every", "2", "--ckpt-every", "100"]
+    assert main([*flags, "--out", str(tmp_path / "tb")]) == 0
+    log = [json.loads(x) for x in (tmp_path / "tb" / "log.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    for name in ("loss", "lr", "temperature", "samples_per_s", "samples_per_s_per_device", "data_wait", "skipped"):
+        scalars = events.Scalars(f"train/{name}")
+        assert [e.step for e in scalars] == [r["step"] for r in log] == [2, 4, 6]
+        assert [e.value for e in scalars] == pytest.approx([r[name] for r in log], rel=1e-6), name
+
+    out = tmp_path / "resampled"
+    assert main([*flags, "--out", str(out), "--resampled", "--no-tensorboard", "--log-samples"]) == 0
+    keys = collections.Counter(k for r in steps(out, 0).values() for k in r["keys"])
+    assert max(keys.values()) > 1 and not (out / "tensorboard").exists()  # 24 draws with replacement
+    assert json.loads((out / "config.json").read_text())["resampled"] is True

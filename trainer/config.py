@@ -20,6 +20,7 @@ class TrainConfig:
     batch_size: int = 64  # per rank; the global batch is batch_size x ranks
     workers: int = 2  # loader worker processes per rank (part of the data order: keep it when resuming)
     window: int = 1000  # samples per shuffle window in each worker
+    resampled: bool = False  # draw whole shards with replacement per worker (open_clip's --dataset-resampled)
     seed: int = 0
     lr: float = 5e-4
     warmup: int = 100  # linear warmup steps, then cosine to zero at `steps`
@@ -36,6 +37,7 @@ class TrainConfig:
     ckpt_minutes: float = 0  # also checkpoint when this many minutes passed (checked at log lines; 0: off)
     keep: int = 3  # newest checkpoints kept (0: all)
     log_samples: bool = False  # also write each step's sample keys and local loss to <out>/samples-rank<r>.jsonl
+    tensorboard: bool = True  # also write the log scalars to TensorBoard event files in <out>/tensorboard
 
     @property
     def ckpt_dir(self) -> str:

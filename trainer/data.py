@@ -9,6 +9,8 @@ The epoch is a plan, a pure function of (shard counts, seed, epoch, world, worke
   4. a worker shuffles its segment in windows of `window` samples, each window with its own seeded permutation,
      and each sample's crop is drawn from its own seeded RNG.
 So a position (epoch, batches consumed) is the whole loader state: a resumed loader rebuilds the same batches.
+Resampled mode (open_clip's --dataset-resampled) replaces steps 1-3: each (rank, worker) fills its segment with whole
+shards drawn uniformly with replacement, seeded by (seed, epoch, rank, worker); an "epoch" is then just a step count.
 A sample that cannot be used (truncated tar, bad image, no caption) keeps its slot with valid=False and is
 reported in the batch's `skipped` list; the loss masks the slot, so every rank keeps the same batch shape.
 """
@@ -76,6 +78,7 @@ class Plan:
     world: int
     workers: int  # logical loader workers per rank (>= 1)
     batch: int  # per rank
+    resampled: bool = False  # segments of shards drawn with replacement instead of the exact-once order
 
     @property
     def steps(self) -> int:
@@ -87,6 +90,8 @@ class Plan:
 
     def segment(self, rank: int, worker: int) -> list[tuple[int, int, int]]:
         """The (shard, start, stop) slices this (rank, worker) reads, in order."""
+        if self.resampled:
+            return self.resampled_segment(rank, worker)
         first = rank * self.steps * self.batch + sum(len(self.batches_of(w)) for w in range(worker)) * self.batch
         last = first + len(self.batches_of(worker)) * self.batch
         order = list(range(len(self.counts)))
@@ -97,6 +102,18 @@ class Plan:
             if lo < hi:
                 slices.append((shard, lo - offset, hi - offset))
             offset += self.counts[shard]
+        return slices
+
+    def resampled_segment(self, rank: int, worker: int) -> list[tuple[int, int, int]]:
+        """Whole non-empty shards drawn uniformly with replacement until the worker's batches are filled."""
+        rng = random.Random(f"resample-{self.seed}-{self.epoch}-{rank}-{worker}")
+        shards = [s for s, n in enumerate(self.counts) if n > 0]
+        need, slices = len(self.batches_of(worker)) * self.batch, []
+        while need > 0:
+            shard = rng.choice(shards)
+            take = min(need, self.counts[shard])
+            slices.append((shard, 0, take))
+            need -= take
         return slices
 
 
@@ -209,7 +226,8 @@ class EpochStream(torch.utils.data.IterableDataset):
         for k in order[max(0, position - w0):]:
             shard, i = window[k]
             key, sample = raw[shard, i]
-            yield key, sample, random.Random(f"crop-{plan.seed}-{plan.epoch}-{shard}-{i}")
+            slot = f"-{self.rank}-{worker}-{w0 + k}" if plan.resampled else ""  # a repeated sample gets a new crop
+            yield key, sample, random.Random(f"crop-{plan.seed}-{plan.epoch}-{shard}-{i}{slot}")
 
     def read(self, window, worker: int):
         """(window, raw samples of its (shard, index) pairs); runs of one shard are read in one pass."""
@@ -273,17 +291,20 @@ class ShardLoader:
     """Endless iterator of one rank's batches, epoch after epoch; `state_dict()` is its exact position."""
 
     def __init__(self, spec: str, *, batch_size: int, image_size: int, tokenizer, rank: int = 0, world: int = 1,
-                 workers: int = 2, seed: int = 0, window: int = 1000, shards: tuple[list, list] | None = None):
+                 workers: int = 2, seed: int = 0, window: int = 1000, resampled: bool = False,
+                 shards: tuple[list, list] | None = None):
         self.urls, self.counts = shards or resolve_shards(spec)  # `shards`: (urls, counts) resolved already
         self.batch_size, self.image_size, self.tokenizer = batch_size, image_size, tokenizer
         self.rank, self.world, self.workers, self.seed, self.window = rank, world, workers, seed, window
+        self.resampled = resampled
         self.epoch, self.step = 0, 0
         if self.plan(0).steps == 0:
             raise WitError(f"{spec}: {sum(self.counts)} samples in {len(self.urls)} shards, fewer than one global "
                            f"batch ({world} ranks x {batch_size})")
 
     def plan(self, epoch: int) -> Plan:
-        return Plan(tuple(self.counts), self.seed, epoch, self.world, max(1, self.workers), self.batch_size)
+        return Plan(tuple(self.counts), self.seed, epoch, self.world, max(1, self.workers), self.batch_size,
+                    self.resampled)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -307,12 +328,14 @@ class ShardLoader:
         positions = [sum(1 for j in plan.batches_of(w) if j < self.step) * self.batch_size for w in range(plan.workers)]
         return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "world": self.world,
                 "workers": plan.workers, "batch_size": self.batch_size, "counts": list(self.counts),
+                "resampled": self.resampled,
                 "worker_positions": positions}  # samples each worker has delivered this epoch (for reading)
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
-        for k in ("seed", "world", "workers", "batch_size", "counts"):
+        state = {"resampled": False, **state}  # checkpoints from before resampled mode
+        for k in ("seed", "world", "workers", "batch_size", "counts", "resampled"):
             if state[k] != mine[k]:
                 raise WitError(f"resume: the checkpoint's loader has {k}={state[k]!r}, this run {mine[k]!r}; "
-                               "exact resume needs the same data, ranks, workers and batch size")
+                               "exact resume needs the same data, ranks, workers, batch size and --resampled")
         self.epoch, self.step = state["epoch"], state["step"]

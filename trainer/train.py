@@ -96,7 +96,7 @@ def train(cfg: TrainConfig) -> int:
     std = torch.tensor(getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD, device=device)
     loader = ShardLoader(cfg.data, batch_size=cfg.batch_size, image_size=size, rank=rank, world=world,
                          tokenizer=open_clip.get_tokenizer(cfg.model), workers=cfg.workers, seed=cfg.seed,
-                         window=cfg.window, shards=shards)
+                         window=cfg.window, resampled=cfg.resampled, shards=shards)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                   betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     step, samples_seen = 0, 0
@@ -122,6 +122,7 @@ def train(cfg: TrainConfig) -> int:
         print(f"wit train: {'resuming from ' + resume if resume else 'starting fresh'} at step {step}", flush=True)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     samples_log = open(out / f"samples-rank{rank}.jsonl", "a") if cfg.log_samples else None
+    board = tensorboard_writer(out) if rank == 0 and cfg.tensorboard else None
     bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, dynamic_ncols=True)
 
     batches, last_save = iter(loader), time.monotonic()
@@ -170,6 +171,9 @@ def train(cfg: TrainConfig) -> int:
             if rank == 0:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
+                if board:  # the same scalars, for TensorBoard
+                    for name in record.keys() - {"step"}:
+                        board.add_scalar(f"train/{name}", record[name], step)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", sps=f"{record['samples_per_s']:.0f}")
             interval = {"loss": 0.0, "steps": 0, "wait": 0.0, "skipped": 0, "t0": time.perf_counter()}
         if save_now:
@@ -177,7 +181,15 @@ def train(cfg: TrainConfig) -> int:
             last_save = time.monotonic()
 
     bar.close()
+    if board:
+        board.close()
     return 0
+
+
+def tensorboard_writer(out: Path):
+    """A SummaryWriter on <out>/tensorboard (imported here: tensorboard is slow to import and only rank 0 needs it)."""
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(out / "tensorboard"), flush_secs=10)
 
 
 def forward_backward(forward, ddp, images, texts, valid, accum: int, autocast) -> torch.Tensor:
