@@ -1,10 +1,9 @@
 """`wit filter text`, `wit filter images`, `wit dedup`: clean a pool or a crawl, with every verdict in parquet."""
 from __future__ import annotations
 
-import argparse
 import json
 
-from shards.runner import ENGINES
+from shards.runner import add_engine_args
 
 
 def register(sub) -> None:
@@ -36,7 +35,7 @@ def register(sub) -> None:
                    "no default port)")
     t.add_argument("--no-pair-dedup", dest="pair_dedup", action="store_false",
                    help="keep every occurrence of a repeated (url, caption) pair")
-    _engine_args(t)
+    add_engine_args(t)
     t.set_defaults(run=_text)
 
     i = fsub.add_parser(
@@ -61,7 +60,7 @@ def register(sub) -> None:
                    help="Hamming distance (of 64 pHash bits) that counts as leakage. Crawled copies of CIFAR-10 "
                    "test images (upscaled, re-encoded) land within 2; at 4 none of 1,000 Flickr8k photos matched "
                    "any of CIFAR-10's 10,000 test images, at 8 one did (default: %(default)s)")
-    _engine_args(i)
+    add_engine_args(i)
     i.set_defaults(run=_images)
 
     d = sub.add_parser(
@@ -87,13 +86,6 @@ def register(sub) -> None:
     d.set_defaults(run=_dedup)
 
 
-def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", choices=ENGINES, default="local",
-                   help="per-file work on a local process pool or on Ray (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
-    p.add_argument("--address", "--ray-address", dest="address", default=None,
-                   help="Ray cluster to join ('auto', 'ray://host:10001'); default: start a local Ray")
-
 
 def _print(summary: dict) -> None:
     print(json.dumps(summary, indent=2, default=str))
@@ -103,7 +95,7 @@ def _text(args) -> int:
     from filters.text import TextConfig, run_text
 
     cfg = TextConfig(tuple(args.inputs), args.out, args.min_chars, args.max_chars, args.english,
-                     args.lang_min_prob, args.url_dedup, args.pair_dedup, args.engine, args.workers, args.address)
+                     args.lang_min_prob, args.url_dedup, args.pair_dedup, args.engine, args.workers, args.ray_address)
     _print(run_text(cfg))
     return 0
 
@@ -112,7 +104,7 @@ def _images(args) -> int:
     from filters.images import ImagesConfig, run_images
 
     cfg = ImagesConfig(args.raw, args.out, args.min_side, args.max_aspect, tuple(args.eval_sets), args.eval_k,
-                       args.engine, args.workers, args.address)
+                       args.engine, args.workers, args.ray_address)
     _print(run_images(cfg))
     return 0
 

@@ -1,9 +1,8 @@
 """`wit queries build`, `wit curate match`, `wit curate balance`: query-based curation (MetaCLIP)."""
 from __future__ import annotations
 
-import argparse
 
-from shards.runner import ENGINES
+from shards.runner import add_engine_args
 from shards.storage import WitError
 
 
@@ -53,7 +52,7 @@ def register(sub) -> None:
     m.add_argument("--out", required=True, help="output folder (local or s3://)")
     m.add_argument("--caption-column", default="caption", help="caption column (default: %(default)s)")
     m.add_argument("--uid-column", default="uid", help="uid column (default: %(default)s)")
-    _engine_args(m)
+    add_engine_args(m)
     m.set_defaults(run=_curate_match)
 
     bal = csub.add_parser(
@@ -70,16 +69,9 @@ def register(sub) -> None:
     bal.add_argument("--t", type=int, default=20_000,
                      help="pairs per entry to aim for (default: %(default)s; before download use 2-4x)")
     bal.add_argument("--seed", type=int, default=0, help="seed of the per-uid draw (default: %(default)s)")
-    _engine_args(bal)
+    add_engine_args(bal)
     bal.set_defaults(run=_curate_balance)
 
-
-def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", choices=ENGINES, default="local",
-                   help="local process pool or Ray (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
-    p.add_argument("--ray-address", default=None,
-                   help="Ray cluster to join ('auto', 'ray://host:10001'); default: start a local Ray")
 
 
 def _none(value: str | None) -> str | None:

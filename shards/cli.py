@@ -7,6 +7,7 @@ import json
 
 def register(sub) -> None:
     from shards.reshard import ReshardConfig
+    from shards.runner import add_engine_args
 
     d = ReshardConfig(raw="", out="")
     shards = sub.add_parser("shards", help="final training shards from the curated corpus")
@@ -24,9 +25,7 @@ def register(sub) -> None:
     w.add_argument("--selection", help="folder of balance selections (uid, status, matched), e.g. <balance out>/selection")
     w.add_argument("--shard-size", type=int, default=d.shard_size, help="samples per output shard (the last may be short)")
     w.add_argument("--seed", type=int, default=d.seed, help="seed of the global shuffle")
-    w.add_argument("--engine", default=d.engine, choices=["local", "ray"], help="local process pool or Ray")
-    w.add_argument("--workers", type=int, help="worker processes (default: all cores)")
-    w.add_argument("--ray-address", help="Ray cluster address (default: start Ray locally)")
+    add_engine_args(w)
     w.set_defaults(run=run_write)
 
     a = sub.add_parser(

@@ -20,6 +20,15 @@ Engine = Literal["local", "ray"]
 ENGINES: tuple[str, ...] = ("local", "ray")
 
 
+def add_engine_args(parser) -> None:
+    """The options every per-shard command shares: which engine maps the work, and how wide."""
+    parser.add_argument("--engine", choices=ENGINES, default="local",
+                        help="per-shard work on a local process pool or on Ray (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    parser.add_argument("--ray-address", "--address", dest="ray_address", default=None,
+                        help="Ray cluster to join ('auto', 'ray://host:10001'); default: start a local Ray")
+
+
 def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
