@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ingest.config import SHARD_DIGITS, DownloadConfig
-from ingest.engine import CARRIED_COLUMNS, SafeResizer, WitDownloader
 from ingest.guard import GuardPolicy
 from ingest.lists import find_lists, read_list
 from ingest.progress import ShardProgress
@@ -99,9 +98,12 @@ def resume_scan(out: str) -> set[int]:
 
 def run_engine(cfg: DownloadConfig, input_dir: str, done: set[int], start_shard: int, total_rows: int) -> None:
     """Shard the normalised input with img2dataset's Reader and map WitDownloader over it."""
+    # img2dataset takes seconds to import: only a run that downloads pays for it, not a bad-input error.
     from img2dataset import distributor as distributors
     from img2dataset.reader import Reader
     from img2dataset.writer import WebDatasetSampleWriter
+
+    from ingest.engine import CARRIED_COLUMNS, SafeResizer, WitDownloader
 
     staging, tmp = join(cfg.out, "_wit", "staging"), join(cfg.out, "_wit", "tmp")
     fs, _ = fs_and_path(cfg.out)

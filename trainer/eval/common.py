@@ -6,7 +6,6 @@ import time
 from dataclasses import asdict, dataclass, fields
 
 from shards.storage import write_json_atomic
-from trainer.eval.model import load_model, pick_device
 
 
 @dataclass(frozen=True)
@@ -42,6 +41,8 @@ def options_of(cls, args: argparse.Namespace):
 
 
 def load(cfg):
+    from trainer.eval.model import load_model, pick_device  # torch + open_clip: seconds, so not for `wit --help`
+
     device = pick_device(cfg.device)
     model, preprocess, tokenizer = load_model(cfg.model, cfg.checkpoint, cfg.random_init, device)
     return model, preprocess, tokenizer, device
