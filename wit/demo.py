@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo-out", help="where the demo writes (replaced on every run)")
     p.add_argument("--crawl", type=int, default=1300, help="digits to crawl; the rest of the 1,797 are held out")
-    p.add_argument("--steps", type=int, default=300, help="training steps of the tiny CLIP")
+    p.add_argument("--steps", type=int, default=600, help="training steps of the tiny CLIP")
     p.add_argument("--t", type=int, default=100, help="balance: at most about t pairs per query entry")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
