@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import tarfile
 from collections import Counter
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from PIL import Image
 
 from filters.leakage import IMAGE_EXTS, EvalIndex
 from filters.phash import gray32, phash_gray
+from shards import fasttar
 from shards.manifests import read_shard_table, write_table_atomic
 from shards.schema import OK, VERDICT
 from shards.storage import fs_and_path, join
@@ -54,25 +54,19 @@ def read_tar_images(url: str) -> tuple[dict[str, bytes | None], str | None]:
     fs, path = fs_and_path(url)
     key = None
     try:
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                key, _, ext = m.name.rsplit("/", 1)[-1].partition(".")
+        with fs.open(path, "rb") as f:
+            for name, data in fasttar.iter_members(f):
+                key, _, ext = name.rsplit("/", 1)[-1].partition(".")
                 if ext.lower() in IMAGE_EXTS:
-                    out[key] = tar.extractfile(m).read()
+                    out[key] = data
                 else:
                     out.setdefault(key, None)
-                tar.members = []  # streaming: flat memory
-            # tarfile ends quietly at a header cut short; a whole tar has its two zero blocks after the last member
-            if fs.size(path) < tar.offset + 2 * tarfile.BLOCKSIZE:
-                return out, "tar_unreadable: no end-of-archive marker (truncated)"
     except FileNotFoundError:
         return out, "tar_missing"
-    except (tarfile.TarError, OSError, EOFError) as err:
+    except (fasttar.TarError, ValueError, UnicodeDecodeError, OSError) as err:
         if key is not None and out.get(key) is None:
-            out.pop(key, None)  # the cut sample: tar_unreadable, not no_image
-        return out, f"tar_unreadable: {type(err).__name__}: {err}"
+            out.pop(key, None)  # the sample the cut went through: tar_unreadable, not no_image
+        return out, f"tar_unreadable: {err}"
     return out, None
 
 

@@ -34,12 +34,18 @@ def _pax(data: bytes) -> dict[bytes, bytes]:
 
 
 def iter_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of every regular file, in order. Raises TarError on a bad header or a tar cut short."""
+    """(name, data) of every regular file, in order. Raises TarError on a bad header or a tar cut short.
+
+    A tar ends with a zero block; one that simply stops after a member was cut at a member boundary (tarfile
+    would end quietly there), so it is an error too.
+    """
     long_name = size_override = None
     while True:
         header = f.read(BLOCK)
-        if not header or header == _ZERO:
+        if header == _ZERO:
             return
+        if not header:
+            raise TarError("no end-of-archive marker (truncated)")
         if len(header) < BLOCK:
             raise TarError("tar ends inside a header")
         stored = _octal(header[148:156])

@@ -5,11 +5,11 @@ match the manifest's `ok` rows all fail here and the shard is redone.
 """
 from __future__ import annotations
 
-import tarfile
 from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
+from shards import fasttar
 from shards.schema import OK
 from shards.storage import fs_and_path, join, read_json
 
@@ -26,12 +26,11 @@ def tar_keys(url: str, ext: str = "jpg") -> list[str]:
     """Keys of the members with extension `ext`; reads the tar to its end, so truncation raises."""
     fs, path = fs_and_path(url)
     keys = []
-    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        for member in tar:
-            stem, _, suffix = member.name.rpartition("/")[-1].partition(".")
+    with fs.open(path, "rb") as f:
+        for name, _ in fasttar.iter_members(f):
+            stem, _, suffix = name.rpartition("/")[-1].partition(".")
             if suffix == ext:
                 keys.append(stem)
-            tar.members = []  # streaming: keep memory flat on large tars
     return keys
 
 
