@@ -52,7 +52,7 @@ def write_json_atomic(url: str, obj) -> None:
 
 
 def move(fs, src: str, dst: str) -> None:
-    if getattr(fs, "protocol", None) in ("file", ("file", "local")) or "file" in fs.protocol:
+    if "file" in fs.protocol:  # fsspec's protocol is a name or a tuple of names
         os.replace(src, dst)  # atomic on POSIX
     else:
         fs.mv(src, dst)  # object stores: copy then delete; the new key appears whole
