@@ -21,6 +21,7 @@ from shards import fasttar
 from shards.manifests import read_shard_table, write_table_atomic
 from shards.schema import OK, VERDICT
 from shards.storage import fs_and_path, join
+from shards.tables import read_parquet
 
 NOT_OK = "not_ok_in_ingest"
 IMAGE_VERDICT = pa.schema(
@@ -75,11 +76,7 @@ _EVAL_CACHE: dict[tuple[str, int], EvalIndex] = {}  # one index per worker proce
 
 def _eval_index(url: str, k: int) -> EvalIndex:
     if (url, k) not in _EVAL_CACHE:
-        fs, path = fs_and_path(url)
-        import pyarrow.parquet as pq
-
-        with fs.open(path, "rb") as f:
-            _EVAL_CACHE[(url, k)] = EvalIndex.from_table(pq.read_table(f), k)
+        _EVAL_CACHE[(url, k)] = EvalIndex.from_table(read_parquet(url), k)
     return _EVAL_CACHE[(url, k)]
 
 

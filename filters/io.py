@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shards.storage import WitError, expand, fs_and_path, write_atomic, write_json_atomic
+from shards.tables import open_parquet, read_parquet
 
 
 def make_parent(url: str) -> None:
@@ -29,13 +30,11 @@ def write_json(url: str, obj) -> None:
 
 
 def read_table(url: str, columns: list[str] | None = None) -> pa.Table:
-    fs, path = fs_and_path(url)
-    return pq.read_table(path, filesystem=fs, columns=columns)
+    return read_parquet(url, columns)
 
 
 def read_schema(url: str) -> pa.Schema:
-    fs, path = fs_and_path(url)
-    return pq.read_schema(path, filesystem=fs)
+    return open_parquet(url).schema_arrow
 
 
 def list_parquet(patterns: list[str]) -> list[str]:

@@ -28,6 +28,7 @@ from filters.spacing import WS_CHARS, space
 from shards.runner import run_map
 from shards.schema import MATCHES
 from shards.storage import WitError, fs_and_path, move, write_json_atomic
+from shards.tables import open_parquet
 
 BATCH_ROWS = 65_536
 _MATCH = np.dtype([("end", np.int64), ("id", np.int64)])  # one (end, id) tuple from iter
@@ -161,7 +162,7 @@ def match_file(task: MatchTask) -> dict:
     fs, path = fs_and_path(task.source)
     if not fs.exists(path):
         raise WitError(f"{task.source}: no such input file")
-    source = pq.ParquetFile(path, filesystem=fs)
+    source = open_parquet(task.source)
     names = source.schema_arrow.names
     for col in (task.uid_column, task.caption_column):
         if col not in names:

@@ -14,11 +14,11 @@ from urllib.parse import urlsplit, urlunsplit
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from shards.manifests import write_table_atomic
 from shards.schema import OK, VERDICT, pair_uid
 from shards.storage import WitError, absolute, expand, fs_and_path, join
+from shards.tables import open_parquet
 
 NOT_OK = "not_ok_in_ingest"
 TEXT_VERDICT = pa.schema(list(VERDICT) + [pa.field("lang", pa.string()), pa.field("lang_prob", pa.float32())])
@@ -136,16 +136,14 @@ CAPTION_COLUMNS = ("caption", "TEXT", "text", "alt", "title")
 
 def judge_file(job: TextJob) -> int:
     """Per-row verdicts of one input file (before dedup), written to `rows_out`; returns the row count."""
-    fs, path = fs_and_path(job.src)
-    with fs.open(path, "rb") as f:
-        names = pq.read_schema(f).names
-        f.seek(0)
-        url_col = next((c for c in URL_COLUMNS if c in names), None)
-        cap_col = next((c for c in CAPTION_COLUMNS if c in names), None)
-        if url_col is None or cap_col is None:
-            raise WitError(f"{job.src}: no {'url' if url_col is None else 'caption'} column (columns: {names})")
-        extra = [c for c in ("uid", "status", "invalid") if c in names]
-        t = pq.read_table(f, columns=[url_col, cap_col] + extra).to_pylist()
+    source = open_parquet(job.src)
+    names = source.schema_arrow.names
+    url_col = next((c for c in URL_COLUMNS if c in names), None)
+    cap_col = next((c for c in CAPTION_COLUMNS if c in names), None)
+    if url_col is None or cap_col is None:
+        raise WitError(f"{job.src}: no {'url' if url_col is None else 'caption'} column (columns: {names})")
+    extra = [c for c in ("uid", "status", "invalid") if c in names]
+    t = source.read(columns=[url_col, cap_col] + extra).to_pylist()
     out = []
     for i, r in enumerate(t):
         url, caption = r[url_col], r[cap_col]

@@ -23,6 +23,7 @@ from ingest import guard
 from ingest.reasons import reason_for
 from shards.schema import FAILED, MANIFEST, OK, SCHEMA_VERSION
 from shards.storage import fs_and_path, join, move, read_json, write_atomic, write_json_atomic
+from shards.tables import read_parquet
 from shards.verify import tar_keys
 
 # Columns img2dataset carries through from our input into its parquet and each sample's json.
@@ -110,8 +111,7 @@ def to_manifest(raw: pa.Table, shard: str) -> pa.Table:
 def finish_shard(staging: str, output: str, name: str) -> None:
     """Convert, verify and publish one shard: tar, then manifest, then stats (the done marker) last."""
     fs, _ = fs_and_path(staging)
-    with fs.open(fs_and_path(join(staging, f"{name}.parquet"))[1], "rb") as f:
-        manifest = to_manifest(pq.read_table(f), name)
+    manifest = to_manifest(read_parquet(join(staging, f"{name}.parquet")), name)
     ok_keys = {k for k, s in zip(manifest["key"].to_pylist(), manifest["status"].to_pylist()) if s == OK}
     keys = tar_keys(join(staging, f"{name}.tar"))
     if set(keys) != ok_keys or len(keys) != len(ok_keys):

@@ -6,7 +6,6 @@ manifest as failed instead of stopping the crawl.
 """
 from __future__ import annotations
 
-import io
 import json
 from urllib.parse import urlsplit
 
@@ -17,6 +16,7 @@ import pyarrow.parquet as pq
 
 from shards.schema import INPUT, pair_uid
 from shards.storage import WitError, expand, fs_and_path
+from shards.tables import arrow_reader
 
 FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")
 URL_COLUMNS = ("url", "URL", "image_url", "img_url", "link")
@@ -132,7 +132,7 @@ def _read_table(url: str, fmt: str) -> pa.Table:
         raise WitError(f"{url}: cannot read ({type(err).__name__}: {err})") from None
     try:
         if fmt == "parquet":
-            return pq.read_table(io.BytesIO(data))
+            return pq.read_table(arrow_reader(data))
         _check_utf8(url, data)
         if fmt == "jsonl":
             return _read_jsonl(url, data)
@@ -141,7 +141,7 @@ def _read_table(url: str, fmt: str) -> pa.Table:
             return pa.table({"url": [line.strip() for line in lines if line.strip()]})
         delimiter = "\t" if fmt == "tsv" else ","
         return pacsv.read_csv(
-            io.BytesIO(data),
+            arrow_reader(data),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(strings_can_be_null=False, column_types=None),
         )
@@ -164,7 +164,7 @@ def _check_utf8(url: str, data: bytes) -> None:
 
 def _read_jsonl(url: str, data: bytes) -> pa.Table:
     try:
-        return pajson.read_json(io.BytesIO(data))
+        return pajson.read_json(arrow_reader(data))
     except pa.ArrowInvalid:
         pass  # find the first bad line, for a message that names it
     for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):

@@ -4,19 +4,17 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-import pyarrow.parquet as pq
 
 from shards.schema import FAILED, OK, SUPERSEDED
-from shards.storage import fs_and_path, join, read_json
+from shards.storage import join, read_json
+from shards.tables import read_parquet
 from shards.verify import shard_names
 
 
 def read_manifests(out: str, columns: list[str] | None = None, names: list[str] | None = None):
     """Yield (shard name, manifest table) for every finished shard."""
-    fs, _ = fs_and_path(out)
     for name in names if names is not None else shard_names(out):
-        with fs.open(fs_and_path(join(out, f"{name}.parquet"))[1], "rb") as f:
-            yield name, pq.read_table(f, columns=columns)
+        yield name, read_parquet(join(out, f"{name}.parquet"), columns)
 
 
 def summarize(out: str, started: float | None = None, new_shards: set[str] | frozenset = frozenset()) -> dict:

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from shards.schema import OK  # noqa: E402
 from shards.storage import WitError, absolute, exists, fs_and_path, join, write_atomic, write_json_atomic  # noqa: E402
-from shards.tables import read_folder  # noqa: E402
+from shards.tables import read_folder, read_parquet  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -111,11 +111,7 @@ def query_report(con, root: str, has_corpus: bool, top: int) -> dict:
     names = {}
     for candidate in (join(root, "queries.parquet"), join(root, "balance", "queries.parquet")):
         if exists(candidate):
-            fs, path = fs_and_path(candidate)
-            import pyarrow.parquet as pq
-
-            with fs.open(path, "rb") as f:
-                q = pq.read_table(f, columns=["id", "entry"])
+            q = read_parquet(candidate, ["id", "entry"])
             names = dict(zip(q["id"].to_pylist(), q["entry"].to_pylist()))
             break
     ranked = sorted(after.items(), key=lambda kv: (-kv[1], kv[0]))

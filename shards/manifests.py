@@ -6,13 +6,12 @@ import io
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shards.storage import fs_and_path, join, write_atomic
+from shards.storage import join, write_atomic
+from shards.tables import read_parquet
 
 
 def read_shard_table(folder: str, name: str, columns: list[str] | None = None) -> pa.Table:
-    fs, path = fs_and_path(join(folder, f"{name}.parquet"))
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f, columns=columns)
+    return read_parquet(join(folder, f"{name}.parquet"), columns)
 
 
 def write_table_atomic(url: str, table: pa.Table) -> None:

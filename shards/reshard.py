@@ -36,7 +36,7 @@ from shards.storage import (
     write_atomic,
     write_json_atomic,
 )
-from shards.tables import read_folder
+from shards.tables import arrow_reader, read_folder, read_parquet
 from shards.verify import shard_names, verify_shard
 
 
@@ -109,7 +109,7 @@ def scatter(task: tuple[str, str, str, pa.Table]) -> int:
     """
     raw, buckets, src, rows = task
     wanted = {k: r for k, r in zip(rows["src_key"].to_pylist(), rows.to_pylist())}
-    manifest_keys = set(pq.read_table(_open(join(raw, f"{src}.parquet")), columns=["key", "status"])
+    manifest_keys = set(read_parquet(join(raw, f"{src}.parquet"), ["key", "status"])
                         .filter(pc.equal(pc.field("status"), OK))["key"].to_pylist())
     outs: dict[str, dict[str, list]] = defaultdict(lambda: {"key": [], "jpg": [], "txt": [], "json": []})
     seen = set()
@@ -146,7 +146,7 @@ def gather(task: tuple[str, str, str, pa.Table]) -> int:
     parts = []
     for path in sorted(fs.glob(root.rstrip("/") + "/*.arrow")):
         with fs.open(path, "rb") as f:
-            parts.append(pa.ipc.open_file(pa.BufferReader(f.read())).read_all())
+            parts.append(pa.ipc.open_file(arrow_reader(f.read())).read_all())
     got = pa.concat_tables(parts).sort_by("key") if parts else None
     keys = rows["key"].to_pylist()
     if got is None or got["key"].to_pylist() != keys:
@@ -234,6 +234,3 @@ def _read_tar(url: str):
         raise WitError(f"{url}: unreadable tar ({err})") from None
 
 
-def _open(url: str):
-    fs, path = fs_and_path(url)
-    return fs.open(path, "rb")

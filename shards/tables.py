@@ -1,10 +1,36 @@
-"""Read a folder of parquet files (manifests, verdicts, selections) as one arrow table, from any fsspec URL."""
+"""Read parquet files (manifests, verdicts, selections, lists) from any fsspec URL, one at a time or a folder whole.
+
+Every parquet read in wit goes through here, because Arrow must never be handed a Python file object: its worker
+threads then hold Python buffers, and freeing one at interpreter exit needs the GIL, which aborts the process
+(SIGABRT, "terminate called without an active exception") after the command has finished. Local files are read by
+Arrow natively; remote ones are fetched whole and parsed from a copy in Arrow's own memory.
+"""
 from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shards.storage import WitError, fs_and_path
+from shards.storage import WitError, fs_and_path, is_local
+
+
+def arrow_reader(data: bytes) -> pa.BufferReader:
+    """A reader over an Arrow-owned copy of `data` (see the module docstring for why not the bytes themselves)."""
+    buf = pa.allocate_buffer(len(data))
+    pa.FixedSizeBufferWriter(buf).write(data)
+    return pa.BufferReader(buf)
+
+
+def open_parquet(url: str) -> pq.ParquetFile:
+    """A parquet file to read whole, by columns or in batches."""
+    fs, path = fs_and_path(url)
+    if is_local(url):
+        return pq.ParquetFile(path)
+    with fs.open(path, "rb") as f:
+        return pq.ParquetFile(arrow_reader(f.read()))
+
+
+def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
+    return open_parquet(url).read(columns=columns)
 
 
 def parquet_files(folder: str) -> list[str]:
@@ -24,9 +50,7 @@ def read_folder(folder: str, required: tuple[str, ...] = (), columns: list[str] 
         raise WitError(f"{folder}: holds no parquet files")
     tables = []
     for url in files:
-        fs, path = fs_and_path(url)
-        with fs.open(path, "rb") as f:
-            t = pq.read_table(f, columns=columns)
+        t = read_parquet(url, columns)
         lacking = [c for c in required if c not in t.column_names]
         if lacking:
             raise WitError(f"{url}: no column {lacking[0]!r} (columns: {', '.join(t.column_names)})")

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pyarrow.parquet as pq
 
 from shards import fasttar
 from shards.schema import OK
 from shards.storage import fs_and_path, join, read_json
+from shards.tables import read_parquet
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,7 @@ def verify_shard(folder: str, name: str) -> ShardCheck:
     if not wit.get("verified"):
         return ShardCheck(name, False, "stats lack wit's verification")
     try:
-        fs, path = fs_and_path(join(folder, f"{name}.parquet"))
-        with fs.open(path, "rb") as f:
-            manifest = pq.read_table(f, columns=["key", "status"])
+        manifest = read_parquet(join(folder, f"{name}.parquet"), ["key", "status"])
     except Exception as err:
         return ShardCheck(name, False, f"manifest unreadable ({type(err).__name__})")
     ok_keys = {k for k, s in zip(manifest["key"].to_pylist(), manifest["status"].to_pylist()) if s == OK}

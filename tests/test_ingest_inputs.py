@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,7 +13,7 @@ from ingest.lists import find_lists, read_list, url_problem
 from ingest.loopback import LoopbackImageServer
 from shards.storage import WitError
 from tests.conftest import write_csv
-from tests.ingest_helpers import FAST, wit
+from tests.ingest_helpers import FAST, REPO, wit
 
 
 def test_formats_and_column_detection(tmp_path):
@@ -86,3 +88,20 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(tmp_path):
 def test_read_list_errors_name_the_file(tmp_path):
     with pytest.raises(WitError, match=r"x\.weird: unknown list format"):
         read_list(str(tmp_path / "x.weird"))
+
+
+def test_reading_a_list_then_exiting_never_aborts(tmp_path):
+    # Arrow's worker threads used to free the Python-owned input buffer at interpreter exit, which aborted the
+    # process (SIGABRT, "terminate called without an active exception") after the error was printed; the race hit
+    # about every other run, so a few fresh interpreters per format catch it.
+    pq.write_table(pa.table({"link_to_img": ["http://a.example/x.jpg"]}), tmp_path / "l.parquet")
+    write_csv(tmp_path / "l.csv", [("http://a.example/x.jpg", "x")], header=("link_to_img", "caption"))
+    (tmp_path / "l.jsonl").write_text(json.dumps({"link_to_img": "http://a.example/x.jpg"}) + "\n")
+    script = (
+        "import sys\nfrom ingest.lists import read_list\n"
+        "try:\n    read_list(sys.argv[1])\nexcept Exception:\n    sys.exit(2)\n"
+    )
+    for name in ("l.parquet", "l.csv", "l.jsonl"):
+        codes = [subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], cwd=REPO,
+                                capture_output=True).returncode for _ in range(6)]
+        assert codes == [2] * 6, (name, codes)

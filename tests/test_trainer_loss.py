@@ -1,7 +1,6 @@
 """trainer.loss equals open_clip.ClipLoss(local_loss=True, gather_with_grad=True), in one and in two gloo processes."""
 from __future__ import annotations
 
-import os
 import socket
 
 import pytest
