@@ -59,7 +59,7 @@ def s3_bucket(s3_server, request):
 
 @pytest.fixture(scope="session")
 def real_images() -> dict[str, bytes]:
-    """40 real photos: Flickr8k from ../shared/data when present, else the photos scikit-image/-learn ship."""
+    """Real photos: 40 from Flickr8k in ../shared/data when present, else the 16 that scikit-image/-learn ship."""
     folder = SHARED_DATA / "flickr8k" / "images"
     if folder.is_dir():
         return {p.name: p.read_bytes() for p in sorted(folder.glob("*.jpg"))[:40]}
