@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from shards.manifests import write_table_atomic
-from shards.schema import OK, VERDICT, pair_uid
+from shards.schema import OK, VERDICT, row_uids
 from shards.storage import WitError, absolute, expand, fs_and_path, join
 from shards.tables import open_parquet
 
@@ -144,10 +144,12 @@ def judge_file(job: TextJob) -> int:
         raise WitError(f"{job.src}: no {'url' if url_col is None else 'caption'} column (columns: {names})")
     extra = [c for c in ("uid", "status", "invalid") if c in names]
     t = source.read(columns=[url_col, cap_col] + extra).to_pylist()
+    # a raw list has no uid yet: the ones ingest gives (a pair repeated across list files is counted per file here)
+    fresh = row_uids((r[url_col], r[cap_col]) for r in t)
     out = []
     for i, r in enumerate(t):
         url, caption = r[url_col], r[cap_col]
-        uid = r.get("uid") or pair_uid(url, caption)  # a raw list has no uid yet: the same one ingest gives
+        uid = r.get("uid") or fresh[i]
         if r.get("status", OK) != OK or r.get("invalid"):
             reason = NOT_OK
         else:

@@ -12,6 +12,7 @@ import hashlib
 import io
 import math
 import time
+from collections import Counter
 from dataclasses import replace
 
 import pyarrow.parquet as pq
@@ -47,10 +48,10 @@ def download(cfg: DownloadConfig) -> dict:
 def prepare_inputs(cfg: DownloadConfig) -> list[int]:
     """Normalise every list into `_wit/input/NNNNN.parquet`; refuse an output that holds other lists' crawl."""
     files = find_lists(list(cfg.lists))
-    digest, counts = hashlib.sha256(), []
+    digest, counts, seen = hashlib.sha256(), [], Counter()
     tables = []
     for path in files:
-        table = read_list(path, cfg.input_format, cfg.url_col, cfg.caption_col)
+        table = read_list(path, cfg.input_format, cfg.url_col, cfg.caption_col, seen)
         digest.update("\n".join(table["uid"].to_pylist()).encode())
         counts.append(table.num_rows)
         tables.append(table)

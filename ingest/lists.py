@@ -7,6 +7,7 @@ manifest as failed instead of stopping the crawl.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -14,7 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from shards.schema import INPUT, pair_uid
+from shards.schema import INPUT, row_uids
 from shards.storage import WitError, expand, fs_and_path
 from shards.tables import arrow_reader
 
@@ -59,8 +60,12 @@ def list_format(path: str, strict: bool = True) -> str | None:
     return None
 
 
-def read_list(url: str, fmt: str | None = None, url_col: str | None = None, caption_col: str | None = None) -> pa.Table:
-    """One list file -> a table in the INPUT schema, with a stable uid and the source row of every pair."""
+def read_list(url: str, fmt: str | None = None, url_col: str | None = None, caption_col: str | None = None,
+              seen: Counter | None = None) -> pa.Table:
+    """One list file -> a table in the INPUT schema, with a stable uid and the source row of every pair.
+
+    `seen` counts the pairs of the lists read before this one, so that a repeated pair gets its own uid.
+    """
     fmt = fmt or list_format(url)
     table = _read_table(url, fmt)
     if table.num_rows == 0:
@@ -71,7 +76,7 @@ def read_list(url: str, fmt: str | None = None, url_col: str | None = None, capt
     captions = [""] * len(urls) if ccol is None else [_as_text(v) for v in table.column(ccol).to_pylist()]
     return pa.table(
         {
-            "uid": [pair_uid(u, c) for u, c in zip(urls, captions)],
+            "uid": row_uids(zip(urls, captions), seen),
             "url": urls,
             "caption": captions,
             "source_file": [url] * len(urls),

@@ -56,7 +56,9 @@ def funnel(con, stages: list[tuple[str, str]]) -> list[dict]:
     for name, table in stages:
         n_in = steps[-1]["kept"]
         dropped = dict(con.execute(
-            f"SELECT coalesce(t.reason, 'no verdict'), count(*) FROM live LEFT JOIN {table} t USING (uid) "
+            # reasons grouped by kind: `dup_of:<uid>` and `eval_leak:<image>` name one pair each
+            f"SELECT coalesce(split_part(t.reason, ':', 1), 'no verdict'), count(*) FROM live LEFT JOIN {table} t "
+            "USING (uid) "
             "WHERE NOT coalesce(t.keep, false) GROUP BY 1 ORDER BY 2 DESC").fetchall())
         con.execute(f"DELETE FROM live WHERE uid NOT IN (SELECT uid FROM {table} WHERE keep)")
         steps.append({"stage": name, "rows_in": n_in, "dropped": dropped, "kept": n_in - sum(dropped.values())})

@@ -6,6 +6,8 @@ so counting rows by status is the audit's funnel and adds up to the input.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
+from collections.abc import Iterable
 
 import pyarrow as pa
 
@@ -56,6 +58,24 @@ def pair_uid(url: str | None, caption: str | None) -> str:
     h.update(b"\x00")
     h.update((caption or "").encode("utf-8", "surrogatepass"))
     return h.hexdigest()
+
+
+def row_uids(pairs: Iterable[tuple[str | None, str | None]], seen: Counter | None = None) -> list[str]:
+    """uids for the rows of a crawl, unique even when a list repeats a pair.
+
+    The first occurrence of a pair gets `pair_uid`; its n-th repeat a uid derived from that and n. Every row then
+    has its own key through filters, balance, reshard and the audit, and dedup (same bytes) is what removes the
+    copy, with `dup_of` naming the first. `seen` carries the counts from list to list of one crawl.
+    """
+    seen = Counter() if seen is None else seen
+    uids = []
+    for url, caption in pairs:
+        uid = pair_uid(url, caption)
+        n, seen[uid] = seen[uid], seen[uid] + 1
+        if n:
+            uid = hashlib.blake2b(f"{uid}:{n}".encode(), digest_size=16, person=b"wit.repeat").hexdigest()
+        uids.append(uid)
+    return uids
 
 
 def empty_manifest() -> pa.Table:
