@@ -33,7 +33,7 @@ demo: venv
 
 download: venv
 	@test -n "$(shards)" || { echo "usage: make download shards=<lists> [out=<dir|s3://...>]" >&2; exit 2; }
-	NO_ALBUMENTATIONS_UPDATE=1 $(WIT) download "$(shards)" --out "$(out)" $(args)
+	NO_ALBUMENTATIONS_UPDATE=1 $(WIT) download $(shards) --out "$(out)" $(args)
 
 bench-%: venv
 	NO_ALBUMENTATIONS_UPDATE=1 $(PY) bench/$*.py $(args)

@@ -7,18 +7,15 @@ turns img2dataset's parquet into a wit manifest, checks the tar against it and m
 from __future__ import annotations
 
 import io
-import os
 import traceback
 from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from img2dataset.downloader import Downloader
+from img2dataset.resizer import Resizer
 from PIL import Image
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations (via img2dataset) asks PyPI at import
-
-from img2dataset.downloader import Downloader  # noqa: E402
-from img2dataset.resizer import Resizer  # noqa: E402
 from ingest import guard
 from ingest.reasons import reason_for
 from shards.schema import FAILED, MANIFEST, OK, SCHEMA_VERSION

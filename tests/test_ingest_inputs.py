@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -105,3 +106,26 @@ def test_reading_a_list_then_exiting_never_aborts(tmp_path):
         codes = [subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], cwd=REPO,
                                 capture_output=True).returncode for _ in range(6)]
         assert codes == [2] * 6, (name, codes)
+
+
+def test_albumentations_never_asks_pypi(tmp_path):
+    # img2dataset imports albumentations, which checks PyPI for updates unless NO_ALBUMENTATIONS_UPDATE is set by
+    # then. An import hook records the variable at that moment and stops the import, so nothing is sent even when
+    # the variable is missing.
+    script = (
+        "import os, sys\n"
+        "os.environ.pop('NO_ALBUMENTATIONS_UPDATE', None)\n"
+        "seen = []\n"
+        "class Spy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'albumentations':\n"
+        "            seen.append(os.environ.get('NO_ALBUMENTATIONS_UPDATE'))\n"
+        "            raise ImportError('stopped by the test')\n"
+        "sys.meta_path.insert(0, Spy())\n"
+        "try:\n    import ingest.download\n    from img2dataset import distributor  # what run_engine does first\n"
+        "except ImportError:\n    pass\n"
+        "print(seen)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                       env={k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"})
+    assert r.stdout.strip() == "['1']", r.stdout + r.stderr
