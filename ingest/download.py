@@ -33,7 +33,7 @@ def download(cfg: DownloadConfig) -> dict:
     cfg = replace(cfg, out=absolute(cfg.out))
     check_writable(cfg.out)
     inputs = prepare_inputs(cfg)
-    expected = {f"{i:0{SHARD_DIGITS}d}" for i in range(_expected_shards(inputs, cfg.shard_size))}
+    expected = {f"{i:0{SHARD_DIGITS}d}" for i in range(expected_shards(inputs, cfg.shard_size))}
     done = resume_scan(cfg.out)
     start = time.time()
     run_engine(cfg, input_dir=join(cfg.out, "_wit", "input"), done=done, start_shard=0, total_rows=sum(inputs))
@@ -72,7 +72,7 @@ def prepare_inputs(cfg: DownloadConfig) -> list[int]:
     return counts
 
 
-def _expected_shards(counts: list[int], shard_size: int) -> int:
+def expected_shards(counts: list[int], shard_size: int) -> int:
     return sum(math.ceil(n / shard_size) for n in counts)
 
 

@@ -1,6 +1,6 @@
 """`wit download --retry-failed`: give transient failures another try, keeping the row count honest.
 
-Rows are identified by (source_file, source_row). Retried rows go into new shards after the last one; the old
+Rows are identified by (source_file, source_row). Retried rows go into new shards after the crawl's; the old
 rows then become `superseded` with the new shard in their reason. If a retry is killed, the next call first
 supersedes what the finished retry shards already hold, so a row is never retried twice into the output.
 """
@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ingest.config import DownloadConfig
-from ingest.download import prepare_inputs, resume_scan, run_engine
+from ingest.download import expected_shards, prepare_inputs, resume_scan, run_engine
 from ingest.reasons import is_transient
 from ingest.summary import read_manifests, summarize
 from shards.schema import FAILED, INPUT, SUPERSEDED
@@ -28,13 +28,19 @@ def retry_failed(cfg: DownloadConfig) -> dict:
     check_writable(cfg.out)
     if not exists(join(cfg.out, "_wit", "run.json")):
         raise WitError(f"{cfg.out}: no crawl here to retry (run `wit download` first)")
-    prepare_inputs(cfg)  # the same lists, or a clear error
+    counts = prepare_inputs(cfg)  # the same lists, or a clear error
     done = resume_scan(cfg.out)
+    crawl_shards = expected_shards(counts, cfg.shard_size)
+    unfinished = crawl_shards - len([i for i in done if i < crawl_shards])
+    if unfinished:
+        print(f"{unfinished} shard(s) of the crawl are unfinished; `wit download` without --retry-failed finishes them")
     supersede(cfg.out)
     todo = transient_failures(cfg.out)
     start = time.time()
     if todo.num_rows:
-        first = max(done, default=-1) + 1
+        # after the crawl's own shard numbers, even unfinished ones: a retry shard must never take the number of a
+        # crawl shard that a later run still has to write
+        first = max(max(done, default=-1) + 1, crawl_shards)
         batch = join(cfg.out, "_wit", f"retry-{first:05d}")
         sink = io.BytesIO()
         pq.write_table(todo, sink)

@@ -60,3 +60,22 @@ def test_crawl_from_and_to_s3(tmp_path, s3_bucket, image_server, real_images):
 
     r = wit(*args)  # resume on object storage: both shards are trusted
     assert r.returncode == 0 and "this run      0 shards" in r.stdout
+
+
+def test_retry_before_the_crawl_finished_loses_no_row(tmp_path, image_server, real_images):
+    names = sorted(real_images)
+    rows = [(f"{image_server.url}/img/{names[0]}", "good 0"), (f"{image_server.url}/flaky/{names[1]}", "flaky"),
+            (f"{image_server.url}/img/{names[2]}", "good 2"), (f"{image_server.url}/img/{names[3]}", "good 3")]
+    out = tmp_path / "out"
+    args = ["download", str(write_csv(tmp_path / "l.csv", rows)), "--out", str(out), "--allow-net", "127.0.0.1/32",
+            "--shard-size", "2", *FAST]
+    assert wit(*args).returncode == 0
+    (out / "00001_stats.json").unlink()  # the crawl's second shard is unfinished
+
+    r = wit(*args, "--retry-failed")
+    assert r.returncode == 0, r.stderr
+    assert "1 shard(s) of the crawl are unfinished" in r.stdout and "into shards from 00002" in r.stdout
+    assert wit(*args).returncode == 0  # finishes shard 00001, which the retry must not have taken
+    live = [row for row in manifests(out).to_pylist() if row["status"] != "superseded"]
+    assert sorted(row["source_row"] for row in live) == [0, 1, 2, 3]
+    assert all(row["status"] == "ok" for row in live)
