@@ -125,7 +125,7 @@ def train(cfg: TrainConfig) -> int:
     board = tensorboard_writer(out) if rank == 0 and cfg.tensorboard else None
     bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, dynamic_ncols=True)
 
-    batches, last_save = iter(loader), time.monotonic()
+    batches, last_save, started = iter(loader), time.monotonic(), time.perf_counter()
     interval = {"loss": 0.0, "steps": 0, "wait": 0.0, "skipped": 0, "t0": time.perf_counter()}
     while step < cfg.steps:
         t = time.perf_counter()
@@ -175,6 +175,7 @@ def train(cfg: TrainConfig) -> int:
                     for name in record.keys() - {"step"}:
                         board.add_scalar(f"train/{name}", record[name], step)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", sps=f"{record['samples_per_s']:.0f}")
+                bar.write(log_line(record))  # stdout, above the bar (which is on stderr)
             interval = {"loss": 0.0, "steps": 0, "wait": 0.0, "skipped": 0, "t0": time.perf_counter()}
         if save_now:
             save(cfg, rank, world, model, optimizer, loader, step, samples_seen)
@@ -183,7 +184,16 @@ def train(cfg: TrainConfig) -> int:
     bar.close()
     if board:
         board.close()
+    if rank == 0:
+        print(f"wit train: done at step {step} ({samples_seen:,} samples seen) in {time.perf_counter() - started:.0f} s; "
+              f"checkpoints in {cfg.ckpt_dir}, log in {out / 'log.jsonl'}", flush=True)
     return 0
+
+
+def log_line(r: dict) -> str:
+    return (f"step {r['step']} epoch {r['epoch']}  loss {r['loss']:.4f}  temperature {r['temperature']:.4f}  "
+            f"lr {r['lr']:.2e}  {r['samples_per_s']:.0f} samples/s ({r['samples_per_s_per_device']:.0f}/device)  "
+            f"data wait {r['data_wait']:.0%}  skipped {r['skipped']}")
 
 
 def tensorboard_writer(out: Path):
