@@ -102,3 +102,12 @@ def test_labels_map_to_prompt_classes():
     assert label_index(["cat", "Maple_Tree", 3], ["cat", "maple tree", "dog", "x"], "d").tolist() == [0, 1, 3]
     with pytest.raises(WitError, match="unicorn"):
         label_index(["unicorn"], ["cat"], "d")
+
+
+def test_wordnet_id_folders_map_by_sorted_order():
+    # ImageNet's val layout: folders named by WordNet id, class k = the k-th id in sorted order
+    folders = ["n02000000", "n01000000", "n03000000"]
+    got = label_index(["n03000000", "n01000000", "n02000000"], ["tench", "goldfish", "shark"], "val", folders)
+    assert got.tolist() == [2, 0, 1]
+    with pytest.raises(WitError, match="2 WordNet-id folders for 3 classes"):
+        label_index(["n01000000"], ["tench", "goldfish", "shark"], "val", folders[:2])

@@ -1,6 +1,7 @@
 """`wit eval zeroshot`: classify images by their similarity to prompt-ensembled class embeddings."""
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -23,9 +24,21 @@ class ZeroShotConfig(ModelOptions):
     limit: int = 0
 
 
-def label_index(labels: list, classnames: list[str], data: str) -> torch.Tensor:
-    """Folder/class names or integer labels -> indices into the prompt set's classes."""
+WORDNET_ID = re.compile(r"n\d{8}")
+
+
+def label_index(labels: list, classnames: list[str], data: str, folders: list[str] | None = None) -> torch.Tensor:
+    """Folder/class names or integer labels -> indices into the prompt set's classes.
+
+    Folders named by WordNet id (`n01440764/`, ImageNet's own layout) map to classes by their sorted order, which is
+    how ImageNet numbers its classes; that needs every class's folder to be there.
+    """
     index = {c: i for i, c in enumerate(classnames)}
+    if folders and all(WORDNET_ID.fullmatch(f) for f in folders):
+        if len(folders) != len(classnames):
+            raise WitError(f"{data}: {len(folders)} WordNet-id folders for {len(classnames)} classes; their sorted "
+                           "order gives the class numbers, so every class needs its folder")
+        index = {wnid: i for i, wnid in enumerate(sorted(folders))}
     out = []
     for label in labels:
         i = label if isinstance(label, int) else index.get(clean(str(label)))
@@ -53,6 +66,6 @@ def run(cfg: ZeroShotConfig) -> dict:
                                      workers=cfg.workers, **kw)
     scores = images @ weights.T
     results = {"task": "zeroshot", "images": len(labels), "classes": len(classnames), "templates": len(templates),
-               **topk_accuracy(scores, label_index(labels, classnames, cfg.data)),
+               **topk_accuracy(scores, label_index(labels, classnames, cfg.data, source.classes)),
                "chance_top1": 1 / len(classnames)}
     return finish(cfg, results, started)
