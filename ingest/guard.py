@@ -17,7 +17,8 @@ import urllib.request
 from dataclasses import dataclass, field
 
 # Everything a crawler must not reach by default: loopback, private, link-local (cloud metadata lives at
-# 169.254.169.254), carrier-grade NAT, multicast, reserved and unspecified ranges.
+# 169.254.169.254), carrier-grade NAT, multicast, reserved and unspecified ranges; `check` also refuses whatever
+# else the IANA registries mark not global (documentation, benchmarking, ...).
 BLOCKED_NETS = tuple(
     ipaddress.ip_network(n)
     for n in (
@@ -50,8 +51,22 @@ class GuardPolicy:
         addr = ipaddress.ip_address(ip.split("%")[0])
         if any(addr in net for net in self._allow):
             return
-        if any(addr.version == net.version and addr in net for net in BLOCKED_NETS):
-            raise Blocked(f"ssrf_blocked: {addr} is not a public address (allow it with --allow-net)")
+        for a in (addr, *embedded_ipv4(addr)):
+            if not a.is_global or any(a.version == net.version and a in net for net in BLOCKED_NETS):
+                raise Blocked(f"ssrf_blocked: {addr} is not a public address (allow it with --allow-net)")
+
+
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def embedded_ipv4(addr) -> list:
+    """The IPv4 addresses an IPv6 address carries (mapped, 6to4, Teredo, NAT64): each must be public too."""
+    if addr.version != 6:
+        return []
+    found = [addr.ipv4_mapped, addr.sixtofour, addr.teredo[1] if addr.teredo else None]
+    if addr in NAT64:
+        found.append(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
+    return [a for a in found if a is not None]
 
 
 def parse_nets(values: list[str] | tuple[str, ...]) -> tuple[str, ...]:

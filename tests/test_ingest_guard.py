@@ -11,7 +11,8 @@ from tests.ingest_helpers import FAST, manifests, wit
 
 @pytest.mark.parametrize(
     "ip", ["127.0.0.1", "127.0.0.2", "10.1.2.3", "172.16.0.9", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-           "0.0.0.0", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1"],
+           "0.0.0.0", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "192.0.2.1", "2001:db8::1",
+           "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "2002:7f00:1::1", "2002:a00:1::1", "2001:0:4136:e378:8000:63bf:80ff:fffe"],
 )
 def test_policy_blocks_non_public_addresses(ip):
     # pure address checks: nothing is sent anywhere
@@ -21,6 +22,8 @@ def test_policy_blocks_non_public_addresses(ip):
 
 def test_policy_allows_public_and_allow_listed_addresses():
     GuardPolicy().check("93.184.216.34")  # no exception: a public address is fine (only checked, never contacted)
+    GuardPolicy().check("2606:4700:4700::1111")
+    GuardPolicy().check("64:ff9b::5db8:d822")  # NAT64 of a public IPv4 address
     GuardPolicy(allow_nets=("127.0.0.1/32",)).check("127.0.0.1")
     with pytest.raises(Blocked):
         GuardPolicy(allow_nets=("127.0.0.1/32",)).check("127.0.0.2")
