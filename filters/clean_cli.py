@@ -54,7 +54,8 @@ def register(sub) -> None:
     i.add_argument("--max-aspect", type=float, default=3.0,
                    help="largest long side / short side ratio (default: %(default)s)")
     i.add_argument("--eval", dest="eval_sets", action="append", default=[], metavar="SET",
-                   help="evaluation images, a folder (searched recursively) or a tar; repeatable. Pool images "
+                   help="evaluation images: a folder (searched recursively, tars in it too), a tar, or a brace pattern of "
+                   "shards; repeatable. Pool images "
                    "within --eval-k of one of them are dropped as eval_leak:<name>")
     i.add_argument("--eval-k", type=int, default=4,
                    help="Hamming distance (of 64 pHash bits) that counts as leakage. Crawled copies of CIFAR-10 "

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from filters.phash import band_values, hamming, phash_bytes
 from shards.manifests import write_table_atomic
-from shards.storage import WitError, fs_and_path
+from shards.storage import WitError, expand, fs_and_path
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
 EVAL_INDEX = pa.schema([pa.field("name", pa.string(), nullable=False), pa.field("phash", pa.int64(), nullable=False)])
@@ -24,16 +24,24 @@ def _is_image(name: str) -> bool:
 
 
 def iter_eval_images(source: str):
-    """Yield (name, bytes) for every image in a folder (recursive) or a tar; the name says where it came from."""
-    fs, path = fs_and_path(source)
-    if not fs.exists(path):
-        raise WitError(f"{source}: evaluation set not found")
-    if fs.isdir(path):
+    """Yield (name, bytes) for every image of an evaluation set: a folder (recursive; tars inside it are read
+    too, e.g. WebDataset shards), a tar, or a brace pattern of either. The name says where the image came from."""
+    for url in expand(source):
+        fs, path = fs_and_path(url)
+        if not fs.exists(path):
+            raise WitError(f"{url}: evaluation set not found")
+        if not fs.isdir(path):
+            yield from _tar_images(fs, path, url, path.rstrip("/").rsplit("/", 1)[-1])
+            continue
         for p in sorted(fs.find(path)):
+            name = p[len(path.rstrip("/")) + 1:]
             if _is_image(p):
-                yield p[len(path.rstrip("/")) + 1:], fs.cat_file(p)
-        return
-    stem = path.rstrip("/").rsplit("/", 1)[-1]
+                yield name, fs.cat_file(p)
+            elif p.endswith(".tar"):
+                yield from _tar_images(fs, p, url, name)
+
+
+def _tar_images(fs, path: str, url: str, stem: str):
     try:
         with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for m in tar:
@@ -41,19 +49,24 @@ def iter_eval_images(source: str):
                     yield f"{stem}/{m.name}", tar.extractfile(m).read()
                 tar.members = []
     except tarfile.TarError as err:
-        raise WitError(f"{source}: not a folder of images nor a readable tar ({err})") from None
+        raise WitError(f"{url}: not a folder of images nor a readable tar ({err})") from None
 
 
 def hash_eval_sets(sources: list[str]) -> pa.Table:
     """(name, phash) of every decodable evaluation image; undecodable ones are skipped (they cannot leak)."""
     names, hashes = [], []
     for src in sources:
+        found = 0
         for name, data in iter_eval_images(src):
+            found += 1
             try:
                 hashes.append(phash_bytes(data))
             except Exception:  # noqa: BLE001 - a broken eval image is not our pool's problem
                 continue
             names.append(name)
+        if not found:  # a leakage check against nothing would pass every pair
+            raise WitError(f"{src}: no images in this evaluation set (looked in folders and tars for "
+                           f"{', '.join(sorted(IMAGE_EXTS))})")
     return pa.table({"name": names, "phash": pa.array(hashes, pa.int64())}, schema=EVAL_INDEX)
 
 

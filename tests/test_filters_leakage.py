@@ -6,11 +6,13 @@ import random
 import tarfile
 
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from filters.images import ImagesConfig, run_images
 from filters.leakage import EvalIndex, hash_eval_sets
 from filters.phash import to_signed
+from shards.storage import WitError
 from tests.conftest import shared_data
 from tests.filters_helpers import jpeg, short_side_256, write_shard
 
@@ -64,3 +66,22 @@ def test_probe_boundary_and_folder_sets(tmp_path):
     for d, hit in [(0, True), (4, True), (5, False)]:
         flipped = to_signed((h & (2**64 - 1)) ^ sum(1 << b for b in range(0, 64, 64 // max(d, 1))[:d]))
         assert (index.probe(flipped) == "sub/half.jpg") is hit, d
+
+
+def test_eval_sets_from_shard_folders_and_patterns_and_empty_ones_refused(tmp_path):
+    im = Image.new("RGB", (64, 64))
+    im.paste((255, 255, 255), (0, 0, 32, 64))
+    (tmp_path / "shards").mkdir()
+    for i in range(2):  # a folder of WebDataset shards
+        with tarfile.open(tmp_path / "shards" / f"{i:05d}.tar", "w") as tar:
+            data = jpeg(im.rotate(90 * i))
+            info = tarfile.TarInfo(f"k{i}.jpg")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert sorted(hash_eval_sets([str(tmp_path / "shards")])["name"].to_pylist()) == ["00000.tar/k0.jpg",
+                                                                                      "00001.tar/k1.jpg"]
+    assert hash_eval_sets([str(tmp_path / "shards" / "{00000..00001}.tar")]).num_rows == 2
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(WitError, match="empty: no images in this evaluation set"):
+        hash_eval_sets([str(tmp_path / "empty")])
