@@ -54,9 +54,9 @@ def register(sub) -> None:
     i.add_argument("--max-aspect", type=float, default=3.0,
                    help="largest long side / short side ratio (default: %(default)s)")
     i.add_argument("--eval", dest="eval_sets", action="append", default=[], metavar="SET",
-                   help="evaluation images: a folder (searched recursively, tars in it too), a tar, or a brace pattern of "
-                   "shards; repeatable. Pool images "
-                   "within --eval-k of one of them are dropped as eval_leak:<name>")
+                   help="evaluation images: a folder (searched recursively, tars in it too), a tar, or a brace "
+                   "pattern of shards; repeatable. Pool images within --eval-k of one of them are dropped as "
+                   "eval_leak:<name>")
     i.add_argument("--eval-k", type=int, default=4,
                    help="Hamming distance (of 64 pHash bits) that counts as leakage. Crawled copies of CIFAR-10 "
                    "test images (upscaled, re-encoded) land within 2; at 4 none of 1,000 Flickr8k photos matched "
