@@ -4,6 +4,11 @@ c_e = pool pairs matching entry e (a reduction over all match files); p_e = min(
 set M is kept with probability 1 - prod_{e in M} (1 - p_e). The draw is a hash of (seed, uid), so the selected
 set depends on nothing else: not on sharding, worker count or engine. Two passes over the match files, each a
 pure function per file mapped by shards.runner: count, then select.
+
+The pool is the rows that are in it: with `status` (match files of crawled manifests carry it) only ok rows, and
+with verdict folders (`--verdicts`, per-shard files named like the match files) only rows every filter kept. Rows
+outside the pool are neither counted nor selected (reason `not_in_pool`), so balancing after the filters aims t at
+what survives them.
 """
 from __future__ import annotations
 
@@ -19,8 +24,11 @@ import pyarrow.compute as pc
 from filters import datacard
 from filters.io import read_schema, read_table, write_table
 from shards.runner import run_map
-from shards.schema import DROPPED, NO_QUERY_MATCH, NOT_SELECTED, SELECTED, SELECTION
-from shards.storage import WitError
+from shards.schema import DROPPED, NO_QUERY_MATCH, NOT_SELECTED, OK, SELECTED, SELECTION
+from shards.storage import WitError, join
+from shards.tables import read_parquet
+
+NOT_IN_POOL = "not_in_pool"
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,7 @@ class BalanceConfig:
     out: str  # folder: selection/, urls/, entry_counts.parquet, datacard.json, *.png
     t: int = 20_000
     seed: int = 0
+    verdicts: tuple[str, ...] = ()  # verdict folders (uid, keep) whose dropped rows are not in the pool
     engine: str = "local"
     workers: int | None = None
     ray_address: str | None = None
@@ -41,6 +50,7 @@ class SelectTask:
     urls: str  # selected rows only (uid, url, caption): a URL list for `wit download`
     seed: int
     p: np.ndarray  # p_e per entry
+    verdicts: tuple[str, ...] = ()
 
 
 def draw(seed: int, uid: str) -> float:
@@ -63,24 +73,48 @@ def keep_probabilities(matched: pa.ListArray, p: np.ndarray) -> np.ndarray:
     return -np.expm1(total)
 
 
-def count_file(url: str) -> tuple[np.ndarray, int]:
-    """c_e over one match file (each pair counts once per entry), and its row count."""
-    table = read_table(url, columns=["matched"])
-    n_entries = _entries(url)
-    ids = table.column("matched").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return np.bincount(ids, minlength=n_entries).astype(np.int64), table.num_rows
+def in_pool(table: pa.Table, source: str, verdicts: tuple[str, ...]) -> np.ndarray:
+    """Which rows of a match file are in the pool: ok (when it carries `status`) and kept by every verdict folder."""
+    ok = np.ones(table.num_rows, dtype=bool)
+    if "status" in table.column_names:
+        ok &= pc.fill_null(pc.equal(table["status"], OK), False).to_numpy(zero_copy_only=False)
+    uids = table["uid"].to_pylist()
+    for folder in verdicts:
+        vfile = join(folder, source.rstrip("/").rsplit("/", 1)[-1])
+        try:
+            v = read_parquet(vfile, ["uid", "keep"])
+        except FileNotFoundError:
+            raise WitError(f"{vfile}: no verdicts for {source} (verdict files are named like the match files)") from None
+        keep = dict(zip(v["uid"].to_pylist(), v["keep"].to_pylist()))
+        missing = next((u for u, o in zip(uids, ok) if o and u not in keep), None)
+        if missing is not None:
+            raise WitError(f"{vfile}: no verdict for uid {missing} of {source}")
+        ok &= np.array([bool(keep.get(u)) for u in uids], dtype=bool)
+    return ok
+
+
+def count_file(task: tuple[str, tuple[str, ...]]) -> tuple[np.ndarray, int]:
+    """c_e over the pool rows of one match file (each pair counts once per entry), and its pool row count."""
+    url, verdicts = task
+    columns = [c for c in ("uid", "status", "matched") if c in read_schema(url).names]
+    table = read_table(url, columns=columns)
+    pool = in_pool(table, url, verdicts)
+    matched = table.column("matched").combine_chunks().filter(pa.array(pool))
+    ids = matched.flatten().to_numpy(zero_copy_only=False)
+    return np.bincount(ids, minlength=_entries(url)).astype(np.int64), int(pool.sum())
 
 
 def select_file(task: SelectTask) -> dict:
     table = read_table(task.source)
+    pool = in_pool(table, task.source, task.verdicts)
     matched = table.column("matched").combine_chunks()
-    keep_prob = keep_probabilities(matched, task.p)
+    keep_prob = keep_probabilities(matched, task.p) * pool
     uids = table.column("uid").to_pylist()
     u = np.fromiter((draw(task.seed, x) for x in uids), dtype=np.float64, count=len(uids))
     has_match = pc.list_value_length(matched).to_numpy(zero_copy_only=False) > 0
-    keep = has_match & (u < keep_prob)
+    keep = pool & has_match & (u < keep_prob)
     status = np.where(keep, SELECTED, DROPPED)
-    reason = np.where(keep, None, np.where(has_match, NOT_SELECTED, NO_QUERY_MATCH))
+    reason = np.where(keep, None, np.where(~pool, NOT_IN_POOL, np.where(has_match, NOT_SELECTED, NO_QUERY_MATCH)))
     cols = {"uid": table.column("uid"), "status": pa.array(status, pa.string()), "reason": pa.array(reason, pa.string()),
             "keep_prob": pa.array(keep_prob), "draw": pa.array(u), "matched": matched}
     schema = SELECTION
@@ -98,8 +132,9 @@ def select_file(task: SelectTask) -> dict:
         "after": np.bincount(sel_ids, minlength=len(task.p)).astype(np.int64),
         "rows": len(uids),
         "selected": int(keep.sum()),
-        NO_QUERY_MATCH: int((~has_match).sum()),
-        NOT_SELECTED: int((has_match & ~keep).sum()),
+        NOT_IN_POOL: int((~pool).sum()),
+        NO_QUERY_MATCH: int((pool & ~has_match).sum()),
+        NOT_SELECTED: int((pool & has_match & ~keep).sum()),
         "expected_selected": float(keep_prob.sum()),
     }
 
@@ -131,7 +166,8 @@ def run(cfg: BalanceConfig) -> dict:
     if cfg.t < 1:
         raise WitError(f"--t {cfg.t}: must be at least 1")
     version, queries = _check_same_queries(files)
-    parts = run_map(count_file, files, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address)
+    parts = run_map(count_file, [(f, tuple(cfg.verdicts)) for f in files], engine=cfg.engine, workers=cfg.workers,
+                    ray_address=cfg.ray_address)
     counts = np.sum([c for c, _ in parts], axis=0)
     p = entry_probabilities(counts, cfg.t)
     names = [posixpath.basename(f).rsplit(".", 1)[0] for f in files]
@@ -139,12 +175,12 @@ def run(cfg: BalanceConfig) -> dict:
         names = [f"{i:05d}" for i in range(len(files))]  # the same base name in two folders
     tasks = [
         SelectTask(f, posixpath.join(cfg.out, "selection", f"{n}.parquet"),
-                   posixpath.join(cfg.out, "urls", f"{n}.parquet"), cfg.seed, p)
+                   posixpath.join(cfg.out, "urls", f"{n}.parquet"), cfg.seed, p, tuple(cfg.verdicts))
         for f, n in zip(files, names)
     ]
     results = run_map(select_file, tasks, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address)
     after = np.sum([r["after"] for r in results], axis=0)
-    funnel = {k: sum(r[k] for r in results) for k in ("rows", "selected", NO_QUERY_MATCH, NOT_SELECTED)}
+    funnel = {k: sum(r[k] for r in results) for k in ("rows", "selected", NOT_IN_POOL, NO_QUERY_MATCH, NOT_SELECTED)}
     funnel["expected_selected"] = round(sum(r["expected_selected"] for r in results), 3)
     card = datacard.write(cfg.out, counts=counts, after=after, t=cfg.t, seed=cfg.seed, funnel=funnel,
                           queries=queries, queries_version=version,

@@ -60,7 +60,8 @@ def register(sub) -> None:
         help="keep at most about t pairs per query entry (MetaCLIP Algorithm 1)",
         description="Count pairs per entry over all match files (c_e), then keep each pair with probability "
         "1 - prod(1 - min(1, t/c_e)) over its entries, drawn from a hash of (seed, uid). Writes "
-        "OUT/selection/*.parquet (every row: status selected|dropped, reason no_query_match|not_selected), "
+        "OUT/selection/*.parquet (every row: status selected|dropped, reason not_in_pool|no_query_match|"
+        "not_selected), "
         "OUT/urls/*.parquet (selected rows: uid, url, caption; a URL list for `wit download`), "
         "OUT/entry_counts.parquet, OUT/datacard.json and PNG plots.",
     )
@@ -69,6 +70,10 @@ def register(sub) -> None:
     bal.add_argument("--t", type=int, default=20_000,
                      help="pairs per entry to aim for (default: %(default)s; before download use 2-4x)")
     bal.add_argument("--seed", type=int, default=0, help="seed of the per-uid draw (default: %(default)s)")
+    bal.add_argument("--verdicts", nargs="+", default=[], metavar="DIR",
+                     help="verdict folders (wit filter text/images, wit dedup) with one file per match file: "
+                     "pairs a filter dropped are not in the pool, neither counted nor selected (not_in_pool); "
+                     "rows whose crawl status is not ok never are. Use them to balance after the filters")
     add_engine_args(bal)
     bal.set_defaults(run=_curate_balance)
 
@@ -113,6 +118,6 @@ def _curate_balance(args) -> int:
 
     run(BalanceConfig(
         matches=tuple(list_parquet(args.matches)), out=args.out, t=args.t, seed=args.seed, engine=args.engine,
-        workers=args.workers, ray_address=args.ray_address,
+        workers=args.workers, ray_address=args.ray_address, verdicts=tuple(args.verdicts),
     ))
     return 0

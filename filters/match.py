@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from filters import queries as querylist
 from filters.io import make_parent
 from filters.spacing import WS_CHARS, space
+from shards.lists import list_format, read_list
 from shards.runner import run_map
 from shards.schema import MATCHES
 from shards.storage import WitError, fs_and_path, move, write_json_atomic
@@ -32,7 +33,7 @@ from shards.tables import open_parquet
 
 BATCH_ROWS = 65_536
 _MATCH = np.dtype([("end", np.int64), ("id", np.int64)])  # one (end, id) tuple from iter
-CARRY_COLUMNS = ("url",)  # copied into the match file (with the caption) when the input has it
+CARRY_COLUMNS = ("url", "status")  # copied into the match file (with the caption) when the input has them
 
 
 @dataclass(frozen=True)
@@ -157,18 +158,24 @@ def match_captions(automaton: ahocorasick.Automaton, captions: pa.Array, n_entri
 
 
 def match_file(task: MatchTask) -> dict:
-    """Read one input parquet in batches, write its match file (atomically), return its counts."""
+    """Read one input in batches, write its match file (atomically), return its counts.
+
+    The input is a parquet with a uid column (a crawl's manifest) or else a URL list in any format `wit download`
+    reads (read whole, with the uids ingest would give), for balancing the text pool before download.
+    """
     automaton, n_entries, version = worker_automaton(task.queries)
     fs, path = fs_and_path(task.source)
     if not fs.exists(path):
         raise WitError(f"{task.source}: no such input file")
-    source = open_parquet(task.source)
-    names = source.schema_arrow.names
-    for col in (task.uid_column, task.caption_column):
-        if col not in names:
-            raise WitError(f"{task.source}: no {col!r} column (columns: {', '.join(names)})")
-    carry = [c for c in CARRY_COLUMNS if c in names and c not in (task.caption_column, task.uid_column)]
-    columns = list(dict.fromkeys([task.uid_column, *carry, task.caption_column]))
+    uid_column, caption_column = task.uid_column, task.caption_column
+    source = _open_manifest(task.source, uid_column)
+    if source is None:  # a URL list
+        source, uid_column, caption_column = read_list(task.source), "uid", "caption"
+    names = source.schema_arrow.names if isinstance(source, pq.ParquetFile) else source.column_names
+    if caption_column not in names:
+        raise WitError(f"{task.source}: no {caption_column!r} column (columns: {', '.join(names)})")
+    carry = [c for c in CARRY_COLUMNS if c in names and c not in (caption_column, uid_column)]
+    columns = list(dict.fromkeys([uid_column, *carry, caption_column]))
     schema = MATCHES
     for c in carry:
         schema = schema.append(pa.field(c, pa.string()))
@@ -181,19 +188,34 @@ def match_file(task: MatchTask) -> dict:
     tmp = f"{out_path}.tmp-{uuid.uuid4().hex[:8]}"
     rows = matched_rows = matches = 0
     with out_fs.open(tmp, "wb") as f, pq.ParquetWriter(f, schema) as writer:
-        for batch in source.iter_batches(batch_size=task.batch_rows, columns=columns):
-            caps = batch.column(task.caption_column)
+        if isinstance(source, pq.ParquetFile):
+            batches = source.iter_batches(batch_size=task.batch_rows, columns=columns)
+        else:
+            batches = source.select(columns).to_batches(max_chunksize=task.batch_rows)
+        for batch in batches:
+            caps = batch.column(caption_column)
             matched = match_captions(automaton, caps, n_entries)
             lens = pc.list_value_length(matched)
             rows += len(batch)
             matched_rows += pc.sum(pc.greater(lens, 0)).as_py() or 0
             matches += pc.sum(lens).as_py() or 0
-            arrays = [batch.column(task.uid_column).cast(pa.string()), matched]
+            arrays = [batch.column(uid_column).cast(pa.string()), matched]
             arrays += [batch.column(c).cast(pa.string()) for c in carry] + [caps.cast(pa.string())]
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
     move(out_fs, tmp, out_path)
     return {"source": task.source, "target": task.target, "rows": rows, "matched_rows": matched_rows,
             "matches": matches}
+
+
+def _open_manifest(url: str, uid_column: str) -> pq.ParquetFile | None:
+    """The input as a parquet manifest, or None when it is a URL list (another format, or no uid column)."""
+    if list_format(url, strict=False) != "parquet":
+        return None
+    try:
+        source = open_parquet(url)
+    except pa.ArrowInvalid as err:
+        raise WitError(f"{url}: not a readable parquet file ({err})") from None
+    return source if uid_column in source.schema_arrow.names else None
 
 
 def run(cfg: MatchConfig) -> dict:

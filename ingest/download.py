@@ -20,13 +20,22 @@ from tqdm import tqdm
 
 from ingest.config import SHARD_DIGITS, DownloadConfig
 from ingest.guard import GuardPolicy
-from ingest.lists import find_lists, read_list
 from ingest.progress import ShardProgress
 from ingest.summary import summarize
+from shards.lists import find_lists, read_list
 from shards.storage import (
-    WitError, absolute, check_writable, exists, fs_and_path, join, read_json, write_atomic, write_json_atomic,
+    WitError,
+    absolute,
+    check_writable,
+    exists,
+    fs_and_path,
+    join,
+    read_json,
+    write_atomic,
+    write_json_atomic,
 )
 from shards.verify import shard_names, verify_shard
+
 
 def download(cfg: DownloadConfig) -> dict:
     """Crawl cfg.lists into cfg.out; a second call with the same arguments resumes. Returns the summary."""

@@ -7,11 +7,13 @@ import math
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from filters.balance import BalanceConfig, draw, entry_probabilities, keep_probabilities, run
 from shards.schema import MATCHES, pair_uid
+from shards.storage import WitError
 
 
 def write_matches(path, matched: list[list[int]], n_entries: int, start: int = 0, urls: bool = True) -> str:
@@ -149,3 +151,26 @@ def test_property_keep_probability(matched, counts, t):
             assert row == 1.0  # a tail entry keeps the pair for sure
         if not ids:
             assert row == 0.0
+
+
+def test_only_the_pool_is_counted_and_selected(tmp_path):
+    # 300 pairs of entry 0: 100 failed to download, 100 more a filter dropped; t=50 must aim at the 100 left
+    path = write_matches(tmp_path / "00000.parquet", [[0]] * 300, n_entries=1)
+    table = pq.read_table(path)
+    status = ["failed" if i < 100 else "ok" for i in range(300)]
+    pq.write_table(table.append_column("status", pa.array(status)).replace_schema_metadata(table.schema.metadata),
+                   path)
+    uids = table["uid"].to_pylist()
+    (tmp_path / "v").mkdir()
+    pq.write_table(pa.table({"uid": uids, "keep": [i >= 200 for i in range(300)]}), tmp_path / "v" / "00000.parquet")
+    card = run(BalanceConfig(matches=(path,), out=str(tmp_path / "out"), t=50, workers=1,
+                             verdicts=(str(tmp_path / "v"),)))
+    sel = pq.read_table(tmp_path / "out" / "selection" / "00000.parquet").to_pylist()
+    assert {r["reason"] for r in sel[:200]} == {"not_in_pool"}
+    assert card["top_entries"][0]["before"] == 100  # c_e counts the pool only
+    chosen = sum(r["status"] == "selected" for r in sel)
+    assert abs(chosen - 50) <= 5 * math.sqrt(100 * 0.5 * 0.5) and chosen < 100
+    assert card["pairs"]["not_in_pool"] == 200
+    with pytest.raises(WitError, match="no verdicts for"):
+        run(BalanceConfig(matches=(path,), out=str(tmp_path / "out2"), t=50, workers=1,
+                          verdicts=(str(tmp_path / "nowhere"),)))

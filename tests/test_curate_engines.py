@@ -117,3 +117,30 @@ def test_match_and_balance_on_s3(tmp_path, s3_bucket):
     card = json.loads(fs.cat(f"{s3_bucket}/b/datacard.json"))
     assert card["pairs"]["rows"] == 800 and fs.exists(f"{s3_bucket}/b/counts.png")
     assert not [p for p in fs.find(s3_bucket) if ".tmp" in p]  # no temporary leftovers
+
+
+def test_balance_a_url_list_before_download_then_crawl_the_selection(tmp_path, image_server, real_images):
+    # MetaCLIP's order: balance the text pool, then fetch only the selection. The pool is a plain CSV URL list.
+    from tests.conftest import write_csv
+    from tests.ingest_helpers import FAST, manifests, wit
+
+    names = sorted(real_images)[:12]
+    rows = [(f"{image_server.url}/img/{n}", f"a {'dog' if i < 10 else 'cat'} photo {i}") for i, n in enumerate(names)]
+    pool = write_csv(tmp_path / "pool.csv", rows)
+    (tmp_path / "q.txt").write_text("dog\ncat\n")
+    q = str(tmp_path / "q.parquet")
+    assert main(["queries", "build", "--out", q, "--extra", str(tmp_path / "q.txt"), "--unigrams", "none",
+                 "--bigrams", "none", "--wordnet", "none"]) == 0
+    assert main(["curate", "match", str(pool), "--queries", q, "--out", str(tmp_path / "m"), "--workers", "1"]) == 0
+    assert main(["curate", "balance", str(tmp_path / "m"), "--out", str(tmp_path / "b"), "--t", "4",
+                 "--workers", "1"]) == 0
+    chosen = pq.read_table(tmp_path / "b" / "urls").to_pylist()
+    captions = [r["caption"] for r in chosen]
+    assert sum("cat" in c for c in captions) == 2  # the tail entry whole
+    assert 0 < sum("dog" in c for c in captions) < 10  # the head entry sampled down
+    r = wit("download", str(tmp_path / "b" / "urls"), "--out", str(tmp_path / "raw"), "--allow-net", "127.0.0.1/32",
+            *FAST)
+    assert r.returncode == 0, r.stderr
+    crawled = manifests(tmp_path / "raw").to_pylist()
+    assert sorted(x["uid"] for x in crawled) == sorted(x["uid"] for x in chosen)  # the same uids through the crawl
+    assert all(x["status"] == "ok" for x in crawled)

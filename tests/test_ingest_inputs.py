@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ingest.lists import find_lists, read_list, url_problem
 from ingest.loopback import LoopbackImageServer
+from shards.lists import find_lists, read_list, url_problem
 from shards.storage import WitError
 from tests.conftest import write_csv
 from tests.ingest_helpers import FAST, REPO, wit
@@ -99,7 +99,7 @@ def test_reading_a_list_then_exiting_never_aborts(tmp_path):
     write_csv(tmp_path / "l.csv", [("http://a.example/x.jpg", "x")], header=("link_to_img", "caption"))
     (tmp_path / "l.jsonl").write_text(json.dumps({"link_to_img": "http://a.example/x.jpg"}) + "\n")
     script = (
-        "import sys\nfrom ingest.lists import read_list\n"
+        "import sys\nfrom shards.lists import read_list\n"
         "try:\n    read_list(sys.argv[1])\nexcept Exception:\n    sys.exit(2)\n"
     )
     for name in ("l.parquet", "l.csv", "l.jsonl"):

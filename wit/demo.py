@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     wit("query list", "queries", "build", "--out", str(out / "queries.parquet"))
     wit("match", "curate", "match", str(out / "raw"), "--queries", str(out / "queries.parquet"),
         "--out", str(out / "matches"))
-    wit("balance", "curate", "balance", str(out / "matches"), "--out", str(out / "balance"), "--t", str(args.t))
+    wit("balance", "curate", "balance", str(out / "matches"), "--out", str(out / "balance"), "--t", str(args.t),
+        "--verdicts", *(str(out / "verdicts" / v) for v in ("text", "images", "dedup")))
     wit("reshard", "shards", "write", "--raw", str(out / "raw"), "--out", str(out / "corpus"), "--shard-size", "200",
         "--verdicts", str(out / "verdicts" / "text"), str(out / "verdicts" / "images"), str(out / "verdicts" / "dedup"),
         "--selection", str(out / "balance" / "selection"))
