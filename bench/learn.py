@@ -24,12 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from ingest.loopback import LoopbackImageServer  # noqa: E402
 
+sys.path.append(str(REPO / "bench"))  # after the repo: bench/ingest.py must not shadow the ingest package
+from train import OPEN_CLIP_TRAIN, SAME_OPTIMISER  # noqa: E402  (bench/train.py: one way to run open_clip_train)
+
 CIFAR = REPO.parent / "shared" / "data" / "cifar10"
 # Training captions; the evaluation's templates ("a photo of a {}.", "a blurry photo of the {}.", ...) are held out.
 TEMPLATES = ("a picture of a {}", "an image showing a {}", "{} in this shot", "snapshot: {}", "my {}",
              "there is a {} here", "a {} seen up close", "this is a {}", "look at the {}", "a small image of a {}")
-OPEN_CLIP_TRAIN = ("import sys, open_clip; open_clip.add_model_config(sys.argv.pop(1)); "
-                   "from open_clip_train.main import main; main(sys.argv[1:])")
 
 
 def step(name: str, cmd: list[str], env: dict) -> float:
@@ -104,7 +105,7 @@ def main() -> None:
         sys.executable, "-c", OPEN_CLIP_TRAIN, str(REPO / "trainer" / "model_configs"), "--train-data", pattern,
         "--train-num-samples", str(args.steps * args.batch), "--dataset-type", "webdataset", "--model", "wit-tiny",
         "--batch-size", str(args.batch), "--workers", str(args.workers), "--epochs", "1", "--lr", common["lr"],
-        "--wd", common["wd"], "--warmup", common["warmup"], "--precision", "fp32", "--device", "cpu",
+        "--wd", common["wd"], "--warmup", common["warmup"], *SAME_OPTIMISER, "--precision", "fp32", "--device", "cpu",
         "--logs", str(work / "theirs"), "--name", "learn", "--report-to", "", "--save-frequency", "1",
         "--log-every-n-steps", "100", "--seed", "0"], env)
     theirs_ckpt = next((work / "theirs" / "learn" / "checkpoints").glob("epoch_*.pt"))

@@ -22,6 +22,9 @@ from loader import make_shards  # noqa: E402  (the same shards as bench/loader.p
 
 OPEN_CLIP_TRAIN = ("import sys, open_clip; open_clip.add_model_config(sys.argv.pop(1)); "
                    "from open_clip_train.main import main; main(sys.argv[1:])")
+# open_clip_train picks Adam's beta2/eps by model name ("vit" in it or not) and clips no gradient by default:
+# wit's defaults, given to it explicitly, so that the runs differ in the trainer alone
+SAME_OPTIMISER = ("--beta1", "0.9", "--beta2", "0.98", "--eps", "1e-6", "--grad-clip-norm", "1.0")
 
 
 def run(cmd: list[str], env: dict) -> float:
@@ -45,8 +48,9 @@ def theirs(pattern, args, work: Path, env) -> tuple[float, float]:
     wall, text = run([sys.executable, "-c", OPEN_CLIP_TRAIN, str(ROOT / "trainer" / "model_configs"),
                       "--train-data", pattern, "--train-num-samples", str(args.steps * args.batch),
                       "--dataset-type", "webdataset", "--model", args.model, "--batch-size", str(args.batch),
-                      "--workers", str(args.workers), "--epochs", "1", "--warmup", "10",
-                      "--precision", "amp_bf16" if args.device == "cuda" else "fp32", "--device", args.device, "--logs", str(work / "theirs"), "--name", "bench", "--report-to", "",
+                      "--workers", str(args.workers), "--epochs", "1", "--warmup", "10", *SAME_OPTIMISER,
+                      "--precision", "amp_bf16" if args.device == "cuda" else "fp32", "--device", args.device,
+                      "--logs", str(work / "theirs"), "--name", "bench", "--report-to", "",
                       "--log-every-n-steps", str(args.log_every), "--save-frequency", "0"], env)
     times = [float(t) for t in re.findall(r"Batch \(t\): ([\d.]+)", text)][1:]
     return 1 / (sum(times) / len(times)), wall

@@ -84,6 +84,9 @@ def register(sub) -> None:
     d.add_argument("--memory-limit", default=None, help="DuckDB memory limit, e.g. 8GB; it spills to disk "
                    "beyond it (default: DuckDB's, 80%% of RAM)")
     d.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
+    d.add_argument("--after", nargs="+", default=[], metavar="DIR",
+                   help="verdict folders of earlier stages (e.g. `wit filter text`): rows they dropped keep that "
+                   "reason here and are never the copy that stays, so no group loses every copy")
     d.set_defaults(run=_dedup)
 
 
@@ -115,7 +118,7 @@ def _dedup(args) -> int:
     from shards.storage import absolute, join, write_json_atomic
 
     cfg = DedupConfig(absolute(args.images), absolute(args.out), args.near_k, args.exact, args.memory_limit,
-                      args.threads)
+                      args.threads, tuple(absolute(a) for a in args.after))
     summary = dedup(cfg)
     write_json_atomic(join(cfg.out, "_wit", "dedup_summary.json"), summary)
     _print(summary)

@@ -44,6 +44,7 @@ class DedupConfig:
     exact: str = "phash"  # exact key: phash (MetaCLIP) or sha256 (bytes only)
     memory_limit: str | None = None  # DuckDB memory_limit, e.g. "8GB"; spills to disk beyond it
     threads: int | None = None
+    after: tuple[str, ...] = ()  # verdict folders of earlier stages (text): rows they dropped do not compete
 
 
 def dedup_core(con: duckdb.DuckDBPyConnection, near_k: int, exact: str = "phash") -> dict:
@@ -161,17 +162,27 @@ def dedup(cfg: DedupConfig) -> dict:
         SELECT (row_number() OVER (ORDER BY filename, file_row_number))::BIGINT AS rid, filename, uid, keep,
                reason, sha256, phash
         FROM read_parquet({files!r}, filename = true, file_row_number = true)""")
-    con.execute("CREATE TEMP VIEW pool AS SELECT rid, uid, sha256, phash FROM verdicts WHERE keep")
+    # rows an earlier stage dropped must not be chosen to stand for a group, or every copy would be lost
+    con.execute("CREATE TEMP TABLE earlier (uid VARCHAR, reason VARCHAR)")
+    for folder in cfg.after:
+        earlier = parquet_files(folder)
+        if not earlier:
+            raise WitError(f"{folder}: no <shard>.parquet verdict files (--after)")
+        con.execute(f"""INSERT INTO earlier SELECT uid, reason FROM read_parquet({earlier!r}) WHERE NOT keep""")
+    con.execute("""CREATE TEMP TABLE gone AS SELECT uid, min(reason) AS reason FROM earlier GROUP BY uid""")
+    con.execute("""CREATE TEMP VIEW pool AS SELECT rid, uid, sha256, phash FROM verdicts
+                   WHERE keep AND uid NOT IN (SELECT uid FROM gone)""")
     stats = dedup_core(con, cfg.near_k, cfg.exact)
     con.execute("""
         CREATE TEMP VIEW final AS
         SELECT v.rid, v.filename, v.uid,
-               v.keep AND d.rid IS NULL AS keep,
+               v.keep AND d.rid IS NULL AND g.uid IS NULL AS keep,
                CASE WHEN NOT v.keep THEN v.reason
+                    WHEN g.uid IS NOT NULL THEN g.reason
                     WHEN d.dup_kind = 'near' THEN 'near_dup_of:' || d.dup_of
                     WHEN d.rid IS NOT NULL THEN 'dup_of:' || d.dup_of END AS reason,
                d.dup_of, d.dup_kind, v.sha256, v.phash
-        FROM verdicts v LEFT JOIN dups d USING (rid)""")
+        FROM verdicts v LEFT JOIN dups d USING (rid) LEFT JOIN gone g USING (uid)""")
     reader = con.sql("SELECT * EXCLUDE (rid) FROM final ORDER BY rid").to_arrow_reader(batch_size=BATCH_ROWS)
     _write_per_file(reader, names, files, cfg.out)
     counts = dict(con.execute(

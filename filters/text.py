@@ -16,14 +16,15 @@ import numpy as np
 import pyarrow as pa
 
 from shards.manifests import write_table_atomic
-from shards.schema import OK, VERDICT, row_uids
+from shards.schema import OK, VERDICT, pair_uid, row_uids
 from shards.storage import WitError, absolute, expand, fs_and_path, join
 from shards.tables import open_parquet
 
 NOT_OK = "not_ok_in_ingest"
 TEXT_VERDICT = pa.schema(list(VERDICT) + [pa.field("lang", pa.string()), pa.field("lang_prob", pa.float32())])
-_ROWS = pa.schema([pa.field("row", pa.int64()), pa.field("uid", pa.string()), pa.field("reason", pa.string()),
-                   pa.field("nurl", pa.string()), pa.field("lang", pa.string()), pa.field("lang_prob", pa.float32())])
+_ROWS = pa.schema([pa.field("row", pa.int64()), pa.field("uid", pa.string()), pa.field("pair", pa.string()),
+                   pa.field("reason", pa.string()), pa.field("nurl", pa.string()), pa.field("lang", pa.string()),
+                   pa.field("lang_prob", pa.float32())])
 
 _FILENAME = re.compile(
     r"^[\w\-. ()]*\.(jpe?g|png|gif|webp|bmp|tiff?|heic|svg)$|^(img|dsc|dscn|dscf|dcim|pxl|mvimg|screenshot|photo)"
@@ -154,7 +155,7 @@ def judge_file(job: TextJob) -> int:
             reason = NOT_OK
         else:
             reason = caption_reason(caption, job.min_chars, job.max_chars)
-        out.append({"row": i, "uid": uid, "reason": reason, "nurl": normalize_url(url), "lang": None,
+        out.append({"row": i, "uid": uid, "pair": pair_uid(url, caption), "reason": reason, "nurl": normalize_url(url), "lang": None,
                     "lang_prob": None, "caption": caption})
     if job.english:
         todo = [o for o in out if o["reason"] is None]
@@ -203,12 +204,14 @@ def run_text(cfg: TextConfig) -> dict:
     parts = [j.rows_out for j in jobs]
     con.execute(f"""CREATE TEMP TABLE r AS SELECT *, (row_number() OVER (ORDER BY f, row))::BIGINT AS rid FROM (
         SELECT *, list_position({parts!r}, filename) AS f FROM read_parquet({parts!r}, filename = true))""")
-    # Pairs first (the same url and caption: the same uid), keeping the first occurrence; then URLs, keeping the
-    # smallest uid: both only among rows that passed the per-row filters.
+    # Pairs first (the same url and caption; a repeat has its own uid, so by `pair`), then URLs: both only among
+    # rows that passed the per-row filters, both keeping the smallest uid, as the image dedup does, so that the
+    # stages agree on which copy stays.
     con.execute("CREATE TEMP TABLE d (rid BIGINT, reason VARCHAR, dup_of VARCHAR)")
     if cfg.pair_dedup:
-        con.execute("""INSERT INTO d SELECT rid, 'pair_dup_of:' || uid, uid FROM r WHERE reason IS NULL
-                       QUALIFY row_number() OVER (PARTITION BY uid ORDER BY rid) > 1""")
+        con.execute("""INSERT INTO d SELECT rid, 'pair_dup_of:' || keeper, keeper FROM (
+                         SELECT rid, first_value(uid) OVER w AS keeper, row_number() OVER w AS n FROM r
+                         WHERE reason IS NULL WINDOW w AS (PARTITION BY pair ORDER BY uid, rid)) WHERE n > 1""")
     if cfg.url_dedup:
         con.execute("""INSERT INTO d SELECT rid, 'url_dup_of:' || keeper, keeper FROM (
                          SELECT rid, uid, min(uid) OVER (PARTITION BY nurl) AS keeper FROM r

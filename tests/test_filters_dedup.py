@@ -8,6 +8,7 @@ import random
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -131,3 +132,19 @@ def test_near_dup_recall_and_no_false_positives_on_flickr8k():
     assert all(len(k) == 1 for k in by_photo.values()), "a copy did not join its original"
     assert len({next(iter(k)) for k in by_photo.values()}) == len(files), "two distinct photos were merged"
     assert np.mean([keeper[u] != u for u in uids]) > 0  # sanity: something was dropped
+
+
+def test_rows_an_earlier_stage_dropped_never_stand_for_their_group(tmp_path):
+    # three copies of one image; the text filter dropped "a", the smallest uid: "b" must stay, not nobody
+    from filters.dedup import DedupConfig, dedup
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "text").mkdir()
+    uids = ["a", "b", "c", "d"]
+    pq.write_table(pa.table({"uid": uids, "keep": [True] * 4, "reason": [None] * 4, "sha256": ["s", "s", "s", "t"],
+                             "phash": pa.array([7, 7, 7, 9], pa.int64())}), tmp_path / "images" / "00000.parquet")
+    pq.write_table(pa.table({"uid": uids, "keep": [False, True, True, True],
+                             "reason": ["caption_filename", None, None, None]}), tmp_path / "text" / "00000.parquet")
+    dedup(DedupConfig(str(tmp_path / "images"), str(tmp_path / "out"), near_k=0, after=(str(tmp_path / "text"),)))
+    got = {r["uid"]: (r["keep"], r["reason"]) for r in pq.read_table(tmp_path / "out" / "00000.parquet").to_pylist()}
+    assert got == {"a": (False, "caption_filename"), "b": (True, None), "c": (False, "dup_of:b"), "d": (True, None)}

@@ -20,7 +20,7 @@ def test_repeated_pairs_get_own_uids_and_are_deduplicated_end_to_end(tmp_path, i
          *FAST),
         ("filter", "text", str(raw), "--out", str(v / "text"), "--no-english"),
         ("filter", "images", str(raw), "--out", str(v / "images"), "--min-side", "32"),
-        ("dedup", str(v / "images"), "--out", str(v / "dedup"), "--near-k", "0"),
+        ("dedup", str(v / "images"), "--out", str(v / "dedup"), "--near-k", "0", "--after", str(v / "text")),
         ("shards", "write", "--raw", str(raw), "--out", str(tmp_path / "corpus"), "--shard-size", "4",
          "--verdicts", str(v / "text"), str(v / "images"), str(v / "dedup")),
         ("audit", str(tmp_path)),
@@ -43,8 +43,11 @@ def test_repeated_pairs_get_own_uids_and_are_deduplicated_end_to_end(tmp_path, i
     assert index["total"] == 6  # each pair once
     report = json.loads((tmp_path / "audit" / "report.json").read_text())
     steps = {s["stage"]: s for s in report["funnel"]}
-    # the text filter's exact URL dedup catches the copies first; the image dedup would have (same bytes)
-    assert steps["download"]["rows_in"] == 9 and steps["text"]["dropped"] == {"url_dup_of": 3}
-    dedup = manifests(v / "dedup").to_pylist()
-    assert sum(not r["keep"] and r["reason"].startswith("dup_of:") for r in dedup) == 3
+    # the text filter's pair dedup catches the copies first; the image dedup (after it) agrees on who stays
+    assert steps["download"]["rows_in"] == 9 and steps["text"]["dropped"] == {"pair_dup_of": 3}
+    text = {r["uid"]: r for r in manifests(v / "text").to_pylist()}
+    dedup = {r["uid"]: r for r in manifests(v / "dedup").to_pylist()}
+    for uids in by_pair.values():
+        assert sum(text[u]["keep"] for u in uids) == 1 and [dedup[u]["keep"] for u in uids] == [text[u]["keep"]
+                                                                                               for u in uids]
     assert report["funnel"][-1]["kept"] == 6 and report["corpus"]["matches_funnel"]

@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     # digits are 64 px scans: the image filter's minimum short side is lowered from DataComp's 200 px
     wit("image filters", "filter", "images", str(out / "raw"), "--out", str(out / "verdicts" / "images"),
         "--min-side", "32")
-    wit("dedup", "dedup", str(out / "verdicts" / "images"), "--out", str(out / "verdicts" / "dedup"), "--near-k", "0")
+    wit("dedup", "dedup", str(out / "verdicts" / "images"), "--out", str(out / "verdicts" / "dedup"), "--near-k", "0",
+        "--after", str(out / "verdicts" / "text"))
     wit("query list", "queries", "build", "--out", str(out / "queries.parquet"))
     wit("match", "curate", "match", str(out / "raw"), "--queries", str(out / "queries.parquet"),
         "--out", str(out / "matches"))
