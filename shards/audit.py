@@ -14,13 +14,16 @@ from collections import Counter
 from dataclasses import dataclass
 
 import duckdb
+import numpy as np
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from shards.schema import OK  # noqa: E402
-from shards.storage import WitError, absolute, exists, fs_and_path, join, write_atomic, write_json_atomic  # noqa: E402
+from shards.storage import (  # noqa: E402
+    WitError, absolute, exists, fs_and_path, join, read_json, write_atomic, write_json_atomic,
+)
 from shards.tables import read_folder, read_parquet  # noqa: E402
 
 
@@ -116,12 +119,18 @@ def query_report(con, root: str, has_corpus: bool, top: int) -> dict:
             q = read_parquet(candidate, ["id", "entry"])
             names = dict(zip(q["id"].to_pylist(), q["entry"].to_pylist()))
             break
+    card = join(root, "balance", "datacard.json")
+    t = read_json(card).get("t") if exists(card) else None
     ranked = sorted(after.items(), key=lambda kv: (-kv[1], kv[0]))
     total = sum(after.values()) or 1
     head = sum(n for _, n in ranked[:max(1, len(ranked) // 10)])
     label = lambda e: names.get(e, str(e))  # noqa: E731
     return {
+        "t": t,
         "entries_matched_before": len(before), "entries_in_corpus": len(after),
+        # entries the cap t bit (pool count >= t), and the corpus share of the tail entries kept whole
+        "entries_reaching_t": sum(n >= t for n in before.values()) if t else None,
+        "tail_share": sum(n for e, n in after.items() if before.get(e, 0) < t) / total if t else None,
         "max_per_entry_before": max(before.values(), default=0), "max_per_entry_after": max(after.values(), default=0),
         "head_share": head / total,
         "top": [(label(e), n, before.get(e, 0)) for e, n in ranked[:top]],
@@ -160,12 +169,26 @@ def write_report(out: str, report: dict) -> str:
             ax.loglog(range(1, len(q["counts_before"]) + 1), q["counts_before"], label="matched pool"),
             ax.loglog(range(1, len(q["counts_after"]) + 1), q["counts_after"], label="corpus"),
             ax.set_xlabel("entry rank"), ax.set_ylabel("pairs per entry"), ax.legend())))
+    # the JSON holds what each plot shows: the funnel above, the size histogram, count curves at log-spaced ranks
     slim = {k: v for k, v in report.items() if k != "image_short_side"}
+    if sizes:
+        counts, edges = np.histogram(sizes, bins=40)
+        slim["image_short_side_histogram"] = {"counts": counts.tolist(), "edges": edges.tolist()}
     if q:
         slim["queries"] = {k: v for k, v in q.items() if not k.startswith("counts_")}
+        slim["queries"]["count_curves"] = {k.removeprefix("counts_"): _log_ranks(q[k]) for k in ("counts_before",
+                                                                                           "counts_after")}
     write_json_atomic(join(out, "report.json"), slim)
     write_atomic(join(out, "report.html"), render_html(slim, plots).encode())
     return join(out, "report.html")
+
+
+def _log_ranks(counts: list[int], points: int = 200) -> list[tuple[int, int]]:
+    """(rank, count) at about `points` log-spaced ranks (1-based) of a descending count list."""
+    if not counts:
+        return []
+    ranks = np.unique(np.geomspace(1, len(counts), num=min(points, len(counts))).round().astype(int))
+    return [(int(r), int(counts[r - 1])) for r in ranks]
 
 
 def render_html(report: dict, plots: list[str]) -> str:
@@ -192,8 +215,13 @@ def render_html(report: dict, plots: list[str]) -> str:
         parts.append(f"<h2>Queries</h2><p>{q['entries_in_corpus']:,} entries in the corpus of {q['entries_matched_before']:,} "
                      f"matched; most pairs per entry {q['max_per_entry_before']:,} before, {q['max_per_entry_after']:,} "
                      f"after; top 10% of entries hold {100 * q['head_share']:.1f}% of matches.</p>")
-        parts.append("<table><tr><th>top entry</th><th>corpus</th><th>pool</th></tr>" + "".join(
-            f"<tr><td>{e(str(n))}</td><td>{a:,}</td><td>{b:,}</td></tr>" for n, a, b in q["top"]) + "</table>")
+        if q.get("t"):
+            parts.append(f"<p>t = {q['t']:,}: {q['entries_reaching_t']:,} entries reached it in the pool and were "
+                         f"sampled down; the tail entries, kept whole, hold {100 * q['tail_share']:.1f}% of the "
+                         "corpus's matches.</p>")
+        for which in ("top", "bottom"):
+            parts.append(f"<table><tr><th>{which} entry</th><th>corpus</th><th>pool</th></tr>" + "".join(
+                f"<tr><td>{e(str(n))}</td><td>{a:,}</td><td>{b:,}</td></tr>" for n, a, b in q[which]) + "</table>")
     parts.append("<h2>Top domains</h2><table><tr><th>domain</th><th>pairs</th></tr>" + "".join(
         f"<tr><td>{e(str(d))}</td><td>{n:,}</td></tr>" for d, n in report["top_domains"]) + "</table>")
     parts.append("<h2>Plots</h2>" + "".join(f"<p><img src='{e(p)}' alt='{e(p)}'></p>" for p in plots))

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -146,9 +147,19 @@ def test_manifest_and_tar_disagreeing_is_a_clear_error(crawl, tmp_path):
 
 def test_audit_funnel_adds_up_and_report_renders(crawl):
     ok, selected = _stage_outputs(crawl)
+    (crawl / "balance" / "datacard.json").write_text(json.dumps({"t": 8}))  # the t balance was run with
     reshard(_cfg(crawl, str(crawl / "corpus")))
     html_path = Path(audit(AuditConfig(root=str(crawl))))
     report = json.loads((crawl / "audit" / "report.json").read_text())
+    sel = pq.read_table(crawl / "balance" / "selection").to_pylist()
+    pool = Counter(e for r in sel for e in r["matched"])
+    corpus = Counter(e for r in sel if r["status"] == "selected" for e in r["matched"])
+    q = report["queries"]
+    assert q["t"] == 8 and q["entries_reaching_t"] == sum(n >= 8 for n in pool.values())
+    assert q["tail_share"] == sum(n for e, n in corpus.items() if pool[e] < 8) / sum(corpus.values())
+    assert q["count_curves"]["after"][0] == [1, max(corpus.values())]  # the plotted series, in the JSON too
+    assert sum(report["image_short_side_histogram"]["counts"]) == len(selected)
+    assert "bottom entry" in html_path.read_text() and "entries reached it" in html_path.read_text()
     steps = report["funnel"]
     assert [s["stage"] for s in steps] == ["download", "images", "balance"]
     assert steps[0]["rows_in"] == 40 and steps[0]["dropped"] == {"http_404": 4}
