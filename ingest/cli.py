@@ -1,12 +1,11 @@
 """`wit download`: the command line of the ingest wing."""
 from __future__ import annotations
 
-import argparse
 import os
 
 from ingest.guard import parse_nets
+from shards.helptext import DefaultsHelp
 from shards.storage import WitError
-
 
 
 def register(sub) -> None:
@@ -21,7 +20,7 @@ def register(sub) -> None:
             "using img2dataset. Running the same command again resumes; a shard counts only when its tar, "
             "manifest and stats agree."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelp,
     )
     p.add_argument("lists", nargs="+", help="list files or folders: parquet/csv/tsv/jsonl/txt, local, s3:// or https://; "
                    "brace patterns allowed (lists/part-{000..009}.parquet)")

@@ -1,8 +1,9 @@
 """`wit shards write` and `wit audit`: the ground floor's own commands."""
 from __future__ import annotations
 
-import argparse
 import json
+
+from shards.helptext import DefaultsHelp
 
 
 def register(sub) -> None:
@@ -13,7 +14,7 @@ def register(sub) -> None:
     shards = sub.add_parser("shards", help="final training shards from the curated corpus")
     shards_sub = shards.add_subparsers(dest="shards_command", metavar="COMMAND", required=True)
     w = shards_sub.add_parser(
-        "write", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "write", formatter_class=DefaultsHelp,
         help="reshard the selected pairs into evenly sized, globally shuffled shards + corpus manifest + index",
         description="Join the crawl manifests with filter verdicts and a balance selection, then write the "
                     "surviving pairs (image bytes unchanged) into evenly sized, globally shuffled shards with a "
@@ -29,7 +30,7 @@ def register(sub) -> None:
     w.set_defaults(run=run_write)
 
     a = sub.add_parser(
-        "audit", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "audit", formatter_class=DefaultsHelp,
         help="an HTML + JSON report of a pipeline's manifests: funnel, queries, sizes, domains, duplicates",
         description="Read the manifests of every stage found under a pipeline folder with DuckDB and write "
                     "report.html (with PNG plots, opens offline) and report.json.",

@@ -4,17 +4,17 @@ Multi-node runs call torchrun directly: `torchrun --nnodes ... -m trainer.train 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 
+from shards.helptext import DefaultsHelp
 from trainer.config import TrainConfig
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train CLIP (open_clip model) on WebDataset shards, local or s3://; resumable",
-                       description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description=__doc__.splitlines()[0], formatter_class=DefaultsHelp)
     p.add_argument("--nproc", type=int, default=1, help="processes on this node (GPUs; on CPU, gloo ranks)")
     TrainConfig.add_arguments(p)
     p.set_defaults(run=run)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from shards.helptext import DefaultsHelp
 from trainer.eval.common import add_model_arguments, options_of
 
 DATA_HELP = ("labelled images: a folder of <class>/<image>, a tar of such folders (e.g. cifar10/test.tar), or "
@@ -17,7 +18,7 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="zero-shot, retrieval and linear-probe evaluation of a CLIP checkpoint",
                        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = DefaultsHelp
 
     z = tasks.add_parser("zeroshot", formatter_class=fmt, help="zero-shot top-1/top-5 with prompt ensembles",
                          description="Zero-shot classification: every class name in every prompt template, "
