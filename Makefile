@@ -17,6 +17,11 @@ help:
 	@echo "make test       run the test suite"
 	@echo "make download shards=<lists> [out=<dir|s3://...>] [args='...']   crawl URL-caption lists into shards"
 	@echo "make bench-<name>   run bench/<name>.py against its anchor (see bench/README.md)"
+	@echo "make queries | match pool=<files> | balance [t=20000]   query-based curation (README)"
+	@echo "make filter-text | filter-images | dedup   verdicts on a crawl (README)"
+	@echo "make train args='--data ...' [nproc=N]   torchrun on all local GPUs, or nproc gloo ranks on CPU"
+	@echo "make eval task=zeroshot args='--data ... --checkpoint ...'   zero-shot, retrieval, linear probe"
+	@echo "make test-trainer | test-eval   one wing's tests"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -68,7 +73,7 @@ queries: venv
 	$(WIT) queries build --out "$(queries_file)" $(args)
 
 match: venv
-	@test -n "$(pool)" || { echo "usage: make match pool=<parquet files/folder with uid,caption> [matches=<dir>]" >&2; exit 2; }
+	@test -n "$(pool)" || { echo "usage: make match pool=<crawl manifests, or URL lists in any format> [matches=<dir>]" >&2; exit 2; }
 	$(WIT) curate match "$(pool)" --queries "$(queries_file)" --out "$(matches)" $(args)
 
 balance: venv
@@ -102,7 +107,8 @@ filter-images: venv
 	$(WIT) filter images "$(raw)" --out "$(images_verdicts)" $(foreach e,$(eval_sets),--eval "$(e)") $(args)
 
 dedup: venv
-	$(WIT) dedup "$(images_verdicts)" --out "$(dedup_verdicts)" --near-k $(near_k) $(args)
+	$(WIT) dedup "$(images_verdicts)" --out "$(dedup_verdicts)" --near-k $(near_k) \
+		$(if $(wildcard $(text_verdicts)),--after "$(text_verdicts)") $(args)
 
 filter-text: venv
 	@test -n "$(pool)" || { echo "usage: make filter-text pool=<parquet files/folder with uid,url,caption>" >&2; exit 2; }

@@ -19,8 +19,13 @@ def split_key(name: str) -> tuple[str, str]:
     return key, ext
 
 
-def _runs(tar: tarfile.TarFile) -> Iterator[tuple[str, list[tarfile.TarInfo]]]:
-    """Group consecutive regular members by key; a truncated tar ends early instead of raising."""
+class Truncated(Exception):
+    """The tar's headers stop before its end-of-archive marker: the samples after that point cannot be listed."""
+
+
+def _runs(tar: tarfile.TarFile, on_damage=None) -> Iterator[tuple[str, list[tarfile.TarInfo]]]:
+    """Group consecutive regular members by key; a truncated or damaged tar ends early instead of raising, after
+    calling `on_damage(error)` when given."""
     key, members = None, []
     try:
         for info in tar:
@@ -32,8 +37,16 @@ def _runs(tar: tarfile.TarFile) -> Iterator[tuple[str, list[tarfile.TarInfo]]]:
                 members = []
             key = k
             members.append(info)
-    except tarfile.ReadError:
-        pass  # truncated: end with what the headers listed (the cut member fails when read)
+    except tarfile.ReadError as err:  # end with what the headers listed (a cut member fails when read)
+        if on_damage:
+            on_damage(err)
+    else:
+        # tarfile also stops quietly at a damaged header or at the end of a cut file: only a zero block (the
+        # end-of-archive marker) where the headers stopped means the tar really ended there
+        if on_damage:
+            tar.fileobj.seek(tar.offset)
+            if tar.fileobj.read(512) != bytes(512):
+                on_damage(tarfile.ReadError(f"no end-of-archive marker at byte {tar.offset}"))
     if members:
         yield key, members
 
@@ -44,11 +57,16 @@ def open_tar(url: str):
     return f, tarfile.open(fileobj=f, mode="r:")
 
 
-def count_samples(url: str) -> int:
-    """Number of samples in a tar, from its headers."""
+def count_samples(url: str, strict: bool = False) -> int:
+    """Number of samples in a tar, from its headers. With `strict`, a tar whose headers stop early (truncated, or a
+    damaged header) raises `Truncated` with the count it could list, instead of returning that count."""
+    damage = []
     f, tar = open_tar(url)
     with f, tar:
-        return sum(1 for _ in _runs(tar))
+        n = sum(1 for _ in _runs(tar, damage.append))
+    if strict and damage:
+        raise Truncated(f"{url}: tar headers stop after {n} samples ({damage[0]})")
+    return n
 
 
 def iter_samples(url: str, start: int = 0, stop: int | None = None) -> Iterator[tuple[str, dict[str, bytes] | Exception]]:

@@ -152,3 +152,23 @@ def test_resampled_plan_fills_each_worker_from_whole_shards():
             assert all(a == 0 and plan.counts[s] > 0 for s, a, b in seg)
     assert plan.segment(0, 0) == Plan((7, 0, 13, 4), 5, 0, 2, 3, 2, resampled=True).segment(0, 0)
     assert plan.segment(0, 0) != plan.segment(1, 0) or plan.segment(0, 1) != plan.segment(1, 1)
+
+
+def test_a_damaged_header_mid_tar_is_reported_not_silently_shortened(tmp_path, capsys):
+    import io
+    import tarfile
+
+    from trainer.data import _count_or_zero
+
+    path = tmp_path / "00000.tar"
+    with tarfile.open(path, "w") as tar:
+        for i in range(10):
+            info = tarfile.TarInfo(f"{i:04d}.txt")
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"abc"))
+    data = bytearray(path.read_bytes())
+    data[6 * 1024: 6 * 1024 + 512] = b"\x17" * 512  # sample 6's header (each member: 512 header + 512 data)
+    path.write_bytes(bytes(data))
+    assert _count_or_zero(str(path)) == 6  # what the headers list
+    err = capsys.readouterr().err
+    assert f"{path}: tar headers stop after 6 samples" in err and "not in the epoch" in err

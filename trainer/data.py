@@ -58,9 +58,12 @@ def resolve_shards(spec: str) -> tuple[list[str], list[int]]:
 def _count_or_zero(url: str) -> int:
     for attempt in range(3):
         try:
-            return tario.count_samples(url)
+            return tario.count_samples(url, strict=True)
         except FileNotFoundError:
             raise WitError(f"{url}: shard not found") from None
+        except tario.Truncated as err:  # the samples it lists are used; the rest are reported, not silently gone
+            print(f"wit train: warning: {err}; the samples after that are not in the epoch", file=sys.stderr)
+            return tario.count_samples(url)
         except Exception as err:  # unreadable shard: reported, counted as empty
             if attempt == 2:
                 print(f"wit train: warning: {url}: unreadable shard, 0 samples ({type(err).__name__}: {err})",
