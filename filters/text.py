@@ -15,6 +15,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from shards.lists import list_format, read_list
 from shards.manifests import write_table_atomic
 from shards.schema import OK, VERDICT, pair_uid, row_uids
 from shards.storage import WitError, absolute, expand, fs_and_path, join
@@ -137,14 +138,17 @@ CAPTION_COLUMNS = ("caption", "TEXT", "text", "alt", "title")
 
 def judge_file(job: TextJob) -> int:
     """Per-row verdicts of one input file (before dedup), written to `rows_out`; returns the row count."""
-    source = open_parquet(job.src)
-    names = source.schema_arrow.names
-    url_col = next((c for c in URL_COLUMNS if c in names), None)
-    cap_col = next((c for c in CAPTION_COLUMNS if c in names), None)
-    if url_col is None or cap_col is None:
-        raise WitError(f"{job.src}: no {'url' if url_col is None else 'caption'} column (columns: {names})")
-    extra = [c for c in ("uid", "status", "invalid") if c in names]
-    t = source.read(columns=[url_col, cap_col] + extra).to_pylist()
+    if list_format(job.src, strict=False) != "parquet":  # a URL list in another format: read as the crawl reads it
+        t, url_col, cap_col = read_list(job.src).to_pylist(), "url", "caption"
+    else:
+        source = open_parquet(job.src)
+        names = source.schema_arrow.names
+        url_col = next((c for c in URL_COLUMNS if c in names), None)
+        cap_col = next((c for c in CAPTION_COLUMNS if c in names), None)
+        if url_col is None or cap_col is None:
+            raise WitError(f"{job.src}: no {'url' if url_col is None else 'caption'} column (columns: {names})")
+        extra = [c for c in ("uid", "status", "invalid") if c in names]
+        t = source.read(columns=[url_col, cap_col] + extra).to_pylist()
     # a raw list has no uid yet: the ones ingest gives (a pair repeated across list files is counted per file here)
     fresh = row_uids((r[url_col], r[cap_col]) for r in t)
     out = []

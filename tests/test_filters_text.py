@@ -107,3 +107,18 @@ def test_batched_language_id_matches_langid_and_raw_lists_work(tmp_path):
     assert summary["rows"] == 400 == summary["kept"] + sum(summary["dropped"].values())
     assert summary["dropped"].get("not_english", 0) > 0
     assert pc.sum(out["keep"]).as_py() == summary["kept"]
+
+
+def test_text_filter_reads_url_lists_in_any_format_with_the_uids_ingest_gives(tmp_path):
+    from shards.lists import read_list
+    from tests.conftest import write_csv
+
+    lst = write_csv(tmp_path / "pool.csv", [("http://h.com/1.jpg", "A dog runs on the beach"),
+                                            ("http://h.com/1.jpg", "A dog runs on the beach"),
+                                            ("http://h.com/2.jpg", "IMG_0001.jpg"), ("not a url", "A cat on a mat")])
+    run_text(TextConfig((str(lst),), str(tmp_path / "out"), english=False, workers=1))
+    got = pq.read_table(next((tmp_path / "out").glob("*.parquet"))).to_pylist()
+    assert [r["uid"] for r in got] == read_list(str(lst))["uid"].to_pylist()
+    reasons = [r["reason"] and r["reason"].split(":")[0] for r in got]
+    assert sorted(reasons[:2], key=str) == [None, "pair_dup_of"]  # one copy stays (the smaller uid)
+    assert reasons[2:] == ["caption_filename", "not_ok_in_ingest"]
