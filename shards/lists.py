@@ -156,7 +156,17 @@ def _read_table(url: str, fmt: str) -> pa.Table:
         msg = str(err).splitlines()[0]
         if "Empty CSV file" in msg:
             raise WitError(f"{url}: the list is empty") from None
-        raise WitError(f"{url}: malformed {fmt} ({msg})") from None
+        raise WitError(f"{url}{_line_of(data, msg)}: malformed {fmt} ({msg})") from None
+
+
+def _line_of(data: bytes, msg: str) -> str:
+    """':N' for the 1-based line that Arrow's CSV error quotes ("...: <row text>"), or '' when it cannot tell."""
+    _, sep, row = msg.rpartition(": ")
+    if not sep or not row:
+        return ""
+    lines = data.decode("utf-8", "replace").splitlines()
+    hits = [i for i, line in enumerate(lines) if line.strip() == row.strip()]
+    return f":{hits[0] + 1}" if len(hits) == 1 else ""
 
 
 def _check_utf8(url: str, data: bytes) -> None:

@@ -68,7 +68,7 @@ def _bad_input_cases(tmp_path):
         ([str(tmp_path / "nourl.parquet")], "nourl.parquet: no URL column (looked for url, URL"),
         ([str(tmp_path / "latin1.csv")], "latin1.csv:3: text is not UTF-8"),
         ([str(tmp_path / "broken.jsonl")], "broken.jsonl:2: malformed jsonl"),
-        ([str(tmp_path / "ragged.csv")], "ragged.csv: malformed csv (CSV parse error"),
+        ([str(tmp_path / "ragged.csv")], "ragged.csv:2: malformed csv (CSV parse error"),
         ([str(tmp_path / "part-{000..002.csv")], "bad brace pattern"),
         ([str(good), "--url-col", "nope"], "good.csv: no column 'nope'"),
         ([str(good), "--out", str(tmp_path / "afile" / "out")], "output is not writable"),
