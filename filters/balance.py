@@ -26,7 +26,7 @@ from filters.io import read_schema, read_table, write_table
 from shards.runner import run_map
 from shards.schema import DROPPED, NO_QUERY_MATCH, NOT_SELECTED, OK, SELECTED, SELECTION
 from shards.storage import WitError, join
-from shards.tables import read_parquet
+from shards.tables import open_parquet, read_parquet
 
 NOT_IN_POOL = "not_in_pool"
 
@@ -96,12 +96,13 @@ def in_pool(table: pa.Table, source: str, verdicts: tuple[str, ...]) -> np.ndarr
 def count_file(task: tuple[str, tuple[str, ...]]) -> tuple[np.ndarray, int]:
     """c_e over the pool rows of one match file (each pair counts once per entry), and its pool row count."""
     url, verdicts = task
-    columns = [c for c in ("uid", "status", "matched") if c in read_schema(url).names]
-    table = read_table(url, columns=columns)
+    source = open_parquet(url)  # once: the schema, its metadata and the columns
+    n_entries = _entries(url, source.schema_arrow)
+    table = source.read(columns=[c for c in ("uid", "status", "matched") if c in source.schema_arrow.names])
     pool = in_pool(table, url, verdicts)
     matched = table.column("matched").combine_chunks().filter(pa.array(pool))
     ids = matched.flatten().to_numpy(zero_copy_only=False)
-    return np.bincount(ids, minlength=_entries(url)).astype(np.int64), int(pool.sum())
+    return np.bincount(ids, minlength=n_entries).astype(np.int64), int(pool.sum())
 
 
 def select_file(task: SelectTask) -> dict:
@@ -139,8 +140,8 @@ def select_file(task: SelectTask) -> dict:
     }
 
 
-def _entries(url: str) -> int:
-    meta = read_schema(url).metadata or {}
+def _entries(url: str, schema: pa.Schema) -> int:
+    meta = schema.metadata or {}
     if b"wit.queries.entries" not in meta:
         raise WitError(f"{url}: not a match file (no wit.queries.entries; write it with `wit curate match`)")
     return int(meta[b"wit.queries.entries"])
