@@ -10,11 +10,13 @@ shards ?=
 out ?= data/raw
 args ?=
 
-.PHONY: venv test demo download bench-ingest clean help
+.PHONY: venv test lint demo download clean help
+# bench-% is a pattern rule: naming a bench target .PHONY would make make skip it (and silently do nothing)
 
 help:
 	@echo "make demo       run the main job end to end on the embedded default (offline)"
 	@echo "make test       run the test suite"
+	@echo "make lint       ruff (pyflakes rules) over the code"
 	@echo "make download shards=<lists> [out=<dir|s3://...>] [args='...']   crawl URL-caption lists into shards"
 	@echo "make bench-<name>   run bench/<name>.py against its anchor (see bench/README.md)"
 	@echo "make queries | match pool=<files> | balance [t=20000]   query-based curation (README)"
@@ -30,6 +32,9 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+lint: venv
+	$(PY) -m ruff check .
+
 test: venv
 	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q tests
 
@@ -41,7 +46,7 @@ download: venv
 	NO_ALBUMENTATIONS_UPDATE=1 $(WIT) download $(shards) --out "$(out)" $(args)
 
 bench-%: venv
-	NO_ALBUMENTATIONS_UPDATE=1 $(PY) bench/$*.py $(args)
+	NO_ALBUMENTATIONS_UPDATE=1 $(PY) bench/$(subst -,_,$*).py $(args)
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
@@ -54,7 +59,7 @@ nproc ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | wc -l); [ "$$n" -gt 0 ] && ech
 .PHONY: train test-trainer
 
 train: venv
-	NO_ALBUMENTATIONS_UPDATE=1 $(VENV)/bin/torchrun --standalone --nproc_per_node $(nproc) -m trainer.train $(args)
+	NO_ALBUMENTATIONS_UPDATE=1 $(VENV)/bin/torchrun --standalone --nproc_per_node $(nproc) -m wit.trainer.train $(args)
 
 test-trainer: venv
 	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q tests/test_trainer_*.py

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import duckdb  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from filters.dedup import dedup_core  # noqa: E402
-from filters.images import read_tar_images  # noqa: E402
-from filters.phash import phash_bytes  # noqa: E402
+from wit.filters.dedup import dedup_core  # noqa: E402
+from wit.filters.images import read_tar_images  # noqa: E402
+from wit.filters.phash import phash_bytes  # noqa: E402
 
 FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k" / "images"
 

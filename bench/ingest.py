@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from ingest.loopback import LoopbackImageServer  # noqa: E402
+from wit.ingest.loopback import LoopbackImageServer  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 
@@ -31,7 +31,7 @@ def images() -> dict[str, bytes]:
     folder = SHARED / "flickr8k" / "images"
     if folder.is_dir():
         return {p.name: p.read_bytes() for p in sorted(folder.glob("*.jpg"))}
-    from ingest.sample_images import package_photos
+    from wit.ingest.sample_images import package_photos
 
     return package_photos()
 

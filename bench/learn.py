@@ -22,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from ingest.loopback import LoopbackImageServer  # noqa: E402
+from wit.ingest.loopback import LoopbackImageServer  # noqa: E402
 
 sys.path.append(str(REPO / "bench"))  # after the repo: bench/ingest.py must not shadow the ingest package
 from train import OPEN_CLIP_TRAIN, SAME_OPTIMISER  # noqa: E402  (bench/train.py: one way to run open_clip_train)

@@ -111,7 +111,7 @@ def rate(make_batches, expected: int) -> tuple[float, float]:
 
 def ours(pattern: str, args) -> float:
     import open_clip
-    from trainer.data import ShardLoader
+    from wit.trainer.data import ShardLoader
 
     loader = ShardLoader(pattern, batch_size=args.batch, image_size=224, tokenizer=open_clip.get_tokenizer("ViT-B-32"),
                          workers=args.workers)
@@ -144,7 +144,7 @@ def main() -> None:
     print(f"open_clip_train get_wds_dataset: {theirs:7.1f} samples/s/core (CPU time)  {theirs_wall:7.1f} samples/s wall",
           flush=True)
     mine_wall, mine = ours(pattern, args)
-    print(f"trainer.data.ShardLoader:        {mine:7.1f} samples/s/core (CPU time)  {mine_wall:7.1f} samples/s wall")
+    print(f"wit.trainer.data.ShardLoader:        {mine:7.1f} samples/s/core (CPU time)  {mine_wall:7.1f} samples/s wall")
     print(f"wall-clock ratio {mine_wall / theirs_wall:.2f} (noisy when other work shares the cores)")
     print(f"RESULT loader_ratio={mine / theirs:.2f} target>=2.0")
 

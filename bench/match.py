@@ -26,9 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from filters import queries as querylist
-from filters.match import BATCH_ROWS, build_automaton, match_captions
-from filters.spacing import space
+from wit.filters import queries as querylist
+from wit.filters.match import BATCH_ROWS, build_automaton, match_captions
+from wit.filters.spacing import space
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WORDNET = "/usr/share/wordnet"

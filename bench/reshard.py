@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import webdataset as wds  # noqa: E402
 
-from shards.reshard import ReshardConfig, reshard  # noqa: E402
-from shards.schema import MANIFEST, pair_uid  # noqa: E402
+from wit.shards.reshard import ReshardConfig, reshard  # noqa: E402
+from wit.shards.schema import MANIFEST, pair_uid  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 
@@ -42,7 +42,7 @@ def photos_and_captions() -> list[tuple[bytes, str]]:
                 cache[r["image"]] = (folder / "images" / r["image"]).read_bytes()
             out.append((cache[r["image"]], r["caption"]))
         return out
-    from ingest.sample_images import package_photos
+    from wit.ingest.sample_images import package_photos
 
     return [(b, f"a photo of {n}") for n, b in package_photos().items()] * 300
 

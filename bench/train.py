@@ -37,7 +37,7 @@ def run(cmd: list[str], env: dict) -> float:
 
 def ours(pattern, args, work: Path, env) -> tuple[float, float]:
     out = work / "ours"
-    wall, _ = run([sys.executable, "-m", "trainer.train", "--data", pattern, "--model", args.model, "--out", str(out),
+    wall, _ = run([sys.executable, "-m", "wit.trainer.train", "--data", pattern, "--model", args.model, "--out", str(out),
                    "--steps", str(args.steps), "--batch-size", str(args.batch), "--workers", str(args.workers),
                    "--log-every", str(args.log_every), "--ckpt-every", str(10 ** 9), "--warmup", "10"], env)
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()][1:]
@@ -76,7 +76,7 @@ def main() -> None:
         b, b_wall = theirs(pattern, args, Path(work), env)
         print(f"open_clip_train.main: {b:6.2f} steps/s steady ({args.steps} steps in {b_wall:.1f} s wall)", flush=True)
         a, a_wall = ours(pattern, args, Path(work), env)
-        print(f"trainer.train:        {a:6.2f} steps/s steady ({args.steps} steps in {a_wall:.1f} s wall)", flush=True)
+        print(f"wit.trainer.train:        {a:6.2f} steps/s steady ({args.steps} steps in {a_wall:.1f} s wall)", flush=True)
     if args.device == "cuda":  # samples/s ratio at the same batch equals the steps/s ratio
         print(f"RESULT train_gpu_ratio={a / b:.2f} target>=1.3")
     else:

@@ -21,12 +21,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from filters import datacard
-from filters.io import read_schema, read_table, write_table
-from shards.runner import run_map
-from shards.schema import DROPPED, NO_QUERY_MATCH, NOT_SELECTED, OK, SELECTED, SELECTION
-from shards.storage import WitError, join
-from shards.tables import open_parquet, read_parquet
+from wit.filters import datacard
+from wit.filters.io import read_schema, read_table, write_table
+from wit.shards.runner import run_map
+from wit.shards.schema import DROPPED, NO_QUERY_MATCH, NOT_SELECTED, OK, SELECTED, SELECTION
+from wit.shards.storage import WitError, join
+from wit.shards.tables import open_parquet, read_parquet
 
 NOT_IN_POOL = "not_in_pool"
 

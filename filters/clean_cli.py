@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from shards.runner import add_engine_args
+from wit.shards.runner import add_engine_args
 
 
 def register(sub) -> None:
@@ -96,7 +96,7 @@ def _print(summary: dict) -> None:
 
 
 def _text(args) -> int:
-    from filters.text import TextConfig, run_text
+    from wit.filters.text import TextConfig, run_text
 
     cfg = TextConfig(tuple(args.inputs), args.out, args.min_chars, args.max_chars, args.english,
                      args.lang_min_prob, args.url_dedup, args.pair_dedup, args.engine, args.workers, args.ray_address)
@@ -105,7 +105,7 @@ def _text(args) -> int:
 
 
 def _images(args) -> int:
-    from filters.images import ImagesConfig, run_images
+    from wit.filters.images import ImagesConfig, run_images
 
     cfg = ImagesConfig(args.raw, args.out, args.min_side, args.max_aspect, tuple(args.eval_sets), args.eval_k,
                        args.engine, args.workers, args.ray_address)
@@ -114,8 +114,8 @@ def _images(args) -> int:
 
 
 def _dedup(args) -> int:
-    from filters.dedup import DedupConfig, dedup
-    from shards.storage import absolute, join, write_json_atomic
+    from wit.filters.dedup import DedupConfig, dedup
+    from wit.shards.storage import absolute, join, write_json_atomic
 
     cfg = DedupConfig(absolute(args.images), absolute(args.out), args.near_k, args.exact, args.memory_limit,
                       args.threads, tuple(absolute(a) for a in args.after))

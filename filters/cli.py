@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 
-from shards.runner import add_engine_args
-from shards.storage import WitError
+from wit.shards.runner import add_engine_args
+from wit.shards.storage import WitError
 
 
 def register(sub) -> None:
@@ -84,7 +84,7 @@ def _none(value: str | None) -> str | None:
 
 
 def _queries_build(args) -> int:
-    from filters.queries import QueryBuildConfig, build
+    from wit.filters.queries import QueryBuildConfig, build
 
     budgets = []
     for item in args.budget:
@@ -101,8 +101,8 @@ def _queries_build(args) -> int:
 
 
 def _curate_match(args) -> int:
-    from filters.io import list_parquet
-    from filters.match import MatchConfig, run
+    from wit.filters.io import list_parquet
+    from wit.filters.match import MatchConfig, run
 
     run(MatchConfig(
         queries=args.queries, inputs=tuple(list_parquet(args.inputs)), out=args.out, engine=args.engine,
@@ -113,8 +113,8 @@ def _curate_match(args) -> int:
 
 
 def _curate_balance(args) -> int:
-    from filters.balance import BalanceConfig, run
-    from filters.io import list_parquet
+    from wit.filters.balance import BalanceConfig, run
+    from wit.filters.io import list_parquet
 
     run(BalanceConfig(
         matches=tuple(list_parquet(args.matches)), out=args.out, t=args.t, seed=args.seed, engine=args.engine,

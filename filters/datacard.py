@@ -11,14 +11,14 @@ import posixpath
 import numpy as np
 import pyarrow as pa
 
-from filters.io import write_json, write_table
-from shards.storage import WitError, write_atomic
+from wit.filters.io import write_json, write_table
+from wit.shards.storage import WitError, write_atomic
 
 TOP = 50
 
 
 def _entries(queries: str, n: int) -> list[str]:
-    from filters import queries as querylist
+    from wit.filters import queries as querylist
 
     try:
         entries, _ = querylist.load(queries)

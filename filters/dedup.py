@@ -18,11 +18,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from filters.phash import bands
-from shards.manifests import write_table_atomic
-from shards.tables import parquet_files
-from shards.schema import VERDICT
-from shards.storage import WitError, join
+from wit.filters.phash import bands
+from wit.shards.manifests import write_table_atomic
+from wit.shards.tables import parquet_files
+from wit.shards.schema import VERDICT
+from wit.shards.storage import WitError, join
 
 BATCH_ROWS = 1 << 17  # verdict rows streamed at a time when writing the output
 

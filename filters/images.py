@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import pyarrow as pa
 from PIL import Image
 
-from filters.leakage import IMAGE_EXTS, EvalIndex
-from filters.phash import gray32, phash_gray
-from shards import fasttar
-from shards.manifests import read_shard_table, write_table_atomic
-from shards.schema import OK, VERDICT
-from shards.storage import fs_and_path, join
-from shards.tables import read_parquet
+from wit.filters.leakage import IMAGE_EXTS, EvalIndex
+from wit.filters.phash import gray32, phash_gray
+from wit.shards import fasttar
+from wit.shards.manifests import read_shard_table, write_table_atomic
+from wit.shards.schema import OK, VERDICT
+from wit.shards.storage import fs_and_path, join
+from wit.shards.tables import read_parquet
 
 NOT_OK = "not_ok_in_ingest"
 IMAGE_VERDICT = pa.schema(
@@ -149,10 +149,10 @@ class ImagesConfig:
 
 def run_images(cfg: ImagesConfig) -> dict:
     """Hash the evaluation sets once, then judge every finished shard of the crawl (one task per shard)."""
-    from filters.leakage import write_eval_index
-    from shards.runner import run_map
-    from shards.storage import WitError, absolute, write_json_atomic
-    from shards.verify import shard_names
+    from wit.filters.leakage import write_eval_index
+    from wit.shards.runner import run_map
+    from wit.shards.storage import WitError, absolute, write_json_atomic
+    from wit.shards.verify import shard_names
 
     raw, out = absolute(cfg.raw), absolute(cfg.out)
     if raw.rstrip("/") == out.rstrip("/"):

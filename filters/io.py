@@ -6,8 +6,8 @@ import posixpath
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shards.storage import WitError, expand, fs_and_path, write_atomic, write_json_atomic
-from shards.tables import open_parquet, read_parquet
+from wit.shards.storage import WitError, expand, fs_and_path, write_atomic, write_json_atomic
+from wit.shards.tables import open_parquet, read_parquet
 
 
 def make_parent(url: str) -> None:

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from filters.phash import band_values, hamming, phash_bytes
-from shards.manifests import write_table_atomic
-from shards.storage import WitError, expand, fs_and_path
+from wit.filters.phash import band_values, hamming, phash_bytes
+from wit.shards.manifests import write_table_atomic
+from wit.shards.storage import WitError, expand, fs_and_path
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
 EVAL_INDEX = pa.schema([pa.field("name", pa.string(), nullable=False), pa.field("phash", pa.int64(), nullable=False)])

@@ -22,14 +22,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from filters import queries as querylist
-from filters.io import make_parent
-from filters.spacing import WS_CHARS, space
-from shards.lists import list_format, read_list
-from shards.runner import run_map
-from shards.schema import MATCHES
-from shards.storage import WitError, fs_and_path, move, write_json_atomic
-from shards.tables import open_parquet
+from wit.filters import queries as querylist
+from wit.filters.io import make_parent
+from wit.filters.spacing import WS_CHARS, space
+from wit.shards.lists import list_format, read_list
+from wit.shards.runner import run_map
+from wit.shards.schema import MATCHES
+from wit.shards.storage import WitError, fs_and_path, move, write_json_atomic
+from wit.shards.tables import open_parquet
 
 BATCH_ROWS = 65_536
 _MATCH = np.dtype([("end", np.int64), ("id", np.int64)])  # one (end, id) tuple from iter

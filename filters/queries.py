@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 
-from filters.io import read_table, write_json, write_table
-from filters.spacing import space
-from shards.schema import QUERIES, QUERY_SOURCES
-from shards.storage import WitError, fs_and_path
+from wit.filters.io import read_table, write_json, write_table
+from wit.filters.spacing import space
+from wit.shards.schema import QUERIES, QUERY_SOURCES
+from wit.shards.storage import WitError, fs_and_path
 
 DEFAULT_WORDNET = "/usr/share/wordnet"  # Debian `wordnet-base`
 WORDSEGMENT = "wordsegment"  # the word counts shipped in the PyPI package `wordsegment`

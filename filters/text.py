@@ -15,11 +15,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from shards.lists import list_format, read_list
-from shards.manifests import write_table_atomic
-from shards.schema import OK, VERDICT, pair_uid, row_uids
-from shards.storage import WitError, absolute, expand, fs_and_path, join
-from shards.tables import open_parquet
+from wit.shards.lists import list_format, read_list
+from wit.shards.manifests import write_table_atomic
+from wit.shards.schema import OK, VERDICT, pair_uid, row_uids
+from wit.shards.storage import WitError, absolute, expand, fs_and_path, join
+from wit.shards.tables import open_parquet
 
 NOT_OK = "not_ok_in_ingest"
 TEXT_VERDICT = pa.schema(list(VERDICT) + [pa.field("lang", pa.string()), pa.field("lang_prob", pa.float32())])
@@ -191,7 +191,7 @@ def input_files(inputs: tuple[str, ...]) -> list[str]:
 
 
 def run_text(cfg: TextConfig) -> dict:
-    from shards.runner import run_map
+    from wit.shards.runner import run_map
 
     files = input_files(cfg.inputs)
     stems = [f.rsplit("/", 1)[-1].removesuffix(".parquet") for f in files]

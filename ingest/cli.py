@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import os
 
-from ingest.guard import parse_nets
-from shards.helptext import DefaultsHelp
-from shards.storage import WitError
+from wit.ingest.guard import parse_nets
+from wit.shards.helptext import DefaultsHelp
+from wit.shards.storage import WitError
 
 
 def register(sub) -> None:
-    from ingest.config import DownloadConfig
+    from wit.ingest.config import DownloadConfig
 
     d = DownloadConfig(lists=())
     p = sub.add_parser(
@@ -51,10 +51,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ingest.config import DownloadConfig
-    from ingest.download import download
-    from ingest.retry import retry_failed
-    from ingest.summary import format_summary
+    from wit.ingest.config import DownloadConfig
+    from wit.ingest.download import download
+    from wit.ingest.retry import retry_failed
+    from wit.ingest.summary import format_summary
 
     try:
         allow = parse_nets(args.allow_net)

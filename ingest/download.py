@@ -18,12 +18,12 @@ from dataclasses import replace
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from ingest.config import SHARD_DIGITS, DownloadConfig
-from ingest.guard import GuardPolicy
-from ingest.progress import ShardProgress
-from ingest.summary import summarize
-from shards.lists import find_lists, read_list
-from shards.storage import (
+from wit.ingest.config import SHARD_DIGITS, DownloadConfig
+from wit.ingest.guard import GuardPolicy
+from wit.ingest.progress import ShardProgress
+from wit.ingest.summary import summarize
+from wit.shards.lists import find_lists, read_list
+from wit.shards.storage import (
     WitError,
     absolute,
     check_writable,
@@ -34,7 +34,7 @@ from shards.storage import (
     write_atomic,
     write_json_atomic,
 )
-from shards.verify import shard_names, verify_shard
+from wit.shards.verify import shard_names, verify_shard
 
 
 def download(cfg: DownloadConfig) -> dict:
@@ -113,7 +113,7 @@ def run_engine(cfg: DownloadConfig, input_dir: str, done: set[int], start_shard:
     from img2dataset.reader import Reader
     from img2dataset.writer import WebDatasetSampleWriter
 
-    from ingest.engine import CARRIED_COLUMNS, SafeResizer, WitDownloader
+    from wit.ingest.engine import CARRIED_COLUMNS, SafeResizer, WitDownloader
 
     staging, tmp = join(cfg.out, "_wit", "staging"), join(cfg.out, "_wit", "tmp")
     fs, _ = fs_and_path(cfg.out)

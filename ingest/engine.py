@@ -16,12 +16,12 @@ from img2dataset.downloader import Downloader
 from img2dataset.resizer import Resizer
 from PIL import Image
 
-from ingest import guard
-from ingest.reasons import reason_for
-from shards.schema import FAILED, MANIFEST, OK, SCHEMA_VERSION
-from shards.storage import fs_and_path, join, move, read_json, write_atomic, write_json_atomic
-from shards.tables import read_parquet
-from shards.verify import tar_keys
+from wit.ingest import guard
+from wit.ingest.reasons import reason_for
+from wit.shards.schema import FAILED, MANIFEST, OK, SCHEMA_VERSION
+from wit.shards.storage import fs_and_path, join, move, read_json, write_atomic, write_json_atomic
+from wit.shards.tables import read_parquet
+from wit.shards.verify import tar_keys
 
 # Columns img2dataset carries through from our input into its parquet and each sample's json.
 CARRIED_COLUMNS = ["uid", "source_file", "source_row", "invalid"]

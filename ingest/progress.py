@@ -5,8 +5,8 @@ import threading
 
 from tqdm import tqdm
 
-from shards.storage import join, read_json
-from shards.verify import shard_names
+from wit.shards.storage import join, read_json
+from wit.shards.verify import shard_names
 
 
 class ShardProgress:

@@ -14,13 +14,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ingest.config import DownloadConfig
-from ingest.download import expected_shards, prepare_inputs, resume_scan, run_engine
-from ingest.reasons import is_transient
-from ingest.summary import read_manifests, summarize
-from shards.schema import FAILED, INPUT, SUPERSEDED
-from shards.storage import WitError, absolute, check_writable, exists, join, write_atomic, write_json_atomic
-from shards.verify import shard_names
+from wit.ingest.config import DownloadConfig
+from wit.ingest.download import expected_shards, prepare_inputs, resume_scan, run_engine
+from wit.ingest.reasons import is_transient
+from wit.ingest.summary import read_manifests, summarize
+from wit.shards.schema import FAILED, INPUT, SUPERSEDED
+from wit.shards.storage import WitError, absolute, check_writable, exists, join, write_atomic, write_json_atomic
+from wit.shards.verify import shard_names
 
 
 def retry_failed(cfg: DownloadConfig) -> dict:

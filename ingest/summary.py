@@ -5,10 +5,10 @@ import time
 from collections import Counter
 
 
-from shards.schema import FAILED, OK, SUPERSEDED
-from shards.storage import join, read_json
-from shards.tables import read_parquet
-from shards.verify import shard_names
+from wit.shards.schema import FAILED, OK, SUPERSEDED
+from wit.shards.storage import join, read_json
+from wit.shards.tables import read_parquet
+from wit.shards.verify import shard_names
 
 
 def read_manifests(out: str, columns: list[str] | None = None, names: list[str] | None = None):

@@ -20,11 +20,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from shards.schema import OK  # noqa: E402
-from shards.storage import (  # noqa: E402
+from wit.shards.schema import OK  # noqa: E402
+from wit.shards.storage import (  # noqa: E402
     WitError, absolute, exists, fs_and_path, join, read_json, write_atomic, write_json_atomic,
 )
-from shards.tables import read_folder, read_parquet  # noqa: E402
+from wit.shards.tables import read_folder, read_parquet  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 
-from shards.helptext import DefaultsHelp
+from wit.shards.helptext import DefaultsHelp
 
 
 def register(sub) -> None:
-    from shards.reshard import ReshardConfig
-    from shards.runner import add_engine_args
+    from wit.shards.reshard import ReshardConfig
+    from wit.shards.runner import add_engine_args
 
     d = ReshardConfig(raw="", out="")
     shards = sub.add_parser("shards", help="final training shards from the curated corpus")
@@ -41,7 +41,7 @@ def register(sub) -> None:
 
 
 def run_write(args) -> int:
-    from shards.reshard import ReshardConfig, reshard
+    from wit.shards.reshard import ReshardConfig, reshard
 
     cfg = ReshardConfig(raw=args.raw, out=args.out, verdicts=tuple(args.verdicts), selection=args.selection,
                         shard_size=args.shard_size, seed=args.seed, engine=args.engine, workers=args.workers,
@@ -52,7 +52,7 @@ def run_write(args) -> int:
 
 
 def run_audit(args) -> int:
-    from shards.audit import AuditConfig, audit
+    from wit.shards.audit import AuditConfig, audit
 
     report = audit(AuditConfig(root=args.root, out=args.out))
     print(f"audit report: {report}")

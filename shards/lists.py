@@ -15,9 +15,9 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from shards.schema import INPUT, row_uids
-from shards.storage import WitError, expand, fs_and_path
-from shards.tables import arrow_reader
+from wit.shards.schema import INPUT, row_uids
+from wit.shards.storage import WitError, expand, fs_and_path
+from wit.shards.tables import arrow_reader
 
 FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")
 URL_COLUMNS = ("url", "URL", "image_url", "img_url", "link")

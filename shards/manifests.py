@@ -6,8 +6,8 @@ import io
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shards.storage import join, write_atomic
-from shards.tables import read_parquet
+from wit.shards.storage import join, write_atomic
+from wit.shards.tables import read_parquet
 
 
 def read_shard_table(folder: str, name: str, columns: list[str] | None = None) -> pa.Table:

@@ -23,10 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from shards import fasttar
-from shards.runner import run_map
-from shards.schema import OK, SCHEMA_VERSION
-from shards.storage import (
+from wit.shards import fasttar
+from wit.shards.runner import run_map
+from wit.shards.schema import OK, SCHEMA_VERSION
+from wit.shards.storage import (
     WitError,
     absolute,
     exists,
@@ -36,8 +36,8 @@ from shards.storage import (
     write_atomic,
     write_json_atomic,
 )
-from shards.tables import arrow_reader, read_folder, read_parquet
-from shards.verify import shard_names, verify_shard
+from wit.shards.tables import arrow_reader, read_folder, read_parquet
+from wit.shards.verify import shard_names, verify_shard
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shards.storage import WitError, fs_and_path, is_local
+from wit.shards.storage import WitError, fs_and_path, is_local
 
 
 def arrow_reader(data: bytes) -> pa.BufferReader:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tarfile
 from collections.abc import Iterator
 
-from shards.storage import fs_and_path
+from wit.shards.storage import fs_and_path
 
 
 def split_key(name: str) -> tuple[str, str]:

@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-from shards import fasttar
-from shards.schema import OK
-from shards.storage import fs_and_path, join, read_json
-from shards.tables import read_parquet
+from wit.shards import fasttar
+from wit.shards.schema import OK
+from wit.shards.storage import fs_and_path, join, read_json
+from wit.shards.tables import read_parquet
 
 
 @dataclass(frozen=True)

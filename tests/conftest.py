@@ -63,7 +63,7 @@ def real_images() -> dict[str, bytes]:
     folder = SHARED_DATA / "flickr8k" / "images"
     if folder.is_dir():
         return {p.name: p.read_bytes() for p in sorted(folder.glob("*.jpg"))[:40]}
-    from ingest.sample_images import package_photos
+    from wit.ingest.sample_images import package_photos
 
     return package_photos()
 
@@ -71,7 +71,7 @@ def real_images() -> dict[str, bytes]:
 @pytest.fixture()
 def image_server(real_images):
     """A loopback HTTP server over the real images, with fault routes (see ingest/loopback.py)."""
-    from ingest.loopback import LoopbackImageServer
+    from wit.ingest.loopback import LoopbackImageServer
 
     with LoopbackImageServer(real_images, slow_seconds=4.0, endless_seconds=8.0) as server:
         yield server

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import webdataset as wds
 from PIL import Image
 
-from shards.schema import FAILED, MANIFEST, OK, pair_uid
+from wit.shards.schema import FAILED, MANIFEST, OK, pair_uid
 
 FLICKR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k" / "images"
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filters.balance import BalanceConfig, draw, entry_probabilities, keep_probabilities, run
-from shards.schema import MATCHES, pair_uid
-from shards.storage import WitError
+from wit.filters.balance import BalanceConfig, draw, entry_probabilities, keep_probabilities, run
+from wit.shards.schema import MATCHES, pair_uid
+from wit.shards.storage import WitError
 
 
 def write_matches(path, matched: list[list[int]], n_entries: int, start: int = 0, urls: bool = True) -> str:
@@ -127,7 +127,7 @@ def test_data_card_files(tmp_path):
 def test_mixed_query_versions_are_refused(tmp_path):
     import pytest
 
-    from shards.storage import WitError
+    from wit.shards.storage import WitError
 
     a = write_matches(tmp_path / "a.parquet", [[0]], n_entries=1)
     b = tmp_path / "b.parquet"

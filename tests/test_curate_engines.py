@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from shards.runner import run_map
-from shards.schema import pair_uid
+from wit.shards.runner import run_map
+from wit.shards.schema import pair_uid
 from wit.cli import main
 
 VOCAB = ["a", "dog", "cat", "red", "car", "on", "the", "beach", "New", "York", "hot", "sun", "man", "x1", "zq"]

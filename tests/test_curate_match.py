@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filters.match import build_automaton, match_captions, spaced_batch
-from filters.spacing import WS_CHARS, space
+from wit.filters.match import build_automaton, match_captions, spaced_batch
+from wit.filters.spacing import WS_CHARS, space
 from tests.conftest import shared_data
 
 
@@ -146,7 +146,7 @@ def test_sliced_and_chunked_input():
 
 
 def test_duplicate_tokens_in_query_list_are_refused():
-    from shards.storage import WitError
+    from wit.shards.storage import WitError
 
     with pytest.raises(WitError, match="same tokens as query 0"):
         build_automaton(["U.S.", "U. S."])

@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from filters.queries import QueryBuildConfig, build, load, pmi, read_counts
-from shards.storage import WitError
+from wit.filters.queries import QueryBuildConfig, build, load, pmi, read_counts
+from wit.shards.storage import WitError
 from wit.cli import main
 
 WORDNET = Path("/usr/share/wordnet")

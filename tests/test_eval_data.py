@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
-from shards.storage import WitError
+from wit.shards.storage import WitError
 from tests.conftest import shared_data, write_csv
-from trainer.eval import datasets
+from wit.trainer.eval import datasets
 
 
 def cifar_few(per_class: int = 2) -> list[tuple[str, bytes, str]]:

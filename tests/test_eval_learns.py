@@ -6,7 +6,7 @@ import json
 import tarfile
 from io import BytesIO
 
-from ingest.sample_images import digits
+from wit.ingest.sample_images import digits
 from tests.ingest_helpers import wit
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

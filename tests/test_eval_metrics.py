@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from shards.storage import WitError
-from trainer.eval.linear_probe import probe
-from trainer.eval.metrics import class_embeddings, retrieval_recall, topk_accuracy
-from trainer.eval.prompts import (
+from wit.shards.storage import WitError
+from wit.trainer.eval.linear_probe import probe
+from wit.trainer.eval.metrics import class_embeddings, retrieval_recall, topk_accuracy
+from wit.trainer.eval.prompts import (
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
     CIFAR_TEMPLATES,
     prompt_set,
     prompts_for,
 )
-from trainer.eval.zeroshot import label_index
+from wit.trainer.eval.zeroshot import label_index
 
 
 def test_topk_on_four_images_three_classes():

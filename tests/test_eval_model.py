@@ -8,9 +8,9 @@ import open_clip
 import pytest
 import torch
 
-from shards.storage import WitError
+from wit.shards.storage import WitError
 from tests.conftest import shared_data
-from trainer.eval.model import MODEL_CONFIGS, load_model
+from wit.trainer.eval.model import MODEL_CONFIGS, load_model
 from wit.cli import main
 
 TINY = "wit-tiny"  # trainer/model_configs/wit-tiny.json: 32 px, 64-dim embeddings
@@ -51,8 +51,8 @@ def test_loads_training_checkpoints_and_model_only_files(tiny, tmp_path):
 
 
 def test_batched_threaded_encoding_keeps_the_order(tiny):
-    from trainer.eval.datasets import labelled
-    from trainer.eval.features import encode_images
+    from wit.trainer.eval.datasets import labelled
+    from wit.trainer.eval.features import encode_images
 
     src = labelled(str(shared_data("cifar10", "test.tar")), limit=40)
     preprocess = open_clip.image_transform(32, is_train=False)

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from filters.dedup import dedup_core
-from filters.phash import bands, hamming, phash_bytes, to_signed
+from wit.filters.dedup import dedup_core
+from wit.filters.phash import bands, hamming, phash_bytes, to_signed
 from tests.conftest import shared_data
 from tests.filters_helpers import jpeg
 
@@ -136,7 +136,7 @@ def test_near_dup_recall_and_no_false_positives_on_flickr8k():
 
 def test_rows_an_earlier_stage_dropped_never_stand_for_their_group(tmp_path):
     # three copies of one image; the text filter dropped "a", the smallest uid: "b" must stay, not nobody
-    from filters.dedup import DedupConfig, dedup
+    from wit.filters.dedup import DedupConfig, dedup
 
     (tmp_path / "images").mkdir()
     (tmp_path / "text").mkdir()

@@ -7,7 +7,7 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from filters.images import ImagesConfig, read_tar_images, run_images
+from wit.filters.images import ImagesConfig, read_tar_images, run_images
 from tests.conftest import shared_data
 from tests.filters_helpers import short_side_256, write_shard
 from wit.cli import main as wit_main
@@ -74,9 +74,9 @@ def test_read_tar_images_on_garbage(tmp_path):
 
 
 def test_cli_images_then_dedup(tmp_path, photos, monkeypatch):
-    import filters.dedup
+    import wit.filters.dedup
 
-    monkeypatch.setattr(filters.dedup, "BATCH_ROWS", 5)  # shards straddle streamed batches
+    monkeypatch.setattr(wit.filters.dedup, "BATCH_ROWS", 5)  # shards straddle streamed batches
     raw, _ = _crawl(tmp_path, photos)
     assert wit_main(["filter", "images", str(raw), "--out", str(tmp_path / "img"), "--workers", "2"]) == 0
     assert wit_main(["dedup", str(tmp_path / "img"), "--out", str(tmp_path / "dd"), "--near-k", "4"]) == 0

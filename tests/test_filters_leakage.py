@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from filters.images import ImagesConfig, run_images
-from filters.leakage import EvalIndex, hash_eval_sets
-from filters.phash import to_signed
-from shards.storage import WitError
+from wit.filters.images import ImagesConfig, run_images
+from wit.filters.leakage import EvalIndex, hash_eval_sets
+from wit.filters.phash import to_signed
+from wit.shards.storage import WitError
 from tests.conftest import shared_data
 from tests.filters_helpers import jpeg, short_side_256, write_shard
 

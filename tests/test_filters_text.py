@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from filters.text import TextConfig, caption_reason, identify, normalize_url, run_text
-from shards.schema import FAILED, OK, pair_uid
+from wit.filters.text import TextConfig, caption_reason, identify, normalize_url, run_text
+from wit.shards.schema import FAILED, OK, pair_uid
 from tests.conftest import shared_data
 
 
@@ -90,7 +90,7 @@ def test_batched_language_id_matches_langid_and_raw_lists_work(tmp_path):
     import pyarrow.compute as pc
     from langid.langid import LanguageIdentifier, model
 
-    from filters.text import identify_batch
+    from wit.filters.text import identify_batch
 
     src = pq.read_table(shared_data("url_lists", "img2dataset_test_10000.parquet")).slice(0, 400)
     texts = [t or "" for t in src["TEXT"].to_pylist()]
@@ -110,7 +110,7 @@ def test_batched_language_id_matches_langid_and_raw_lists_work(tmp_path):
 
 
 def test_text_filter_reads_url_lists_in_any_format_with_the_uids_ingest_gives(tmp_path):
-    from shards.lists import read_list
+    from wit.shards.lists import read_list
     from tests.conftest import write_csv
 
     lst = write_csv(tmp_path / "pool.csv", [("http://h.com/1.jpg", "A dog runs on the beach"),

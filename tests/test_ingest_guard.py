@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.guard import Blocked, GuardPolicy
-from ingest.loopback import LoopbackImageServer
+from wit.ingest.guard import Blocked, GuardPolicy
+from wit.ingest.loopback import LoopbackImageServer
 from tests.conftest import write_csv
 from tests.ingest_helpers import FAST, manifests, wit
 

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ingest.loopback import LoopbackImageServer
-from shards.lists import find_lists, read_list, url_problem
-from shards.storage import WitError
+from wit.ingest.loopback import LoopbackImageServer
+from wit.shards.lists import find_lists, read_list, url_problem
+from wit.shards.storage import WitError
 from tests.conftest import write_csv
 from tests.ingest_helpers import FAST, REPO, wit
 

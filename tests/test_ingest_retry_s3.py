@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-from shards.verify import shard_names, verify_shard
+from wit.shards.verify import shard_names, verify_shard
 from tests.conftest import write_csv
 from tests.ingest_helpers import FAST, manifests, wit
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from shards.schema import pair_uid
+from wit.shards.schema import pair_uid
 from tests.conftest import write_csv
 from tests.ingest_helpers import FAST, manifests, wit
 

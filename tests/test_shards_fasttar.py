@@ -7,7 +7,7 @@ import tarfile
 import pytest
 import webdataset as wds
 
-from shards import fasttar
+from wit.shards import fasttar
 
 
 def _samples():

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from shards.audit import AuditConfig, audit
-from shards.reshard import ReshardConfig, reshard
-from shards.storage import WitError
+from wit.shards.audit import AuditConfig, audit
+from wit.shards.reshard import ReshardConfig, reshard
+from wit.shards.storage import WitError
 from tests.conftest import write_csv
 from tests.ingest_helpers import FAST, manifests, tar_samples, wit
 
@@ -25,7 +25,7 @@ from tests.ingest_helpers import FAST, manifests, tar_samples, wit
 @pytest.fixture(scope="module")
 def crawl(tmp_path_factory, real_images):
     """A real crawl of 40 pairs (4 broken) over a loopback server, into 5 shards."""
-    from ingest.loopback import LoopbackImageServer
+    from wit.ingest.loopback import LoopbackImageServer
 
     root = tmp_path_factory.mktemp("pipeline")
     names = sorted(real_images)

@@ -1,4 +1,4 @@
-"""trainer.data: the epoch plan reads every sample once; batches are a pure function of the position."""
+"""wit.trainer.data: the epoch plan reads every sample once; batches are a pure function of the position."""
 from __future__ import annotations
 
 import collections
@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from shards.storage import WitError
-from trainer.data import Plan, ShardLoader, decode_image, resolve_shards
+from wit.shards.storage import WitError
+from wit.trainer.data import Plan, ShardLoader, decode_image, resolve_shards
 from wit_trainer_data import jpeg, write_shards
 
 
@@ -158,7 +158,7 @@ def test_a_damaged_header_mid_tar_is_reported_not_silently_shortened(tmp_path, c
     import io
     import tarfile
 
-    from trainer.data import _count_or_zero
+    from wit.trainer.data import _count_or_zero
 
     path = tmp_path / "00000.tar"
     with tarfile.open(path, "w") as tar:

@@ -1,4 +1,4 @@
-"""trainer.loss equals open_clip.ClipLoss(local_loss=True, gather_with_grad=True), in one and in two gloo processes."""
+"""wit.trainer.loss equals open_clip.ClipLoss(local_loss=True, gather_with_grad=True), in one and in two gloo processes."""
 from __future__ import annotations
 
 import socket
@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from trainer.loss import clip_loss
+from wit.trainer.loss import clip_loss
 
 
 def features(seed: int, n: int = 6, d: int = 16):

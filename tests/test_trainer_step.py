@@ -9,8 +9,8 @@ import open_clip
 import pytest
 import torch
 
-from trainer.config import TrainConfig
-from trainer.train import forward_backward, lr_at, param_groups  # also registers trainer/model_configs
+from wit.trainer.config import TrainConfig
+from wit.trainer.train import forward_backward, lr_at, param_groups  # also registers trainer/model_configs
 
 
 def grads(model, images, texts, valid, accum):

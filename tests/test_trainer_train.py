@@ -1,4 +1,4 @@
-"""`torchrun -m trainer.train` with two real gloo processes over shards in a loopback S3 server."""
+"""`torchrun -m wit.trainer.train` with two real gloo processes over shards in a loopback S3 server."""
 from __future__ import annotations
 
 import collections
@@ -32,7 +32,7 @@ def put_s3(bucket: str):
 
 
 def train_cmd(data: str, out: Path, *flags: str) -> list[str]:
-    return [*TORCHRUN, "-m", "trainer.train", "--data", data, "--out", str(out), "--batch-size", "4",
+    return [*TORCHRUN, "-m", "wit.trainer.train", "--data", data, "--out", str(out), "--batch-size", "4",
             "--workers", "2", "--window", "5", "--warmup", "2", "--log-every", "1", "--log-samples", *flags]
 
 
@@ -143,7 +143,7 @@ def test_tensorboard_scalars_equal_the_jsonl_log_and_resampled_runs_end_to_end(t
     """In-process, one rank: the event file holds the JSONL values; --resampled --no-tensorboard trains too."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from trainer.train import main
+    from wit.trainer.train import main
 
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)

@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from shards.storage import WitError, fs_and_path, join, write_atomic
+from wit.shards.storage import WitError, fs_and_path, join, write_atomic
 
 NAME = re.compile(r"step_(\d{8})\.pt$")
 

@@ -1,6 +1,6 @@
 """`wit train`: train CLIP on shards; with --nproc N > 1 it hands the same flags to torchrun (one node).
 
-Multi-node runs call torchrun directly: `torchrun --nnodes ... -m trainer.train --data ...` (see trainer/README.md).
+Multi-node runs call torchrun directly: `torchrun --nnodes ... -m wit.trainer.train --data ...` (see trainer/README.md).
 """
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import os
 import subprocess
 import sys
 
-from shards.helptext import DefaultsHelp
-from trainer.config import TrainConfig
+from wit.shards.helptext import DefaultsHelp
+from wit.trainer.config import TrainConfig
 
 
 def register(sub) -> None:
@@ -24,7 +24,7 @@ def run(args) -> int:
     cfg = TrainConfig.from_args(args)
     if args.nproc > 1 and "RANK" not in os.environ:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
-               "-m", "trainer.train", *cfg.to_argv()]
+               "-m", "wit.trainer.train", *cfg.to_argv()]
         return subprocess.call(cmd)
-    from trainer.train import train
+    from wit.trainer.train import train
     return train(cfg)

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from shards import tario
-from shards.storage import WitError, expand, join, read_json
+from wit.shards import tario
+from wit.shards.storage import WitError, expand, join, read_json
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 SCALE, RATIO = (0.9, 1.0), (3 / 4, 4 / 3)  # open_clip's training RandomResizedCrop

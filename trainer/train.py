@@ -1,4 +1,4 @@
-"""Train CLIP on WebDataset shards: `torchrun --nproc_per_node N -m trainer.train --data ... [--flags]`.
+"""Train CLIP on WebDataset shards: `torchrun --nproc_per_node N -m wit.trainer.train --data ... [--flags]`.
 
 One process per device; DDP over NCCL on GPUs, gloo on CPU. Read top to bottom: setup, resume, the loop.
 """
@@ -18,11 +18,11 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from shards.storage import WitError
-from trainer import checkpoint
-from trainer.config import TrainConfig
-from trainer.data import ShardLoader, resolve_shards
-from trainer.loss import MAX_LOGIT_SCALE, clip_loss
+from wit.shards.storage import WitError
+from wit.trainer import checkpoint
+from wit.trainer.config import TrainConfig
+from wit.trainer.data import ShardLoader, resolve_shards
+from wit.trainer.loss import MAX_LOGIT_SCALE, clip_loss
 
 MODEL_CONFIGS = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIGS)

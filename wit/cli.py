@@ -5,10 +5,10 @@ import argparse
 import importlib
 import sys
 
-from shards.storage import WitError
+from wit.shards.storage import WitError
 
 # Wings that contribute subcommands; each module has `register(subparsers)`.
-WINGS = ["ingest.cli", "filters.clean_cli", "filters.cli", "shards.cli", "trainer.cli", "trainer.eval.cli"]
+WINGS = ["wit.ingest.cli", "wit.filters.clean_cli", "wit.filters.cli", "wit.shards.cli", "wit.trainer.cli", "wit.trainer.eval.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from ingest.loopback import LoopbackImageServer
-from ingest.sample_images import digits, package_photos
+from wit.ingest.loopback import LoopbackImageServer
+from wit.ingest.sample_images import digits, package_photos
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 CAPTIONS = ("a handwritten digit {}", "the digit {}, written by hand", "a scanned digit {}", "a hand-drawn {}")

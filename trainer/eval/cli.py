@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from shards.helptext import DefaultsHelp
-from trainer.eval.common import add_model_arguments, options_of
+from wit.shards.helptext import DefaultsHelp
+from wit.trainer.eval.common import add_model_arguments, options_of
 
 DATA_HELP = ("labelled images: a folder of <class>/<image>, a tar of such folders (e.g. cifar10/test.tar), or "
              "WebDataset shards with a class (.cls member or a .json field), brace patterns allowed")
@@ -70,18 +70,18 @@ def add_labelled_arguments(p) -> None:
 
 
 def run_zeroshot(args) -> int:
-    from trainer.eval.zeroshot import ZeroShotConfig, run
+    from wit.trainer.eval.zeroshot import ZeroShotConfig, run
     run(options_of(ZeroShotConfig, args))
     return 0
 
 
 def run_retrieval(args) -> int:
-    from trainer.eval.retrieval import RetrievalConfig, run
+    from wit.trainer.eval.retrieval import RetrievalConfig, run
     run(options_of(RetrievalConfig, args))
     return 0
 
 
 def run_linear_probe(args) -> int:
-    from trainer.eval.linear_probe import LinearProbeConfig, run
+    from wit.trainer.eval.linear_probe import LinearProbeConfig, run
     run(options_of(LinearProbeConfig, args))
     return 0

@@ -5,7 +5,7 @@ import argparse
 import time
 from dataclasses import asdict, dataclass, fields
 
-from shards.storage import write_json_atomic
+from wit.shards.storage import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def options_of(cls, args: argparse.Namespace):
 
 
 def load(cfg):
-    from trainer.eval.model import load_model, pick_device  # torch + open_clip: seconds, so not for `wit --help`
+    from wit.trainer.eval.model import load_model, pick_device  # torch + open_clip: seconds, so not for `wit --help`
 
     device = pick_device(cfg.device)
     model, preprocess, tokenizer = load_model(cfg.model, cfg.checkpoint, cfg.random_init, device)

@@ -14,7 +14,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from shards.storage import WitError, expand, fs_and_path
+from wit.shards.storage import WitError, expand, fs_and_path
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from shards.storage import WitError
-from trainer.eval.datasets import read_bytes
+from wit.shards.storage import WitError
+from wit.trainer.eval.datasets import read_bytes
 
 
 def autocast(device: str, precision: str):

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shards.storage import WitError
-from trainer.eval import datasets
-from trainer.eval.common import ModelOptions, finish, load
-from trainer.eval.features import encode_images
+from wit.shards.storage import WitError
+from wit.trainer.eval import datasets
+from wit.trainer.eval.common import ModelOptions, finish, load
+from wit.trainer.eval.features import encode_images
 
 
 @dataclass(frozen=True)

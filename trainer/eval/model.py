@@ -13,7 +13,7 @@ from pathlib import Path
 import open_clip
 import torch
 
-from shards.storage import WitError, fs_and_path
+from wit.shards.storage import WitError, fs_and_path
 
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "model_configs"  # the trainer's configs (wit-tiny, ...)
 STEP_FILE = re.compile(r"step_\d{8}\.pt$")  # trainer/checkpoint.py's names

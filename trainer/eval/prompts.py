@@ -5,7 +5,7 @@ CIFAR names and the 18 CIFAR templates are facts from the CLIP repo's prompt not
 """
 from __future__ import annotations
 
-from shards.storage import WitError
+from wit.shards.storage import WitError
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.eval import datasets
-from trainer.eval.common import ModelOptions, finish, load
-from trainer.eval.features import encode_images, encode_texts
-from trainer.eval.metrics import retrieval_recall
+from wit.trainer.eval import datasets
+from wit.trainer.eval.common import ModelOptions, finish, load
+from wit.trainer.eval.features import encode_images, encode_texts
+from wit.trainer.eval.metrics import retrieval_recall
 
 
 @dataclass(frozen=True)

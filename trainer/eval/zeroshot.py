@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 import torch
 
-from shards.storage import WitError
-from trainer.eval import datasets
-from trainer.eval.common import ModelOptions, finish, load
-from trainer.eval.features import encode_images, encode_texts
-from trainer.eval.metrics import class_embeddings, topk_accuracy
-from trainer.eval.prompts import clean, prompt_set, prompts_for
+from wit.shards.storage import WitError
+from wit.trainer.eval import datasets
+from wit.trainer.eval.common import ModelOptions, finish, load
+from wit.trainer.eval.features import encode_images, encode_texts
+from wit.trainer.eval.metrics import class_embeddings, topk_accuracy
+from wit.trainer.eval.prompts import clean, prompt_set, prompts_for
 
 
 @dataclass(frozen=True)
