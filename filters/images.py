@@ -19,6 +19,8 @@ from wit.filters.leakage import IMAGE_EXTS, EvalIndex
 from wit.filters.phash import gray32, phash_gray
 from wit.shards import fasttar
 from wit.shards.manifests import read_shard_table, write_table_atomic
+from wit.shards.options import opt
+from wit.shards.runner import EngineOptions
 from wit.shards.schema import OK, VERDICT
 from wit.shards.storage import fs_and_path, join
 from wit.shards.tables import read_parquet
@@ -134,17 +136,20 @@ def filter_shard(job: ImageJob) -> dict:
     return {"shard": job.shard, "rows": len(rows), "kept": reasons.pop("kept", 0), "dropped": dict(reasons)}
 
 
-@dataclass(frozen=True)
-class ImagesConfig:
-    raw: str  # crawl output folder: <shard>.tar, <shard>.parquet, <shard>_stats.json
-    out: str
-    min_side: int = 200
-    max_aspect: float = 3.0
-    eval_sets: tuple[str, ...] = ()  # folders of images or tars
-    eval_k: int = 4
-    engine: str = "local"
-    workers: int | None = None
-    address: str | None = None
+@dataclass(frozen=True, kw_only=True)
+class ImagesConfig(EngineOptions):
+    raw: str = opt(help="crawl output folder from `wit download` (local or s3://)", positional=True)
+    out: str = opt(help="verdict folder (local or s3://)")
+    min_side: int = opt(200, "smallest short side of the ORIGINAL image, in pixels (manifest original_width/height; "
+                             "DataComp's basic filter)", minimum=0)
+    max_aspect: float = opt(3.0, "largest long side / short side ratio", minimum=1)
+    eval_sets: tuple[str, ...] = opt((), "evaluation images: a folder (searched recursively, tars in it too), a tar, "
+                                         "or a brace pattern of shards; repeatable. Pool images within --eval-k of "
+                                         "one of them are dropped as eval_leak:<name>", flag="--eval", many="append",
+                                     metavar="SET")
+    eval_k: int = opt(4, "Hamming distance (of 64 pHash bits) that counts as leakage. Crawled copies of CIFAR-10 test "
+                         "images (upscaled, re-encoded) land within 2; at 4 none of 1,000 Flickr8k photos matched any "
+                         "of CIFAR-10's 10,000 test images, at 8 one did", minimum=0)
 
 
 def run_images(cfg: ImagesConfig) -> dict:
@@ -165,7 +170,7 @@ def run_images(cfg: ImagesConfig) -> dict:
         index = join(out, "_wit", "eval_index.parquet")  # not *.parquet at the top: globs see verdicts only
         n_eval = write_eval_index([absolute(s) for s in cfg.eval_sets], index)
     jobs = [ImageJob(raw, out, n, cfg.min_side, cfg.max_aspect, index, cfg.eval_k) for n in names]
-    results = run_map(filter_shard, jobs, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.address)
+    results = run_map(filter_shard, jobs, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address)
     dropped: Counter = Counter()
     for r in results:
         dropped.update(r["dropped"])

@@ -138,7 +138,7 @@ def run_engine(cfg: DownloadConfig, input_dir: str, done: set[int], start_shard:
         number_sample_per_shard=cfg.shard_size, oom_shard_count=SHARD_DIGITS, compute_hash="sha256",
         verify_hash_type=None, encode_format="jpg", retries=cfg.retries,
         user_agent_token=cfg.user_agent_token,
-        disallowed_header_directives=list(cfg.disallowed_header_directives) or None,
+        disallowed_header_directives=list(cfg.header_optouts) or None,
     )
     if cfg.distributor == "multiprocessing":
         run = distributors.multiprocessing_distributor

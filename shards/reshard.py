@@ -16,7 +16,7 @@ import hashlib
 import io
 import json
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from wit.shards import fasttar
-from wit.shards.runner import run_map
+from wit.shards.options import opt
+from wit.shards.runner import EngineOptions, run_map
 from wit.shards.schema import OK, SCHEMA_VERSION
 from wit.shards.storage import (
     WitError,
@@ -40,17 +41,15 @@ from wit.shards.tables import arrow_reader, read_folder, read_parquet
 from wit.shards.verify import shard_names, verify_shard
 
 
-@dataclass(frozen=True)
-class ReshardConfig:
-    raw: str  # crawled shards: {shard}.tar + {shard}.parquet manifests
-    out: str
-    verdicts: tuple[str, ...] = ()  # folders of filter verdicts (uid, keep, reason), one file per crawled shard
-    selection: str | None = None  # folder of balance selections (uid, status, matched)
-    shard_size: int = 10_000
-    seed: int = 0
-    engine: str = "local"
-    workers: int | None = None
-    ray_address: str | None = None
+@dataclass(frozen=True, kw_only=True)
+class ReshardConfig(EngineOptions):
+    raw: str = opt(help="folder of crawled shards and their manifests (wit download --out)")
+    out: str = opt(help="output folder, local or s3://")
+    verdicts: tuple[str, ...] = opt((), "folders of filter verdicts (uid, keep, reason), one file per crawled shard")
+    selection: str | None = opt(None, "folder of balance selections (uid, status, matched), e.g. <balance "
+                                      "out>/selection")
+    shard_size: int = opt(10_000, "samples per output shard (the last may be short)", minimum=1)
+    seed: int = opt(0, "seed of the global shuffle")
 
 
 CORPUS_FIELDS = ["uid", "url", "caption", "width", "height", "original_width", "original_height", "sha256",
@@ -179,7 +178,7 @@ def write_index(out: str, counts: dict[str, int], seed: int) -> dict:
 
 
 def reshard(cfg: ReshardConfig) -> dict:
-    cfg = ReshardConfig(**{**cfg.__dict__, "raw": absolute(cfg.raw), "out": absolute(cfg.out)})
+    cfg = replace(cfg, raw=absolute(cfg.raw), out=absolute(cfg.out))
     if cfg.shard_size < 1:
         raise WitError(f"--shard-size must be at least 1 (got {cfg.shard_size})")
     plan = make_plan(cfg)
