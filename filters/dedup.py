@@ -80,8 +80,8 @@ def dedup_core(con: duckdb.DuckDBPyConnection, near_k: int, exact: str = "phash"
     for key, where in keys:
         _sql(con, f"""
             INSERT INTO dups
-            WITH cand AS (SELECT p.rid, p.uid, p.{key} AS k FROM pool p ANTI JOIN dups d USING (rid)
-                          WHERE {where} AND p.{key} IS NOT NULL),
+            WITH cand AS NOT MATERIALIZED (SELECT p.rid, p.uid, p.{key} AS k FROM pool p ANTI JOIN dups d USING (rid)
+                                           WHERE {where} AND p.{key} IS NOT NULL),  -- read twice, never held
                  g AS (SELECT k, min(uid) AS keeper FROM cand GROUP BY k HAVING count(*) > 1)
             SELECT c.rid, g.keeper, 'exact' FROM cand c JOIN g USING (k) WHERE c.uid <> g.keeper""")
     stats["uid_dups"] = _sql(con, "SELECT count(*) FROM dups WHERE dup_kind = 'uid'").fetchone()[0]

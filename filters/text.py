@@ -159,11 +159,11 @@ def judge_file(job: TextJob) -> int:
         extra = [c for c in ("uid", "status", "invalid") if c in names]
         t = source.read(columns=[url_col, cap_col] + extra).to_pylist()
     # a raw list has no uid yet: the ones ingest gives (a pair repeated across list files is counted per file here)
-    fresh = row_uids((r[url_col], r[cap_col]) for r in t)
+    fresh = row_uids((r[url_col], r[cap_col]) for r in t) if any(not r.get("uid") for r in t) else None
     out = []
     for i, r in enumerate(t):
         url, caption = r[url_col], r[cap_col]
-        uid = r.get("uid") or fresh[i]
+        uid = r.get("uid") or fresh[i]  # fresh is None only when every row has its uid
         if r.get("status", OK) != OK or r.get("invalid"):
             reason = NOT_OK
         else:
@@ -207,28 +207,35 @@ def run_text(cfg: TextConfig) -> dict:
     out = absolute(cfg.out)
     if any(f.rsplit("/", 1)[0] == out.rstrip("/") for f in files):
         raise WitError(f"{cfg.out}: holds the inputs, which the verdicts would overwrite; choose another --out")
-    rows_dir, dups_dir = join(out, "_wit", "text_rows"), join(out, "_wit", "text_dups")
+    rows_dir = join(out, "_wit", "text_rows")
     jobs = [TextJob(f, join(rows_dir, f"{s}.parquet"), cfg.min_chars, cfg.max_chars, cfg.english, cfg.lang_min_prob)
             for f, s in zip(files, stems)]
     rows = run_map(judge_file, jobs, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address)
-    con = cfg.connect(output=out)
-    find_dups(con, [j.rows_out for j in jobs], sum(rows), dups_dir, cfg.pair_dedup, cfg.url_dedup)
+    summary = dedup_rows(cfg, [j.rows_out for j in jobs], sum(rows), [join(out, f"{s}.parquet") for s in stems])
+    _remove(rows_dir)
+    return summary
+
+
+def dedup_rows(cfg: TextConfig, parts: list[str], n_rows: int, targets: list[str]) -> dict:
+    """Passes 2 and 3 over the per-row verdict files `parts`: the verdict files `targets`, and the summary."""
+    dups_dir = join(absolute(cfg.out), "_wit", "text_dups")
+    con = cfg.connect(output=absolute(cfg.out))
+    find_dups(con, parts, n_rows, dups_dir, cfg.pair_dedup, cfg.url_dedup)
     con.close()
-    finish = [FinishJob(j.rows_out, join(dups_dir, f"f={i}"), join(out, f"{s}.parquet"))
-              for i, (j, s) in enumerate(zip(jobs, stems))]
+    finish = [FinishJob(part, join(dups_dir, f"f={i}"), target) for i, (part, target) in enumerate(zip(parts, targets))]
     counts: Counter = Counter()
     for c in imap(finish_file, finish, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address):
         counts.update(c)
-    _remove(rows_dir, dups_dir)
+    _remove(dups_dir)
     n = sum(counts.values())
-    return {"files": len(files), "rows": n, "kept": counts.pop("kept", 0), "dropped": dict(counts)}
+    return {"files": len(parts), "rows": n, "kept": counts.pop("kept", 0), "dropped": dict(counts)}
 
 
 def find_dups(con, parts: list[str], n_rows: int, dups_dir: str, pair_dedup: bool, url_dedup: bool) -> None:
     """Write the rows that lose to a repeat, partitioned by input file: `dups_dir/f=<i>/*.parquet` (row, reason,
     dup_of). Pairs first (the same url and caption; a repeat has its own uid, so by `pair`), then URLs: both only
     among rows that passed the per-row filters, both keeping the smallest uid, as the image dedup does, so that the
-    stages agree on which copy stays. Group-bys keep only the repeated keys, so the joins build on a small side."""
+    stages agree on which copy stays."""
     register_filesystem(con, dups_dir)
     con.register("text_files", pa.table({"filename": parts, "f": pa.array(range(len(parts)), pa.int32())}))
     con.read_parquet(parts, filename=True).create_view("text_parts")
@@ -239,20 +246,26 @@ def find_dups(con, parts: list[str], n_rows: int, dups_dir: str, pair_dedup: boo
         raise WitError(f"{dups_dir}: DuckDB read {seen} rows of {n_rows} from the per-row verdicts")
     con.execute("CREATE TEMP TABLE pair_dups (f INTEGER, row BIGINT, reason VARCHAR, dup_of VARCHAR)")
     con.execute("CREATE TEMP TABLE url_dups (f INTEGER, row BIGINT, reason VARCHAR, dup_of VARCHAR)")
+    # Each dedup: one group-by over every row that keeps only the repeated keys, then the rows with such a key
+    # (a small share of the pool) are ranked among themselves.
     if pair_dedup:
+        run_sql(con, """CREATE TEMP TABLE rep_pairs AS
+                        SELECT pair FROM r WHERE reason IS NULL GROUP BY pair HAVING count(*) > 1""",
+                what="text dedup (pairs)")
         run_sql(con, """
             INSERT INTO pair_dups
-            WITH rep AS (SELECT pair FROM r WHERE reason IS NULL GROUP BY pair HAVING count(*) > 1),
-                 m AS (SELECT f, row, uid, pair FROM r SEMI JOIN rep USING (pair) WHERE reason IS NULL)
             SELECT f, row, 'pair_dup_of:' || keeper, keeper FROM (
-                SELECT f, row, first_value(uid) OVER w AS keeper, row_number() OVER w AS n FROM m
+                SELECT f, row, first_value(uid) OVER w AS keeper, row_number() OVER w AS n
+                FROM r SEMI JOIN rep_pairs USING (pair) WHERE reason IS NULL
                 WINDOW w AS (PARTITION BY pair ORDER BY uid, f, row))
             WHERE n > 1""", what="text dedup (pairs)")
     if url_dedup:
+        run_sql(con, """CREATE TEMP TABLE rep_urls AS SELECT nurl FROM r WHERE reason IS NULL AND nurl IS NOT NULL
+                        GROUP BY nurl HAVING count(*) > 1""", what="text dedup (URLs)")
         run_sql(con, """
             INSERT INTO url_dups
-            WITH c AS (SELECT f, row, uid, nurl FROM r ANTI JOIN pair_dups USING (f, row)
-                       WHERE reason IS NULL AND nurl IS NOT NULL),
+            WITH c AS (SELECT f, row, uid, nurl FROM r SEMI JOIN rep_urls USING (nurl) ANTI JOIN pair_dups USING (f, row)
+                       WHERE reason IS NULL),
                  k AS (SELECT nurl, min(uid) AS keeper FROM c GROUP BY nurl HAVING count(*) > 1)
             SELECT c.f, c.row, 'url_dup_of:' || k.keeper, k.keeper FROM c JOIN k USING (nurl)
             WHERE c.uid <> k.keeper""", what="text dedup (URLs)")
