@@ -33,11 +33,12 @@ def _pax(data: bytes) -> dict[bytes, bytes]:
     return records
 
 
-def iter_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
+def iter_members(f: BinaryIO, want=None) -> Iterator[tuple[str, bytes]]:
     """(name, data) of every regular file, in order. Raises TarError on a bad header or a tar cut short.
 
     A tar ends with a zero block; one that simply stops after a member was cut at a member boundary (tarfile
-    would end quietly there), so it is an error too.
+    would end quietly there), so it is an error too. With `want(name, size)`, only the members it accepts are read
+    and yielded; the others are skipped by seeking (headers only: a few members of a big shard cost little).
     """
     long_name = size_override = None
     while True:
@@ -53,6 +54,10 @@ def iter_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
             raise TarError("bad header checksum")
         size = size_override if size_override is not None else _octal(header[124:136])
         kind = header[156:157]
+        if want is not None and kind in (b"0", b"\0", b"7") and not want(_name(header, long_name), size):
+            long_name = size_override = None
+            f.seek(size + -size % BLOCK, 1)
+            continue
         data = f.read(size)
         if len(data) < size or len(f.read(-size % BLOCK)) < -size % BLOCK:
             raise TarError("tar ends inside a member")
@@ -66,14 +71,19 @@ def iter_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
             continue
         if kind in (b"g",):
             continue
-        name = long_name
-        if name is None:
-            name = header[:100].split(b"\0", 1)[0].decode()
-            if header[257:262] == b"ustar" and header[345:346] != b"\0":
-                name = header[345:500].split(b"\0", 1)[0].decode() + "/" + name
+        name = _name(header, long_name)
         long_name = size_override = None
         if kind in (b"0", b"\0", b"7"):
             yield name, data
+
+
+def _name(header: bytes, long_name: str | None) -> str:
+    if long_name is not None:
+        return long_name
+    name = header[:100].split(b"\0", 1)[0].decode()
+    if header[257:262] == b"ustar" and header[345:346] != b"\0":
+        name = header[345:500].split(b"\0", 1)[0].decode() + "/" + name
+    return name
 
 
 def iter_samples(f: BinaryIO) -> Iterator[tuple[str, dict[str, bytes]]]:

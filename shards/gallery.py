@@ -2,7 +2,7 @@
 
 The funnel query picks up to N samples per stage and reason (`min_by(..., hash(uid), N)`: a fixed, spread-out
 choice); here they get their crawl row (url, caption, tar, key) in one query, and their images from the tars,
-each tar opened once and read by headers up to the wanted members. A duplicate stands beside the copy that was
+each tar opened once and read by its headers up to the wanted members (their data only). A duplicate stands beside the copy that was
 kept (the uid after `dup_of:`); an evaluation-set leak beside the evaluation image it matched (`eval_leak:<name>`,
 looked up in the eval sets the image stage recorded). Memory: a few hundred thumbnails of a few KB.
 """
@@ -11,12 +11,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-import tarfile
 
 import pyarrow as pa
 from PIL import Image
 
-from wit.shards import tario
+from wit.shards import fasttar
 from wit.shards.storage import expand, fs_and_path, join
 
 THUMB = 128  # px, the longer side
@@ -89,23 +88,24 @@ def _thumbnails(rows: dict[str, dict]) -> dict[tuple[str, str], str]:
 
 
 def _members(url: str, keys: set[str]):
-    """(key, image bytes) of the wanted keys, reading headers only past the others."""
-    try:
-        f, tar = tario.open_tar(url)
-    except (OSError, tarfile.TarError):
-        return  # a missing or unreadable tar: those samples show without a picture
+    """(key, image bytes) of the wanted keys; the other members are skipped by their headers."""
     left = set(keys)
-    with f, tar:
-        try:
-            for info in tar:
-                key, ext = tario.split_key(info.name)
-                if key in left and info.isfile() and _is_image(ext) and info.size <= MAX_IMAGE_BYTES:
-                    left.discard(key)
-                    yield key, tar.extractfile(info).read()
-                    if not left:
-                        return
-        except (OSError, tarfile.TarError, EOFError):
-            return
+
+    def want(name: str, size: int) -> bool:
+        key, _, ext = name.rsplit("/", 1)[-1].partition(".")
+        return key in left and _is_image(ext) and size <= MAX_IMAGE_BYTES
+
+    fs, path = fs_and_path(url)
+    try:
+        with fs.open(path, "rb") as f:
+            for name, data in fasttar.iter_members(f, want):
+                key = name.rsplit("/", 1)[-1].partition(".")[0]
+                left.discard(key)
+                yield key, data
+                if not left:
+                    return
+    except (OSError, ValueError, UnicodeDecodeError):  # fasttar.TarError is a ValueError; missing or cut tars
+        return  # those samples show without a picture
 
 
 def _is_image(ext: str) -> bool:
@@ -152,17 +152,16 @@ def _eval_thumbnail(eval_sets: list[str], name: str) -> str | None:
                     data = _tar_member(url, name.split("/", 1)[1])
                     if data:
                         return thumbnail(data)
-            except (OSError, tarfile.TarError):
+            except (OSError, ValueError, UnicodeDecodeError):
                 continue
     return None
 
 
 def _tar_member(url: str, member: str) -> bytes | None:
-    f, tar = tario.open_tar(url)
-    with f, tar:
-        for info in tar:
-            if info.name == member and info.isfile() and info.size <= MAX_IMAGE_BYTES:
-                return tar.extractfile(info).read()
+    fs, path = fs_and_path(url)
+    with fs.open(path, "rb") as f:
+        for _, data in fasttar.iter_members(f, lambda name, size: name == member and size <= MAX_IMAGE_BYTES):
+            return data
     return None
 
 
