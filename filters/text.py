@@ -284,7 +284,7 @@ class FinishJob:
 def finish_file(job: FinishJob) -> dict[str, int]:
     """One input file's verdicts: its per-row verdicts with the repeats folded in; returns rows per reason kind."""
     rows = read_parquet(job.rows, ["row", "uid", "reason", "lang", "lang_prob"])
-    if rows["row"].to_numpy().tolist() != list(range(rows.num_rows)):
+    if not np.array_equal(rows["row"].to_numpy(), np.arange(rows.num_rows)):
         raise WitError(f"{job.rows}: rows out of order")  # judge_file writes them in order; never expected
     reason, dup_of = rows["reason"], pa.nulls(rows.num_rows, pa.string())
     fs, path = fs_and_path(job.dups)
