@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import os
 import sys
@@ -80,6 +81,39 @@ def all_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
+def find_resume(cfg: TrainConfig, rank: int) -> tuple[str | None, dict | None]:
+    """(url, state) of the checkpoint to resume from, or (None, None) for a fresh run. `--resume latest` skips
+    unreadable newer checkpoints, saying so; a named file that is unreadable, or of another model, is an error."""
+    if not cfg.resume:
+        return None, None
+    if cfg.resume == "latest":
+        def warn(message: str) -> None:
+            if rank == 0:  # every rank skips the same files; one says so
+                print(f"wit train: warning: {message}; trying the one before", file=sys.stderr, flush=True)
+        url, state = checkpoint.load_latest(cfg.ckpt_dir, warn) or (None, None)
+    else:
+        url, state = cfg.resume, checkpoint.load(cfg.resume)
+    config = state.get("config") if state else None
+    recorded = config.get("model") if isinstance(config, dict) else None
+    if recorded and recorded != cfg.model:
+        raise WitError(f"{url}: a checkpoint of --model {recorded}, but this run has --model {cfg.model}")
+    return url, state
+
+
+def restore(url: str, state: dict, rank: int, model, optimizer, loader) -> tuple[int, int]:
+    """Put a checkpoint into this run; (step, samples seen). One that does not fit is an error naming the file."""
+    try:
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        loader.load_state_dict(state["loader"])
+        checkpoint.set_rng_state(state["rng"][rank])
+    except WitError as err:
+        raise WitError(f"{url}: {err}") from None
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+        raise WitError(f"{url}: does not fit this run ({checkpoint.reason(err)})") from None
+    return state["step"], state["samples_seen"]
+
+
 def train(cfg: TrainConfig) -> int:
     if not cfg.data:
         raise WitError("--data: no shards given (a brace pattern or an index .json)")
@@ -87,8 +121,13 @@ def train(cfg: TrainConfig) -> int:
         raise WitError(f"--accum {cfg.accum}: must divide --batch-size {cfg.batch_size}")
     rank, world, device = setup_distributed()
     shards = shards_once(cfg.data, rank, world)  # fail early on bad data, before building the model
+    resume, state = find_resume(cfg, rank)  # and on a bad checkpoint
     torch.manual_seed(cfg.seed)
-    model = open_clip.create_model(cfg.model, device=device)
+    logging.disable(logging.WARNING)  # open_clip warns that it loads no pretrained weights: a fresh run has none
+    try:
+        model = open_clip.create_model(cfg.model, device=device)
+    finally:
+        logging.disable(logging.NOTSET)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
@@ -99,16 +138,8 @@ def train(cfg: TrainConfig) -> int:
                          window=cfg.window, resampled=cfg.resampled, shards=shards)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                   betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
-    step, samples_seen = 0, 0
-
-    resume = checkpoint.latest(cfg.ckpt_dir) if cfg.resume == "latest" else cfg.resume
-    if resume:
-        state = checkpoint.load(resume)
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        loader.load_state_dict(state["loader"])
-        checkpoint.set_rng_state(state["rng"][rank])
-        step, samples_seen = state["step"], state["samples_seen"]
+    step, samples_seen = restore(resume, state, rank, model, optimizer, loader) if resume else (0, 0)
+    del state  # the checkpoint's tensors are in the model and optimizer now
 
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     forward = torch.compile(ddp) if cfg.compile else ddp
