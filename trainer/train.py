@@ -58,14 +58,25 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def shards_once(spec: str, rank: int, world: int) -> tuple[list[str], list[int]]:
-    """Rank 0 lists (or reads the index of) the shards and tells the others, errors included."""
+def set_threads(workers: int) -> int:
+    """torch's intra-op threads: the cores left to this rank after its loader workers, at least one, unless
+    OMP_NUM_THREADS says otherwise. torch's default, a thread per core, oversubscribes the cores together with the
+    workers, and when other jobs share them each op's threads spin waiting for one another's turn: 10x slower per
+    step on a loaded 2-core machine (bench/README.md, "Training on a shared machine")."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // ranks_here - workers))
+    return torch.get_num_threads()
+
+
+def on_rank0(fn, rank: int, world: int):
+    """fn() run on rank 0 alone, its result (or its WitError) sent to every rank, so that all ranks agree."""
     if world == 1:
-        return resolve_shards(spec)
+        return fn()
     box = [None]
     if rank == 0:
         try:
-            box = [resolve_shards(spec)]
+            box = [fn()]
         except WitError as err:
             box = [err]
     dist.broadcast_object_list(box, src=0)
@@ -81,23 +92,28 @@ def all_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
-def find_resume(cfg: TrainConfig, rank: int) -> tuple[str | None, dict | None]:
-    """(url, state) of the checkpoint to resume from, or (None, None) for a fresh run. `--resume latest` skips
-    unreadable newer checkpoints, saying so; a named file that is unreadable, or of another model, is an error."""
-    if not cfg.resume:
-        return None, None
+def find_resume(cfg: TrainConfig, rank: int, world: int) -> tuple[str | None, dict | None]:
+    """(url, state) of the checkpoint to resume from, or (None, None) for a fresh run. For `--resume latest` rank 0
+    picks the newest readable checkpoint, saying which unreadable newer ones it skipped, and every rank takes that
+    one; a named file that is unreadable, or a checkpoint of another model, is an error."""
+    url, state = cfg.resume or None, None
     if cfg.resume == "latest":
-        def warn(message: str) -> None:
-            if rank == 0:  # every rank skips the same files; one says so
-                print(f"wit train: warning: {message}; trying the one before", file=sys.stderr, flush=True)
-        url, state = checkpoint.load_latest(cfg.ckpt_dir, warn) or (None, None)
-    else:
-        url, state = cfg.resume, checkpoint.load(cfg.resume)
+        def newest() -> str | None:
+            nonlocal state
+            url, state = checkpoint.load_latest(cfg.ckpt_dir, warn=skipping) or (None, None)
+            return url
+        url = on_rank0(newest, rank, world)
+    if url and state is None:
+        state = checkpoint.load(url)
     config = state.get("config") if state else None
     recorded = config.get("model") if isinstance(config, dict) else None
     if recorded and recorded != cfg.model:
         raise WitError(f"{url}: a checkpoint of --model {recorded}, but this run has --model {cfg.model}")
     return url, state
+
+
+def skipping(message: str) -> None:
+    print(f"wit train: warning: {message}; trying the one before", file=sys.stderr, flush=True)
 
 
 def restore(url: str, state: dict, rank: int, model, optimizer, loader) -> tuple[int, int]:
@@ -120,8 +136,11 @@ def train(cfg: TrainConfig) -> int:
     if cfg.accum < 1 or cfg.batch_size % cfg.accum:
         raise WitError(f"--accum {cfg.accum}: must divide --batch-size {cfg.batch_size}")
     rank, world, device = setup_distributed()
-    shards = shards_once(cfg.data, rank, world)  # fail early on bad data, before building the model
-    resume, state = find_resume(cfg, rank)  # and on a bad checkpoint
+    threads = set_threads(cfg.workers)
+    # Rank 0 lists (or reads the index of) the shards and tells the others; fail early on bad data, before building
+    # the model, and on a bad checkpoint
+    shards = on_rank0(lambda: resolve_shards(cfg.data), rank, world)
+    resume, state = find_resume(cfg, rank, world)
     torch.manual_seed(cfg.seed)
     logging.disable(logging.WARNING)  # open_clip warns that it loads no pretrained weights: a fresh run has none
     try:
@@ -148,7 +167,8 @@ def train(cfg: TrainConfig) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         (out / "config.json").write_text(cfg.to_json() + "\n")
-        print(f"wit train: {world} x {device.type}, {sum(loader.counts)} samples in {len(loader.urls)} shards, "
+        print(f"wit train: {world} x {device.type} ({threads} threads, {cfg.workers} loader workers each), "
+              f"{sum(loader.counts)} samples in {len(loader.urls)} shards, "
               f"{loader.steps_per_epoch} steps/epoch\n{cfg.to_json()}", flush=True)
         print(f"wit train: {'resuming from ' + resume if resume else 'starting fresh'} at step {step}", flush=True)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
