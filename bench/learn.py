@@ -75,7 +75,10 @@ def main() -> None:
         raise SystemExit(f"needs {CIFAR} (../shared/data)")
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-learn-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    # One intra-op thread for both trainers (wit's own choice on 2 cores with 2 workers): torch's default, one per
+    # core, spins when other jobs share the cores, and then the wall times measure the load, not the trainers.
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(REPO),
+           "CUDA_VISIBLE_DEVICES": ""}
     images, rows = load_train_images()
     times = {}
     with LoopbackImageServer(images) as server:
