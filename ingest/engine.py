@@ -6,12 +6,10 @@ turns img2dataset's parquet into a wit manifest, checks the tar against it and m
 """
 from __future__ import annotations
 
-import io
 import traceback
 from collections import Counter
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from img2dataset.downloader import Downloader
 from img2dataset.resizer import Resizer
 from PIL import Image
@@ -19,8 +17,8 @@ from PIL import Image
 from wit.ingest import guard
 from wit.ingest.reasons import reason_for
 from wit.shards.schema import FAILED, MANIFEST, OK, SCHEMA_VERSION
-from wit.shards.storage import fs_and_path, join, move, read_json, write_atomic, write_json_atomic
-from wit.shards.tables import read_parquet
+from wit.shards.storage import fs_and_path, join, move, read_json, write_json_atomic
+from wit.shards.tables import read_parquet, write_parquet
 from wit.shards.verify import tar_keys
 
 # Columns img2dataset carries through from our input into its parquet and each sample's json.
@@ -122,10 +120,8 @@ def finish_shard(staging: str, output: str, name: str) -> None:
         "samples": len(keys),
         "reasons": dict(sorted(reasons.items())),
     }
-    sink = io.BytesIO()
-    pq.write_table(manifest, sink)
     move(fs, fs_and_path(join(staging, f"{name}.tar"))[1], fs_and_path(join(output, f"{name}.tar"))[1])
-    write_atomic(join(output, f"{name}.parquet"), sink.getvalue())
+    write_parquet(join(output, f"{name}.parquet"), manifest)
     write_json_atomic(join(output, f"{name}_stats.json"), stats)
     for suffix in (".parquet", "_stats.json"):
         fs.rm(fs_and_path(join(staging, name + suffix))[1])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from wit.shards import fasttar
 from wit.shards.schema import OK
 from wit.shards.storage import fs_and_path, join, read_json
@@ -24,13 +23,11 @@ class ShardCheck:
 
 def tar_keys(url: str, ext: str = "jpg") -> list[str]:
     """Keys of the members with extension `ext`; reads the tar to its end, so truncation raises."""
-    fs, path = fs_and_path(url)
     keys = []
-    with fs.open(path, "rb") as f:
-        for name, _ in fasttar.iter_members(f):
-            stem, _, suffix = name.rpartition("/")[-1].partition(".")
-            if suffix == ext:
-                keys.append(stem)
+    for name, _ in fasttar.read_members(url):
+        key, suffix = fasttar.split_name(name)
+        if suffix == ext:
+            keys.append(key)
     return keys
 
 
