@@ -16,10 +16,10 @@ from PIL import Image
 
 from wit.ingest import guard
 from wit.ingest.reasons import reason_for
-from wit.shards.schema import FAILED, MANIFEST, OK, SCHEMA_VERSION
-from wit.shards.storage import fs_and_path, join, move, read_json, write_json_atomic
-from wit.shards.tables import read_parquet, write_parquet
-from wit.shards.verify import tar_keys
+from wit.shards.schema import FAILED, MANIFEST, OK
+from wit.shards.storage import fs_and_path, join, read_json
+from wit.shards.tables import read_parquet
+from wit.shards.verify import publish_shard, tar_keys
 
 # Columns img2dataset carries through from our input into its parquet and each sample's json.
 CARRIED_COLUMNS = ["uid", "source_file", "source_row", "invalid"]
@@ -113,16 +113,8 @@ def finish_shard(staging: str, output: str, name: str) -> None:
         raise ValueError(f"tar holds {len(keys)} samples but the manifest has {len(ok_keys)} ok rows")
     stats = read_json(join(staging, f"{name}_stats.json"))
     reasons = Counter(r for r in manifest["reason"].to_pylist() if r)
-    stats["wit"] = {
-        "verified": True,
-        "schema_version": SCHEMA_VERSION,
-        "rows": manifest.num_rows,
-        "samples": len(keys),
-        "reasons": dict(sorted(reasons.items())),
-    }
-    move(fs, fs_and_path(join(staging, f"{name}.tar"))[1], fs_and_path(join(output, f"{name}.tar"))[1])
-    write_parquet(join(output, f"{name}.parquet"), manifest)
-    write_json_atomic(join(output, f"{name}_stats.json"), stats)
+    stats["wit"] = {"reasons": dict(sorted(reasons.items()))}
+    publish_shard(output, name, join(staging, f"{name}.tar"), manifest, stats)
     for suffix in (".parquet", "_stats.json"):
         fs.rm(fs_and_path(join(staging, name + suffix))[1])
 

@@ -35,8 +35,8 @@ from wit.shards.storage import (
     write_atomic,
     write_json_atomic,
 )
-from wit.shards.tables import arrow_reader, read_folder, read_parquet, write_parquet
-from wit.shards.verify import shard_names, verify_shard
+from wit.shards.tables import arrow_reader, read_folder, read_parquet
+from wit.shards.verify import publish_shard, shard_names, verify_shard
 
 
 @dataclass(frozen=True)
@@ -157,12 +157,8 @@ def gather(task: tuple[str, str, str, pa.Table]) -> int:
     columns = {c: got[c].to_pylist() for c in ("jpg", "txt", "json")}
     tar = fasttar.write_samples(
         (key, {c: columns[c][i] for c in columns}) for i, key in enumerate(keys))
-    write_atomic(join(out, f"{shard}.tar"), tar)
-    write_parquet(join(out, f"{shard}.parquet"), rows.append_column("status", pa.array([OK] * rows.num_rows)))
-    write_json_atomic(join(out, f"{shard}_stats.json"), {
-        "count": rows.num_rows, "successes": rows.num_rows,
-        "wit": {"verified": True, "schema_version": SCHEMA_VERSION, "rows": rows.num_rows, "samples": rows.num_rows},
-    })
+    publish_shard(out, shard, tar, rows.append_column("status", pa.array([OK] * rows.num_rows)),
+                  {"count": rows.num_rows, "successes": rows.num_rows})
     return rows.num_rows
 
 
