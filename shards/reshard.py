@@ -21,7 +21,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from wit.shards import fasttar
 from wit.shards.options import opt
@@ -38,7 +37,7 @@ from wit.shards.storage import (
     write_json_atomic,
 )
 from wit.shards.tables import arrow_reader, read_folder, read_parquet
-from wit.shards.verify import shard_names, verify_shard
+from wit.shards.verify import publish_shard, shard_names, verify_shard
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,7 +120,10 @@ def scatter(task: tuple[str, str, str, pa.Table]) -> int:
             continue
         bucket = outs[row["shard"]]
         bucket["key"].append(row["key"])
-        bucket["jpg"].append(sample["jpg"])
+        image = fasttar.image_of(sample)
+        if image is None:
+            raise WitError(f"{join(raw, src + '.tar')}: sample {key} has no image member")
+        bucket["jpg"].append(image)
         bucket["txt"].append((row["caption"] or "").encode())
         bucket["json"].append(json.dumps({k: v for k, v in row.items() if k != "src_key"}).encode())
     lost = sorted(set(wanted) - seen)
@@ -154,14 +156,8 @@ def gather(task: tuple[str, str, str, pa.Table]) -> int:
     columns = {c: got[c].to_pylist() for c in ("jpg", "txt", "json")}
     tar = fasttar.write_samples(
         (key, {c: columns[c][i] for c in columns}) for i, key in enumerate(keys))
-    sink = io.BytesIO()
-    pq.write_table(rows.append_column("status", pa.array([OK] * rows.num_rows)), sink)
-    write_atomic(join(out, f"{shard}.tar"), tar)
-    write_atomic(join(out, f"{shard}.parquet"), sink.getvalue())
-    write_json_atomic(join(out, f"{shard}_stats.json"), {
-        "count": rows.num_rows, "successes": rows.num_rows,
-        "wit": {"verified": True, "schema_version": SCHEMA_VERSION, "rows": rows.num_rows, "samples": rows.num_rows},
-    })
+    publish_shard(out, shard, tar, rows.append_column("status", pa.array([OK] * rows.num_rows)),
+                  {"count": rows.num_rows, "successes": rows.num_rows})
     return rows.num_rows
 
 
@@ -224,12 +220,9 @@ def _listing(folder: str) -> list[str]:
 
 def _read_tar(url: str):
     """All samples of a crawled tar; a damaged tar is a one-line error naming it."""
-    fs, path = fs_and_path(url)
-    with fs.open(path, "rb") as f:
-        data = f.read()
     try:
-        yield from fasttar.iter_samples(io.BytesIO(data))
-    except (fasttar.TarError, ValueError, UnicodeDecodeError) as err:
-        raise WitError(f"{url}: unreadable tar ({err})") from None
+        yield from fasttar.read_samples(url)
+    except fasttar.TarError as err:
+        raise WitError(str(err)) from None
 
 
