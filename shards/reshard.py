@@ -203,10 +203,12 @@ def reshard(cfg: ReshardConfig) -> dict:
             else:
                 _local_exchange(cfg, plan, senders, todo, join(scratch, "exchange"), map_)
         index = write_index(cfg.out, plan.counts, cfg.seed)
-        intermediates = _count_files(join(scratch, "exchange")) + _count_files(ranked) + _count_files(plan.folder)
+        exchanged = _count_files(join(scratch, "exchange"))
+        intermediates = exchanged + _count_files(ranked) + _count_files(plan.folder)
     _clean_up(cfg, scratch, shared)
     return {"output": cfg.out, "shards": len(plan.counts), "samples": index["total"], "written_now": len(todo),
             "from_crawled_shards": len(plan.sources), "intermediate_files": intermediates,
+            "exchange_files": exchanged,
             "selected_not_in_crawl": plan.not_in_crawl}
 
 
