@@ -216,7 +216,7 @@ def _local_exchange(cfg: ReshardConfig, plan: Plan, senders: list[str], todo: li
                     map_) -> None:
     groups = exchange.group_count(len(plan.counts), cfg.groups)
     per_group = exchange.shards_per_group(len(plan.counts), groups)
-    finished = exchange.done_sources(folder)
+    finished = exchange.done_sources(folder, {**plan.fingerprint, "seed": cfg.seed, "per_group": per_group})
     map_(scatter, [(cfg.raw, s, plan.folder, folder, cfg.shard_size, per_group) for s in senders if s not in finished])
     map_(gather, [(cfg.out, s, plan.folder, folder, per_group) for s in todo])
 

@@ -12,6 +12,7 @@ bytes instead (shards/reshard_ray.py).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -82,7 +83,19 @@ def read_shard(folder: str, group: int, src: str, out_no: int) -> pa.Table:
         raise WitError(f"{path}: missing from the exchange (remove {folder} and run again)") from None
 
 
-def done_sources(folder: str) -> set[str]:
+def done_sources(folder: str, plan: dict) -> set[str]:
+    """The crawled shards whose files are all in place; an exchange left by another plan is removed first."""
+    stamp = os.path.join(folder, "plan.json")
+    try:
+        with open(stamp) as f:
+            same = json.load(f) == plan
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        remove(folder)
+        os.makedirs(folder)
+        with open(stamp, "w") as f:
+            json.dump(plan, f)
     marks = os.path.join(folder, DONE)
     return set(os.listdir(marks)) if os.path.isdir(marks) else set()
 
