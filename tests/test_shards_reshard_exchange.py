@@ -164,3 +164,11 @@ def test_a_broken_manifest_or_a_missing_tar_is_one_line_naming_the_file(pool, tm
     with pytest.raises(WitError, match=r"00005\.tar: missing \(its manifest lists ok samples\)"):
         reshard(cfg)
     assert not (tmp_path / "out" / "index.json").exists()
+
+
+def test_sample_json_is_json_dumps_of_the_row_byte_for_byte():
+    from wit.shards.reshard import sample_json
+
+    t = pa.table({"uid": ["a", None, 'é"\\\n\u2028😀'], "width": pa.array([1, None, -3], pa.int32()),
+                  "matched": pa.array([[1, 2], None, []], pa.list_(pa.int32())), "sha256": pa.array([None, None, "x"])})
+    assert sample_json(t) == [json.dumps(r) for r in t.to_pylist()]
