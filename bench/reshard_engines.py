@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # Spark's Python workers: this interpreter, with wit
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # loopback only
 
 from reshard import OUTPUT_SHARD, synthetic_pool  # noqa: E402
 
