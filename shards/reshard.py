@@ -66,9 +66,9 @@ class ReshardConfig:
     engine: str = "local"
     workers: int | None = None
     ray_address: str | None = None
-    memory_limit: str | None = None  # DuckDB's memory limit for the plan, e.g. 2GB (default: half the RAM); it spills beyond
-    temp_dir: str | None = None  # local scratch: DuckDB's spill files and the exchange (default: <out>/_wit, or $TMPDIR for a remote --out)
-    groups: int | None = None  # exchange files per crawled shard at most, K (default: about sqrt(output shards))
+    memory_limit: str | None = None  # DuckDB's limit for the plan, e.g. 2GB (default: half the RAM); it spills beyond
+    temp_dir: str | None = None  # local scratch for DuckDB's spills and the exchange (default: <out>/_wit, or $TMPDIR)
+    groups: int | None = None  # K: exchange files per crawled shard at most (default: about sqrt(output shards))
 
 
 # ---- per-shard tasks (module level: process pools and Ray import them by name) ------------------------------------
@@ -228,8 +228,7 @@ def reshard(cfg: ReshardConfig) -> dict:
     _clean_up(cfg, scratch, shared)
     return {"output": cfg.out, "shards": len(plan.counts), "samples": index["total"], "written_now": len(todo),
             "from_crawled_shards": len(plan.sources), "intermediate_files": intermediates,
-            "exchange_files": exchanged,
-            "selected_not_in_crawl": plan.not_in_crawl}
+            "exchange_files": exchanged, "selected_not_in_crawl": plan.not_in_crawl}
 
 
 def _local_exchange(cfg: ReshardConfig, plan: Plan, senders: list[str], todo: list[str], folder: str,
