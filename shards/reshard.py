@@ -215,7 +215,7 @@ def reshard(cfg: ReshardConfig) -> dict:
         done = {n for n, k in map_(verify, [(cfg.out, n) for n in names]) if k == plan.counts[n]}
         todo = [s for s in plan.counts if s not in done]
         if todo:
-            senders = plan.sources if len(todo) == len(plan.counts) else sources_for(con, plan.folder, todo)
+            senders = plan.sources if len(todo) == len(plan.counts) else sources_for(plan.folder, todo)
             if cfg.engine == "ray":
                 from wit.shards import reshard_ray
 

@@ -183,31 +183,33 @@ def build_plan(con, ranked: list[str], verdicts: tuple[str, ...], selection: str
     counts = dict(q("SELECT printf('%05d', out_no), count(*) FROM plan GROUP BY out_no ORDER BY out_no"))
     sources = [r[0] for r in q("SELECT DISTINCT src_shard FROM plan ORDER BY src_shard")]
     n, xor, total = q("SELECT count(*), bit_xor(rank), sum(rank)::VARCHAR FROM plan")[0]
+    for table in ("plan", "sel", "ok", *(f"verdict_{i}" for i in range(len(verdicts)))):
+        q(f"DROP TABLE IF EXISTS {ident(table)}")  # the exchange runs next: give DuckDB's memory back
     _swap_in(staged, folder)
     fingerprint = {"raw": raw, "shard_size": shard_size, "samples": n, "rank_xor": xor, "rank_sum": total}
     return Plan(folder, counts, sources, fingerprint, not_in_crawl)
 
 
-def sources_for(con, folder: str, shards: list[str]) -> list[str]:
+def sources_for(folder: str, shards: list[str]) -> list[str]:
     """The crawled shards that send a sample to one of `shards` (a resume redoes only those)."""
-    con.register("todo_shards", pa.table({"shard": shards}))
-    rows = run_sql(con, "SELECT DISTINCT src_shard FROM plan JOIN todo_shards "
-                        "ON printf('%05d', plan.out_no) = todo_shards.shard ORDER BY src_shard", what="reshard plan")
-    return [r[0] for r in rows.fetchall()]
+    senders: set[str] = set()
+    for shard in shards:
+        senders.update(read_partition(folder, "by_out", "shard", shard, ["src_shard", "pos"])["src_shard"].to_pylist())
+    return sorted(senders)
 
 
 def partition(folder: str, part: str, column: str, value: str) -> str:
     return join(folder, part, f"{column}={value}")
 
 
-def read_partition(folder: str, part: str, column: str, value: str) -> pa.Table:
+def read_partition(folder: str, part: str, column: str, value: str, columns: list[str] | None = None) -> pa.Table:
     """The plan rows of one shard, in position order."""
     where = partition(folder, part, column, value)
     fs, path = fs_and_path(where)
     files = sorted(fs.glob(path.rstrip("/") + "/*.parquet"))
     if not files:
         raise WitError(f"{where}: the plan has no rows here (the plan folder was changed while resharding?)")
-    tables = [read_parquet(fs.unstrip_protocol(p) if "://" in where else p) for p in files]
+    tables = [read_parquet(fs.unstrip_protocol(p) if "://" in where else p, columns) for p in files]
     table = pa.concat_tables(tables)
     return table.take(pc.sort_indices(table["pos"]))
 
