@@ -158,9 +158,8 @@ def build_plan(con, ranked: list[str], verdicts: tuple[str, ...], selection: str
     where = [f"{ident(f'verdict_{i}')}.keep" for i in range(len(verdicts))]
     matched, not_in_crawl = "", 0
     if selection:
-        files = _files(selection)
-        source = scan(con, files, ("uid", "status"))
-        has_matched = any("matched" in s.names for s in _schemas(files))
+        source = scan(con, _files(selection), ("uid", "status"))
+        has_matched = ("matched",) in q(f"SELECT column_name FROM (DESCRIBE SELECT * FROM {source})")
         q("CREATE OR REPLACE TEMP TABLE sel AS SELECT uid, "
           + ("any_value(matched)::INTEGER[]" if has_matched else "NULL::INTEGER[]")
           + f" AS matched FROM {source} WHERE status = 'selected' GROUP BY uid")
