@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from wit.shards.options import add_arguments, from_args
 from wit.shards.storage import WitError
 from wit.trainer import checkpoint
 from wit.trainer.config import TrainConfig
@@ -299,9 +300,9 @@ def save(cfg, rank, world, model, optimizer, loader, step, samples_seen) -> None
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wit train", description=__doc__.splitlines()[0])
-    TrainConfig.add_arguments(parser)
+    add_arguments(parser, TrainConfig)
     try:
-        return train(TrainConfig.from_args(parser.parse_args(argv)))
+        return train(from_args(TrainConfig, parser.parse_args(argv)))
     except WitError as err:
         print(f"wit train: error: {err}", file=sys.stderr)
         return 2
