@@ -27,10 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wit.filters.phash import bands
-from wit.shards.manifests import write_table_atomic
 from wit.shards.options import opt
 from wit.shards.sql import SQLOptions, literal, register_filesystem, run_sql
-from wit.shards.tables import parquet_files, read_parquet
+from wit.shards.tables import parquet_files, read_parquet, write_parquet
 from wit.shards.schema import VERDICT
 from wit.shards.storage import WitError, fs_and_path, join
 
@@ -277,7 +276,7 @@ def finish_file(src: str, changes: str, target: str) -> Counter:
         dup_of, dup_kind = c["dup_of"].take(take), c["dup_kind"].take(take)
     table = pa.table({"uid": v["uid"], "keep": keep, "reason": reason, "dup_of": dup_of, "dup_kind": dup_kind,
                       "sha256": v["sha256"], "phash": v["phash"]}).cast(DEDUP_VERDICT)
-    write_table_atomic(target, table)
+    write_parquet(target, table)
     kinds = pc.fill_null(pc.list_element(pc.split_pattern(table["reason"], ":", max_splits=1), 0), "kept")
     return Counter({k.as_py(): m.as_py() for k, m in zip(*pc.value_counts(kinds).flatten())})
 

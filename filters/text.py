@@ -21,13 +21,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wit.shards.lists import list_format, read_list
-from wit.shards.manifests import write_table_atomic
 from wit.shards.options import opt
 from wit.shards.runner import EngineOptions, imap, run_map
 from wit.shards.schema import OK, VERDICT, pair_uid, row_uids
 from wit.shards.sql import SQLOptions, literal, register_filesystem, run_sql
 from wit.shards.storage import WitError, absolute, expand, fs_and_path, join
-from wit.shards.tables import open_parquet, parquet_files, read_parquet
+from wit.shards.tables import open_parquet, parquet_files, read_parquet, write_parquet
 
 NOT_OK = "not_ok_in_ingest"
 TEXT_VERDICT = pa.schema(list(VERDICT) + [pa.field("lang", pa.string()), pa.field("lang_prob", pa.float32())])
@@ -176,7 +175,7 @@ def judge_file(job: TextJob) -> int:
             o["lang"], o["lang_prob"] = lang, prob
             if lang != "en" and prob >= job.lang_min_prob:
                 o["reason"] = f"not_english:{lang}"
-    write_table_atomic(job.rows_out, pa.Table.from_pylist(out, schema=_ROWS))
+    write_parquet(job.rows_out, pa.Table.from_pylist(out, schema=_ROWS))
     return len(out)
 
 
@@ -297,7 +296,7 @@ def finish_file(job: FinishJob) -> dict[str, int]:
         dup_of = dups["dup_of"].take(take)
     table = pa.table({"uid": rows["uid"], "keep": pc.is_null(reason), "reason": reason, "dup_of": dup_of,
                       "lang": rows["lang"], "lang_prob": rows["lang_prob"]}, schema=TEXT_VERDICT)
-    write_table_atomic(job.target, table)
+    write_parquet(job.target, table)
     kinds = pc.fill_null(pc.list_element(pc.split_pattern(reason, ":", max_splits=1), 0), "kept")
     return {k.as_py(): n.as_py() for k, n in zip(*pc.value_counts(kinds).flatten())}
 

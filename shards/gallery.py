@@ -2,7 +2,8 @@
 
 The funnel query picks up to N samples per stage and reason (`min_by(..., hash(uid), N)`: a fixed, spread-out
 choice); here they get their crawl row (url, caption, tar, key) in one query, and their images from the tars,
-each tar opened once and read by its headers up to the wanted members (their data only). A duplicate stands beside the copy that was
+each tar opened once
+and listed by its headers, only the wanted members' data read. A duplicate stands beside the copy that was
 kept (the uid after `dup_of:`); an evaluation-set leak beside the evaluation image it matched (`eval_leak:<name>`,
 looked up in the eval sets the image stage recorded). Memory: a few hundred thumbnails of a few KB.
 """
@@ -88,28 +89,19 @@ def _thumbnails(rows: dict[str, dict]) -> dict[tuple[str, str], str]:
 
 
 def _members(url: str, keys: set[str]):
-    """(key, image bytes) of the wanted keys; the other members are skipped by their headers."""
+    """(key, image bytes) of the wanted keys; the tar is listed by its headers and only their data is read."""
     left = set(keys)
-
-    def want(name: str, size: int) -> bool:
-        key, _, ext = name.rsplit("/", 1)[-1].partition(".")
-        return key in left and _is_image(ext) and size <= MAX_IMAGE_BYTES
-
-    fs, path = fs_and_path(url)
     try:
-        with fs.open(path, "rb") as f:
-            for name, data in fasttar.iter_members(f, want):
-                key = name.rsplit("/", 1)[-1].partition(".")[0]
-                left.discard(key)
-                yield key, data
-                if not left:
-                    return
-    except (OSError, ValueError, UnicodeDecodeError):  # fasttar.TarError is a ValueError; missing or cut tars
-        return  # those samples show without a picture
-
-
-def _is_image(ext: str) -> bool:
-    return "." + ext.lower() in Image.registered_extensions()
+        with fasttar.open_tar(url) as tar:
+            for key, members in tar.samples(on_damage=lambda err: None):  # a cut tar shows what it still holds
+                m = members.get(next((e for e in fasttar.IMAGE_EXTS if e in members), ""))
+                if key in left and m is not None and m.size <= MAX_IMAGE_BYTES:
+                    left.discard(key)
+                    yield key, tar.read(m)
+                    if not left:
+                        return
+    except (OSError, fasttar.TarError):  # a missing or unreadable tar: those samples show without a picture
+        return
 
 
 def thumbnail(data: bytes) -> str | None:
@@ -152,16 +144,16 @@ def _eval_thumbnail(eval_sets: list[str], name: str) -> str | None:
                     data = _tar_member(url, name.split("/", 1)[1])
                     if data:
                         return thumbnail(data)
-            except (OSError, ValueError, UnicodeDecodeError):
+            except (OSError, fasttar.TarError):
                 continue
     return None
 
 
-def _tar_member(url: str, member: str) -> bytes | None:
-    fs, path = fs_and_path(url)
-    with fs.open(path, "rb") as f:
-        for _, data in fasttar.iter_members(f, lambda name, size: name == member and size <= MAX_IMAGE_BYTES):
-            return data
+def _tar_member(url: str, name: str) -> bytes | None:
+    with fasttar.open_tar(url) as tar:
+        for m in tar.members():
+            if m.name == name and m.size <= MAX_IMAGE_BYTES:
+                return tar.read(m)
     return None
 
 
