@@ -52,12 +52,14 @@ def generate(root: Path, rows: int, threads: int) -> float:
     """raw/ (manifests, tars, stats), verdicts/images/, matches/ and lists/ for `rows` rows; returns seconds."""
     import duckdb
 
+    from wit.shards.sql import literal
+
     start = time.perf_counter()
     (root / "verdicts").mkdir(parents=True)
     con = duckdb.connect()
     con.execute(f"SET threads = {threads}")
     con.execute("SET preserve_insertion_order = false")
-    con.execute(f"SET temp_directory = '{root / '_gen_tmp'}'")
+    con.execute("SET temp_directory = " + literal(str(root / "_gen_tmp")))
     words = "[" + ", ".join(f"'{w}'" for w in WORDS) + "]"
     # index j: the pair a row carries (1% repeat an earlier row's pair, 2% its URL with a caption of their own)
     con.execute(f"""
@@ -79,7 +81,7 @@ def generate(root: Path, rows: int, threads: int) -> float:
         CASE WHEN ok THEN part || printf('%05d', row) END AS key, 256::INT AS width, 256::INT AS height,
         (120 + hh(g, 'w') % 1800)::INT AS original_width, (120 + hh(g, 'h') % 1800)::INT AS original_height,
         CASE WHEN ok THEN sha256(g::VARCHAR) END AS sha256, 'lists/' || (g // 100000) || '.parquet' AS source_file,
-        g % 100000 AS source_row FROM base) TO '{root / 'raw'}' {copy}""")
+        g % 100000 AS source_row FROM base) TO {literal(str(root / 'raw'))} {copy}""")
     # pHash: 5% exact copies of another row's hash, 2% near copies (1-2 bits flipped), the rest random
     con.execute(f"""
         CREATE MACRO h(j) AS ((hash(j, 'ph') // 2)::BIGINT - 4611686018427387904) * 2 + hh(j, 'lo') % 2;
@@ -94,14 +96,14 @@ def generate(root: Path, rows: int, threads: int) -> float:
                         ELSE h(g) END AS phash FROM (
                 SELECT *, least(120 + hh(g, 'w') % 1800, 120 + hh(g, 'h') % 1800) AS short,
                        CASE WHEN ok THEN part || printf('%05d', row) END AS key FROM base)))
-        TO '{root / 'verdicts' / 'images'}' {copy}""")
+        TO {literal(str(root / 'verdicts' / 'images'))} {copy}""")
     # query ids: 0-7 per pair (3.5 on average), entry floor(500000 ** u) - 1: Zipf-like, the head entries in many
     con.execute(f"""COPY (SELECT part, md5(g::VARCHAR) AS uid,
         list_sort(list_distinct([floor(pow({ENTRIES}, u(g * 8 + k, 'e')))::INT - 1 FOR k IN range(hh(g, 'm') % 8)]))
             ::INT[] AS matched, url_of(uj) AS url, caption_of(pj) AS caption,
-        CASE WHEN ok THEN 'ok' ELSE 'failed' END AS status FROM base) TO '{root / 'matches'}' {copy}""")
+        CASE WHEN ok THEN 'ok' ELSE 'failed' END AS status FROM base) TO {literal(str(root / 'matches'))} {copy}""")
     con.execute(f"""COPY (SELECT printf('%05d', g // 100000) AS part, url_of(uj) AS url, caption_of(pj) AS caption
-                          FROM base) TO '{root / 'lists'}' {copy}""")
+                          FROM base) TO {literal(str(root / 'lists'))} {copy}""")
     con.close()
     meta = {b"wit.queries": b"nowhere.parquet", b"wit.queries.version": b"v-bench",
             b"wit.queries.entries": str(ENTRIES).encode()}

@@ -98,6 +98,9 @@ def test_gallery_shows_what_each_stage_dropped(pipeline):
     shot = root / "shot.png"
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    # loopback only: no name resolves and any connection would go to a closed local port
+                    "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9", "--no-pings",
+                    "--disable-domain-reliability", "--disable-breakpad",
                     "--force-device-scale-factor=1", "--hide-scrollbars", f"--user-data-dir={root / 'profile'}",
                     f"--screenshot={shot}", "--window-size=1000,6000", html_path.as_uri()],
                    check=True, capture_output=True, timeout=120)
