@@ -9,10 +9,16 @@ The pool is the rows that are in it: with `status` (match files of crawled manif
 with verdict folders (`--verdicts`, per-shard files named like the match files) only rows every filter kept. Rows
 outside the pool are neither counted nor selected (reason `not_in_pool`), so balancing after the filters aims t at
 what survives them.
+
+At web scale (160K match files, 500K entries) nothing on the driver grows with the number of files: each count
+task returns its file's nonzero entries (a few thousand ids, not a 500K vector), summed as they come; p is written
+once to `<out>/_wit/p-<digest>.npy` and each select task reads it by path (once per worker process).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import json
 import posixpath
 from dataclasses import asdict, dataclass
@@ -22,12 +28,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wit.filters import datacard
-from wit.filters.io import read_schema, read_table
+from wit.filters.io import read_table
 from wit.shards.options import opt
-from wit.shards.runner import EngineOptions, run_map
+from wit.shards.runner import EngineOptions, imap
 from wit.shards.schema import DROPPED, NO_QUERY_MATCH, NOT_SELECTED, OK, SELECTED, SELECTION
-from wit.shards.storage import WitError, join
-from wit.shards.tables import open_parquet, read_parquet, write_parquet
+from wit.shards.storage import WitError, fs_and_path, join, write_atomic
+from wit.shards.tables import open_parquet, read_parquet, read_schema, write_parquet
 
 NOT_IN_POOL = "not_in_pool"
 
@@ -51,7 +57,7 @@ class SelectTask:
     target: str  # selection file (every row, with status and reason)
     urls: str  # selected rows only (uid, url, caption): a URL list for `wit download`
     seed: int
-    p: np.ndarray  # p_e per entry
+    p: str  # the .npy file of p_e per entry, written once by the driver
     verdicts: tuple[str, ...] = ()
 
 
@@ -80,38 +86,57 @@ def in_pool(table: pa.Table, source: str, verdicts: tuple[str, ...]) -> np.ndarr
     ok = np.ones(table.num_rows, dtype=bool)
     if "status" in table.column_names:
         ok &= pc.fill_null(pc.equal(table["status"], OK), False).to_numpy(zero_copy_only=False)
-    uids = table["uid"].to_pylist()
+    uids = table["uid"]
     for folder in verdicts:
         vfile = join(folder, source.rstrip("/").rsplit("/", 1)[-1])
         try:
             v = read_parquet(vfile, ["uid", "keep"])
         except FileNotFoundError:
             raise WitError(f"{vfile}: no verdicts for {source} (verdict files are named like the match files)") from None
-        keep = dict(zip(v["uid"].to_pylist(), v["keep"].to_pylist()))
-        missing = next((u for u, o in zip(uids, ok) if o and u not in keep), None)
-        if missing is not None:
-            raise WitError(f"{vfile}: no verdict for uid {missing} of {source}")
-        ok &= np.array([bool(keep.get(u)) for u in uids], dtype=bool)
+        v = v.take(pa.array(np.arange(v.num_rows)[::-1]))  # a uid listed twice: its last verdict counts
+        at = pc.index_in(uids, value_set=v["uid"])
+        missing = np.flatnonzero(pc.is_null(at).to_numpy(zero_copy_only=False) & ok)
+        if len(missing):
+            raise WitError(f"{vfile}: no verdict for uid {uids[int(missing[0])].as_py()} of {source}")
+        ok &= pc.fill_null(v["keep"].take(at), False).to_numpy(zero_copy_only=False)
     return ok
 
 
-def count_file(task: tuple[str, tuple[str, ...]]) -> tuple[np.ndarray, int]:
-    """c_e over the pool rows of one match file (each pair counts once per entry), and its pool row count."""
+def _sparse(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(entry ids, pairs per id) of the entries that occur: what a file adds to a 500K-long count vector."""
+    unique, n = np.unique(ids, return_counts=True)
+    return unique.astype(np.int32), n.astype(np.int64)
+
+
+def count_file(task: tuple[str, tuple[str, ...]]) -> tuple[np.ndarray, np.ndarray, int]:
+    """c_e over the pool rows of one match file (each pair counts once per entry), as (ids, counts), and its pool
+    row count."""
     url, verdicts = task
-    source = open_parquet(url)  # once: the schema, its metadata and the columns
-    n_entries = _entries(url, source.schema_arrow)
+    source = open_parquet(url)
     table = source.read(columns=[c for c in ("uid", "status", "matched") if c in source.schema_arrow.names])
     pool = in_pool(table, url, verdicts)
     matched = table.column("matched").combine_chunks().filter(pa.array(pool))
-    ids = matched.flatten().to_numpy(zero_copy_only=False)
-    return np.bincount(ids, minlength=n_entries).astype(np.int64), int(pool.sum())
+    ids, n = _sparse(matched.flatten().to_numpy(zero_copy_only=False))
+    entries = _entries(url, source.schema_arrow)
+    if len(ids) and (ids[0] < 0 or ids[-1] >= entries):
+        raise WitError(f"{url}: query id {ids[-1] if ids[-1] >= entries else ids[0]} is not one of the {entries} "
+                       "entries of its query list")
+    return ids, n, int(pool.sum())
+
+
+@functools.lru_cache(maxsize=2)
+def _probabilities(url: str) -> np.ndarray:
+    """p_e, read once per worker process (the name holds a digest of the content, so it never goes stale)."""
+    fs, path = fs_and_path(url)
+    return np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False)
 
 
 def select_file(task: SelectTask) -> dict:
+    p = _probabilities(task.p)
     table = read_table(task.source)
     pool = in_pool(table, task.source, task.verdicts)
     matched = table.column("matched").combine_chunks()
-    keep_prob = keep_probabilities(matched, task.p) * pool
+    keep_prob = keep_probabilities(matched, p) * pool
     uids = table.column("uid").to_pylist()
     u = np.fromiter((draw(task.seed, x) for x in uids), dtype=np.float64, count=len(uids))
     has_match = pc.list_value_length(matched).to_numpy(zero_copy_only=False) > 0
@@ -130,9 +155,8 @@ def select_file(task: SelectTask) -> dict:
     if "url" in table.column_names:
         write_parquet(task.urls, selection.filter(pa.array(keep)).select(
             [c for c in ("uid", "url", "caption") if c in selection.column_names]))
-    sel_ids = matched.filter(pa.array(keep)).flatten().to_numpy(zero_copy_only=False)
     return {
-        "after": np.bincount(sel_ids, minlength=len(task.p)).astype(np.int64),
+        "after": _sparse(matched.filter(pa.array(keep)).flatten().to_numpy(zero_copy_only=False)),
         "rows": len(uids),
         "selected": int(keep.sum()),
         NOT_IN_POOL: int((~pool).sum()),
@@ -149,17 +173,34 @@ def _entries(url: str, schema: pa.Schema) -> int:
     return int(meta[b"wit.queries.entries"])
 
 
-def _check_same_queries(files: list[str]) -> tuple[str, str]:
+def _check_same_queries(files: list[str]) -> tuple[str, str, int]:
+    """(version, query file, entries) shared by every match file, from their parquet footers alone."""
     seen = {}
     for url in files:
-        meta = read_schema(url).metadata or {}
+        schema = read_schema(url)
+        n = _entries(url, schema)
+        meta = schema.metadata or {}
         version = meta.get(b"wit.queries.version", b"").decode()
-        seen.setdefault(version, (url, meta.get(b"wit.queries", b"").decode()))
+        seen.setdefault((version, n), (url, meta.get(b"wit.queries", b"").decode()))
     if len(seen) != 1:
-        (v1, (f1, _)), (v2, (f2, _)) = list(seen.items())[:2]
+        ((v1, _), (f1, _)), ((v2, _), (f2, _)) = list(seen.items())[:2]
         raise WitError(f"{f2}: matched against query list {v2}, but {f1} used {v1}; match all files with one list")
-    version, (_, queries) = next(iter(seen.items()))
-    return version, queries
+    (version, n), (_, queries) = next(iter(seen.items()))
+    return version, queries, n
+
+
+def _add(total: np.ndarray, part: tuple[np.ndarray, np.ndarray]) -> None:
+    ids, n = part
+    total[ids] += n  # ids are unique within a part
+
+
+def write_probabilities(out: str, p: np.ndarray) -> str:
+    buf = io.BytesIO()
+    np.save(buf, p, allow_pickle=False)
+    data = buf.getvalue()
+    url = join(out, "_wit", f"p-{hashlib.sha256(data).hexdigest()[:16]}.npy")
+    write_atomic(url, data)
+    return url
 
 
 def run(cfg: BalanceConfig) -> dict:
@@ -168,23 +209,30 @@ def run(cfg: BalanceConfig) -> dict:
         raise WitError("no match files given")
     if cfg.t < 1:
         raise WitError(f"--t {cfg.t}: must be at least 1")
-    version, queries = _check_same_queries(files)
-    parts = run_map(count_file, [(f, tuple(cfg.verdicts)) for f in files], engine=cfg.engine, workers=cfg.workers,
-                    ray_address=cfg.ray_address)
-    counts = np.sum([c for c, _ in parts], axis=0)
+    version, queries, n_entries = _check_same_queries(files)
+    engine = {"engine": cfg.engine, "workers": cfg.workers, "ray_address": cfg.ray_address}
+    counts = np.zeros(n_entries, np.int64)
+    for ids, n, _ in imap(count_file, [(f, tuple(cfg.verdicts)) for f in files], **engine):
+        _add(counts, (ids, n))
     p = entry_probabilities(counts, cfg.t)
+    p_url = write_probabilities(cfg.out, p)
     names = [posixpath.basename(f).rsplit(".", 1)[0] for f in files]
     if len(set(names)) != len(names):
         names = [f"{i:05d}" for i in range(len(files))]  # the same base name in two folders
     tasks = [
         SelectTask(f, posixpath.join(cfg.out, "selection", f"{n}.parquet"),
-                   posixpath.join(cfg.out, "urls", f"{n}.parquet"), cfg.seed, p, tuple(cfg.verdicts))
+                   posixpath.join(cfg.out, "urls", f"{n}.parquet"), cfg.seed, p_url, tuple(cfg.verdicts))
         for f, n in zip(files, names)
     ]
-    results = run_map(select_file, tasks, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address)
-    after = np.sum([r["after"] for r in results], axis=0)
-    funnel = {k: sum(r[k] for r in results) for k in ("rows", "selected", NOT_IN_POOL, NO_QUERY_MATCH, NOT_SELECTED)}
-    funnel["expected_selected"] = round(sum(r["expected_selected"] for r in results), 3)
+    after = np.zeros(n_entries, np.int64)
+    funnel = dict.fromkeys(("rows", "selected", NOT_IN_POOL, NO_QUERY_MATCH, NOT_SELECTED), 0)
+    expected = 0.0
+    for r in imap(select_file, tasks, **engine):
+        _add(after, r["after"])
+        for k in funnel:
+            funnel[k] += r[k]
+        expected += r["expected_selected"]  # in file order, as a sum over the list gave it
+    funnel["expected_selected"] = round(expected, 3)
     card = datacard.write(cfg.out, counts=counts, after=after, t=cfg.t, seed=cfg.seed, funnel=funnel,
                           queries=queries, queries_version=version,
                           config={k: v for k, v in asdict(cfg).items() if k != "matches"} | {"files": len(files)})

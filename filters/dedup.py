@@ -4,28 +4,36 @@
    by sha256 alone; the smallest uid of a group is kept, the rest get `dup_of:<uid>`.
 2. Near (Hamming <= k, k > 0): among the exact keepers, split each hash into k+1 bands; a pair within distance k
    shares a band (pigeonhole), so candidates come from k+1 equi-joins on (band value) and are verified with
-   `bit_count(xor(a, b)) <= k`. Connected components of the verified pairs (scipy's union-find) are clusters; the
-   smallest uid of a cluster is kept, the rest get `near_dup_of:<uid>`.
+   `bit_count(xor(a, b)) <= k`. A band bucket holding more than `bucket_cap` rows (blank images, logos: a hot
+   bucket) would make a join of n^2/2 candidates; its rows are joined on the bucket plus one of k+1 sub-bands of the
+   other bits instead (pigeonhole again: the same pairs, far fewer candidates), and the summary reports such
+   buckets. Connected components of the verified pairs are clusters, found in DuckDB by min-label propagation
+   with pointer jumping (a few rounds; the edges never leave DuckDB); the smallest uid of a cluster is kept, the
+   rest get `near_dup_of:<uid>`.
 Candidate volume is about (k+1) * N^2 / 2^(64/(k+1) + 1) for random hashes: practical for k <= 2 at 10M rows.
-Rows the image stage dropped keep its reason; every input row gets exactly one output row.
+Rows the image stage dropped keep its reason; every input row gets exactly one output row. Only the rows that
+change are written by DuckDB (partitioned by input file); each output file is its input file with them folded in,
+written once DuckDB has finished, so a full temp directory leaves no new verdict file behind.
 """
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from wit.filters.phash import bands
 from wit.shards.options import opt
-from wit.shards.sql import SQLOptions
-from wit.shards.tables import parquet_files, write_parquet
+from wit.shards.sql import SQLOptions, literal, register_filesystem, run_sql
+from wit.shards.tables import parquet_files, read_parquet, write_parquet
 from wit.shards.schema import VERDICT
-from wit.shards.storage import WitError, join
+from wit.shards.storage import WitError, fs_and_path, join
 
-BATCH_ROWS = 1 << 17  # verdict rows streamed at a time when writing the output
+BUCKET_CAP = 10_000  # rows of one band bucket beyond which it is joined by sub-bands (a 10K bucket: 5e7 pairs)
 
 DEDUP_VERDICT = pa.schema(
     list(VERDICT)
@@ -48,176 +56,232 @@ class DedupConfig(SQLOptions):
     after: tuple[str, ...] = opt((), "verdict folders of earlier stages (e.g. `wit filter text`): rows they dropped "
                                      "keep that reason here and are never the copy that stays, so no group loses "
                                      "every copy", metavar="DIR")
+    bucket_cap: int = opt(BUCKET_CAP, "band buckets with more rows than this (hot buckets: blank images, logos) are "
+                                      "joined by sub-bands instead of as a whole; same pairs, far fewer candidates",
+                          minimum=2)
 
 
-def dedup_core(con: duckdb.DuckDBPyConnection, near_k: int, exact: str = "phash") -> dict:
+def dedup_core(con: duckdb.DuckDBPyConnection, near_k: int, exact: str = "phash", bucket_cap: int = BUCKET_CAP) -> dict:
     """Input: table `pool(rid BIGINT, uid, sha256, phash BIGINT)` of candidate rows (rid unique, in input order).
     Output: table `dups(rid, dup_of, dup_kind)` for every row that is not kept. Returns counts and timings."""
     if exact not in ("phash", "sha256"):
         raise WitError(f"--exact must be phash or sha256, not {exact!r}")
-    stats: dict = {"rows": con.execute("SELECT count(*) FROM pool").fetchone()[0]}
+    stats: dict = {"rows": _sql(con, "SELECT count(*) FROM pool").fetchone()[0]}
     t0 = time.perf_counter()
     # The same uid twice (the same pair listed twice) keeps its first occurrence. Group-bys with HAVING keep only
     # the few repeated keys, so every join below builds on a small side.
-    con.execute("""
+    _sql(con, """
         CREATE OR REPLACE TEMP TABLE dups AS
         WITH rep AS (SELECT uid, min(rid) AS first FROM pool GROUP BY uid HAVING count(*) > 1)
         SELECT p.rid, p.uid AS dup_of, 'uid' AS dup_kind FROM pool p JOIN rep USING (uid) WHERE p.rid <> rep.first""")
     # Exact groups keep their smallest uid; typed keys (the BIGINT hash) keep a 100M-row group-by cheap.
     keys = [("phash", "phash IS NOT NULL"), ("sha256", "phash IS NULL")] if exact == "phash" else [("sha256", "true")]
     for key, where in keys:
-        con.execute(f"""
+        _sql(con, f"""
             INSERT INTO dups
-            WITH cand AS (SELECT p.rid, p.uid, p.{key} AS k FROM pool p ANTI JOIN dups d USING (rid)
-                          WHERE {where} AND p.{key} IS NOT NULL),
+            WITH cand AS NOT MATERIALIZED (SELECT p.rid, p.uid, p.{key} AS k FROM pool p ANTI JOIN dups d USING (rid)
+                                           WHERE {where} AND p.{key} IS NOT NULL),  -- read twice, never held
                  g AS (SELECT k, min(uid) AS keeper FROM cand GROUP BY k HAVING count(*) > 1)
             SELECT c.rid, g.keeper, 'exact' FROM cand c JOIN g USING (k) WHERE c.uid <> g.keeper""")
-    stats["uid_dups"] = con.execute("SELECT count(*) FROM dups WHERE dup_kind = 'uid'").fetchone()[0]
-    stats["exact_dups"] = con.execute("SELECT count(*) FROM dups WHERE dup_kind = 'exact'").fetchone()[0]
+    stats["uid_dups"] = _sql(con, "SELECT count(*) FROM dups WHERE dup_kind = 'uid'").fetchone()[0]
+    stats["exact_dups"] = _sql(con, "SELECT count(*) FROM dups WHERE dup_kind = 'exact'").fetchone()[0]
     stats["exact_s"] = round(time.perf_counter() - t0, 3)
     if near_k > 0:
-        stats.update(_near(con, near_k))
+        stats.update(_near(con, near_k, bucket_cap))
     # A repeated uid points at wherever its first occurrence ended up.
-    con.execute("""
+    _sql(con, """
         CREATE OR REPLACE TEMP TABLE final_of AS
         SELECT p.uid, d.dup_of FROM dups d JOIN pool p USING (rid) WHERE d.dup_kind <> 'uid'""")
-    con.execute("""
+    _sql(con, """
         UPDATE dups SET dup_of = final_of.dup_of FROM final_of
         WHERE dups.dup_kind = 'uid' AND dups.dup_of = final_of.uid""")
     return stats
 
 
-def _near(con: duckdb.DuckDBPyConnection, k: int) -> dict:
+def _sql(con, sql: str):
+    return run_sql(con, sql, what="wit dedup")
+
+
+def _mask(bits: list[int]) -> str:
+    """A BIGINT constant with `bits` set (bit 63 makes it negative)."""
+    value = sum(1 << b for b in bits)
+    return f"CAST({value - (1 << 64) if value >= 1 << 63 else value} AS BIGINT)"
+
+
+def sub_bands(k: int, band: int) -> list[list[int]]:
+    """The bits outside band `band`, in k+1 runs: two hashes in the same band bucket within distance k agree on
+    every bit of at least one run."""
+    shift, width = bands(k)[band]
+    rest = [b for b in range(64) if not shift <= b < shift + width]
+    return [list(part) for part in np.array_split(rest, k + 1)]
+
+
+def _near(con: duckdb.DuckDBPyConnection, k: int, cap: int) -> dict:
     t0 = time.perf_counter()
     # Exact keepers with a hash, with their k+1 band values.
     bexprs = ", ".join(f"(phash >> {s}) & {(1 << w) - 1} AS b{i}" for i, (s, w) in enumerate(bands(k)))
-    con.execute(f"""
+    _sql(con, f"""
         CREATE OR REPLACE TEMP TABLE reps AS
         SELECT p.rid, p.uid, p.phash, {bexprs} FROM pool p ANTI JOIN dups d USING (rid) WHERE p.phash IS NOT NULL""")
-    candidates = 0
-    for i in range(k + 1):  # pairs sharing band i, counted from bucket sizes (no join needed to count)
-        candidates += con.execute(
-            f"SELECT coalesce(sum(n * (n - 1) // 2), 0) FROM (SELECT count(*) AS n FROM reps GROUP BY b{i})"
-        ).fetchone()[0]
-    union = " UNION ".join(
-        f"SELECT a.rid AS a, b.rid AS b FROM reps a JOIN reps b ON a.b{i} = b.b{i} AND a.rid < b.rid "
-        f"WHERE bit_count(xor(a.phash, b.phash)) <= {k}"
-        for i in range(k + 1)
-    )  # UNION (not ALL): a pair sharing two bands is one edge
-    edges = con.execute(f"SELECT a, b FROM ({union})").fetchnumpy()
-    a, b = edges["a"].astype(np.int64), edges["b"].astype(np.int64)
+    _sql(con, "CREATE OR REPLACE TEMP TABLE edges (a BIGINT, b BIGINT)")
+    verify = f"a.rid < b.rid AND bit_count(xor(a.phash, b.phash)) <= {k}"
+    stats = {"near_k": k, "candidate_pairs": 0, "bucket_cap": cap, "hot_buckets": 0, "hot_rows": 0,
+             "hot_candidate_pairs": 0, "largest_bucket": 0}
+    histogram: Counter = Counter()
+    for i in range(k + 1):
+        # the bucket-size histogram of band i: pairs sharing the band, and the hot buckets
+        _sql(con, f"CREATE OR REPLACE TEMP TABLE sizes AS SELECT b{i} AS v, count(*) AS n FROM reps GROUP BY 1")
+        pairs, largest, hot, hot_rows = _sql(con, f"""
+            SELECT coalesce(sum(n * (n - 1) // 2), 0), coalesce(max(n), 0), count(*) FILTER (WHERE n > {cap}),
+                   coalesce(sum(n) FILTER (WHERE n > {cap}), 0) FROM sizes""").fetchone()
+        histogram.update(dict(_sql(con, "SELECT (2 ** floor(log2(n)))::BIGINT, count(*) FROM sizes GROUP BY 1")
+                              .fetchall()))
+        stats["candidate_pairs"] += int(pairs)
+        stats["largest_bucket"] = max(stats["largest_bucket"], int(largest))
+        _sql(con, f"CREATE OR REPLACE TEMP TABLE hot AS SELECT v FROM sizes WHERE n > {cap}")
+        _sql(con, f"""
+            INSERT INTO edges SELECT a.rid, b.rid FROM reps a JOIN reps b ON a.b{i} = b.b{i}
+            WHERE {verify} AND a.b{i} NOT IN (SELECT v FROM hot)""")
+        if not hot:
+            continue
+        stats["hot_buckets"] += int(hot)
+        stats["hot_rows"] += int(hot_rows)
+        _sql(con, f"CREATE OR REPLACE TEMP TABLE hot_reps AS SELECT * FROM reps WHERE b{i} IN (SELECT v FROM hot)")
+        for bits in sub_bands(k, i):
+            m = _mask(bits)
+            stats["hot_candidate_pairs"] += int(_sql(con, f"""
+                SELECT coalesce(sum(n * (n - 1) // 2), 0) FROM (
+                    SELECT count(*) AS n FROM hot_reps GROUP BY b{i}, phash & {m})""").fetchone()[0])
+            _sql(con, f"""
+                INSERT INTO edges SELECT a.rid, b.rid FROM hot_reps a JOIN hot_reps b
+                ON a.b{i} = b.b{i} AND (a.phash & {m}) = (b.phash & {m}) WHERE {verify}""")
+    # a pair sharing two bands (or two sub-bands) is one edge
+    _sql(con, "CREATE OR REPLACE TEMP TABLE edges AS SELECT DISTINCT a, b FROM edges")
+    stats["bucket_sizes"] = {str(size): n for size, n in sorted(histogram.items())}
+    stats["verified_pairs"] = _sql(con, "SELECT count(*) FROM edges").fetchone()[0]
     t_join = time.perf_counter() - t0
-    nodes, labels = _clusters(a, b)
-    con.register("near_nodes", pa.table({"rid": nodes, "label": labels}))
+    stats["cluster_rounds"] = _components(con)
     # Each cluster keeps its smallest uid.
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE near_map AS SELECT * FROM (
-            SELECT r.rid, r.uid, min(r.uid) OVER (PARTITION BY n.label) AS keeper
-            FROM near_nodes n JOIN reps r USING (rid)) WHERE uid <> keeper""")
-    con.unregister("near_nodes")
+    _sql(con, """
+        CREATE OR REPLACE TEMP TABLE near_map AS
+        WITH m AS (SELECT l.label, r.rid, r.uid FROM labels l JOIN reps r ON r.rid = l.node),
+             k AS (SELECT label, min(uid) AS keeper FROM m GROUP BY label)
+        SELECT m.rid, m.uid, k.keeper FROM m JOIN k USING (label) WHERE m.uid <> k.keeper""")
     # Exact duplicates of a near duplicate point at the cluster's keeper, not at a dropped row.
-    con.execute("UPDATE dups SET dup_of = m.keeper, dup_kind = 'near' FROM near_map m "
-                "WHERE dups.dup_kind = 'exact' AND dups.dup_of = m.uid")
-    con.execute("INSERT INTO dups SELECT rid, keeper, 'near' FROM near_map")
-    return {
-        "near_k": k,
-        "candidate_pairs": int(candidates),
-        "verified_pairs": int(len(a)),
-        "near_dups": con.execute("SELECT count(*) FROM near_map").fetchone()[0],
-        "near_join_s": round(t_join, 3),
-        "near_s": round(time.perf_counter() - t0, 3),
-    }
+    _sql(con, "UPDATE dups SET dup_of = m.keeper, dup_kind = 'near' FROM near_map m "
+              "WHERE dups.dup_kind = 'exact' AND dups.dup_of = m.uid")
+    _sql(con, "INSERT INTO dups SELECT rid, keeper, 'near' FROM near_map")
+    stats.update(near_dups=_sql(con, "SELECT count(*) FROM near_map").fetchone()[0], near_join_s=round(t_join, 3),
+                 near_s=round(time.perf_counter() - t0, 3))
+    return stats
 
 
-def _clusters(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(node, cluster label) for every node of the graph with edges a-b: union-find by scipy's components."""
-    if len(a) == 0:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+def _components(con: duckdb.DuckDBPyConnection) -> int:
+    """Table `labels(node, label)`: every node of `edges(a, b)` with the smallest node of its connected component.
 
-    nodes, inv = np.unique(np.concatenate([a, b]), return_inverse=True)
-    n = len(nodes)
-    graph = coo_matrix((np.ones(len(a), np.int8), (inv[: len(a)], inv[len(a):])), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    return nodes, labels.astype(np.int64)
+    Min-label propagation with pointer jumping: each round a node takes the smallest label among itself, its
+    neighbours and its label's label. A fixpoint gives every component its smallest node, in O(log diameter)
+    rounds on chains; every round is two joins over the edges, in DuckDB. Returns the number of rounds."""
+    _sql(con, """
+        CREATE OR REPLACE TEMP TABLE labels AS
+        SELECT node, min(nb) AS label FROM (SELECT a AS node, least(a, b) AS nb FROM edges
+                                            UNION ALL SELECT b, least(a, b) FROM edges) GROUP BY node""")
+    rounds = 0
+    while True:
+        rounds += 1
+        _sql(con, """
+            CREATE OR REPLACE TEMP TABLE next_labels AS
+            WITH jumped AS (SELECT n.node, least(n.label, coalesce(p.label, n.label)) AS label
+                            FROM labels n LEFT JOIN labels p ON p.node = n.label),
+                 offers AS (SELECT node, label FROM jumped
+                            UNION ALL SELECT e.a, j.label FROM edges e JOIN jumped j ON j.node = e.b
+                            UNION ALL SELECT e.b, j.label FROM edges e JOIN jumped j ON j.node = e.a)
+            SELECT node, min(label) AS label FROM offers GROUP BY node""")
+        changed = _sql(con, """SELECT count(*) FROM next_labels n JOIN labels l USING (node)
+                               WHERE n.label <> l.label""").fetchone()[0]
+        _sql(con, "CREATE OR REPLACE TEMP TABLE labels AS SELECT * FROM next_labels")
+        if not changed:
+            return rounds
 
 
 def dedup(cfg: DedupConfig) -> dict:
-    """Read every image verdict file, dedup the kept rows, write one dedup verdict file per shard."""
+    """Dedup the kept rows of every image verdict file; write one dedup verdict file per input file."""
     if cfg.images.rstrip("/") == cfg.out.rstrip("/"):
         raise WitError(f"{cfg.out}: would overwrite the image verdicts it reads; choose another --out")
     files = parquet_files(cfg.images)
     if not files:
         raise WitError(f"{cfg.images}: no <shard>.parquet verdict files (run `wit filter images` first)")
     names = [f.rsplit("/", 1)[-1].removesuffix(".parquet") for f in files]
+    scratch = join(cfg.out, "_wit", "dedup_changes")
     con = cfg.connect(output=cfg.out)
-    if any("://" in f for f in files):
-        from fsspec import filesystem
-
-        con.register_filesystem(filesystem(files[0].split("://", 1)[0]))
-    con.execute(f"""
-        CREATE TEMP TABLE verdicts AS
-        SELECT (row_number() OVER (ORDER BY filename, file_row_number))::BIGINT AS rid, filename, uid, keep,
-               reason, sha256, phash
-        FROM read_parquet({files!r}, filename = true, file_row_number = true)""")
+    for url in (files[0], cfg.out):
+        register_filesystem(con, url)
+    # rid = (file index, row in file): input order without a window over the pool
+    con.register("image_files", pa.table({"filename": files, "f": pa.array(range(len(files)), pa.int32())}))
+    con.read_parquet(files, filename=True, file_row_number=True).create_view("image_parts")
+    con.execute("""
+        CREATE TEMP VIEW verdicts AS
+        SELECT (f::BIGINT << 32) | file_row_number AS rid, f, file_row_number AS row, uid, keep, reason, sha256, phash
+        FROM image_parts JOIN image_files USING (filename)""")
     # rows an earlier stage dropped must not be chosen to stand for a group, or every copy would be lost
-    con.execute("CREATE TEMP TABLE earlier (uid VARCHAR, reason VARCHAR)")
-    for folder in cfg.after:
-        earlier = parquet_files(folder)
-        if not earlier:
+    earlier = []
+    for i, folder in enumerate(cfg.after):
+        found = parquet_files(folder)
+        if not found:
             raise WitError(f"{folder}: no <shard>.parquet verdict files (--after)")
-        con.execute(f"""INSERT INTO earlier SELECT uid, reason FROM read_parquet({earlier!r}) WHERE NOT keep""")
-    con.execute("""CREATE TEMP TABLE gone AS SELECT uid, min(reason) AS reason FROM earlier GROUP BY uid""")
+        register_filesystem(con, found[0])
+        con.read_parquet(found).create_view(f"earlier_{i}")
+        earlier.append(f"SELECT uid, reason FROM earlier_{i} WHERE NOT keep")
+    _sql(con, "CREATE TEMP TABLE gone AS SELECT uid, min(reason) AS reason FROM ("
+              + " UNION ALL ".join(earlier or ["SELECT NULL::VARCHAR AS uid, NULL::VARCHAR AS reason WHERE false"])
+              + ") GROUP BY uid")
     con.execute("""CREATE TEMP VIEW pool AS SELECT rid, uid, sha256, phash FROM verdicts
                    WHERE keep AND uid NOT IN (SELECT uid FROM gone)""")
-    stats = dedup_core(con, cfg.near_k, cfg.exact)
-    con.execute("""
-        CREATE TEMP VIEW final AS
-        SELECT v.rid, v.filename, v.uid,
-               v.keep AND d.rid IS NULL AND g.uid IS NULL AS keep,
-               CASE WHEN NOT v.keep THEN v.reason
-                    WHEN g.uid IS NOT NULL THEN g.reason
-                    WHEN d.dup_kind = 'near' THEN 'near_dup_of:' || d.dup_of
-                    WHEN d.rid IS NOT NULL THEN 'dup_of:' || d.dup_of END AS reason,
-               d.dup_of, d.dup_kind, v.sha256, v.phash
-        FROM verdicts v LEFT JOIN dups d USING (rid) LEFT JOIN gone g USING (uid)""")
-    reader = con.sql("SELECT * EXCLUDE (rid) FROM final ORDER BY rid").to_arrow_reader(batch_size=BATCH_ROWS)
-    _write_per_file(reader, names, files, cfg.out)
-    counts = dict(con.execute(
-        "SELECT coalesce(split_part(reason, ':', 1), 'kept'), count(*) FROM final GROUP BY 1 ORDER BY 2 DESC"
-    ).fetchall())
-    stats.update(shards=len(names), kept=counts.pop("kept", 0), dropped=counts)
+    stats = dedup_core(con, cfg.near_k, cfg.exact, cfg.bucket_cap)
+    # the rows whose verdict changes here, by input file; every other row keeps the image stage's verdict
+    _remove(scratch)
+    _sql(con, f"""
+        COPY (SELECT v.f, v.row,
+                     CASE WHEN g.uid IS NOT NULL THEN g.reason
+                          WHEN d.dup_kind = 'near' THEN 'near_dup_of:' || d.dup_of
+                          ELSE 'dup_of:' || d.dup_of END AS reason, d.dup_of, d.dup_kind
+              FROM verdicts v LEFT JOIN dups d USING (rid) LEFT JOIN gone g USING (uid)
+              WHERE v.keep AND (d.rid IS NOT NULL OR g.uid IS NOT NULL))
+        TO {literal(scratch)} (FORMAT parquet, PARTITION_BY (f), OVERWRITE_OR_IGNORE)""")
+    con.close()
+    counts: Counter = Counter()
+    for i, (src, name) in enumerate(zip(files, names)):
+        counts.update(finish_file(src, join(scratch, f"f={i}"), join(cfg.out, f"{name}.parquet")))
+    _remove(scratch)
+    stats.update(shards=len(names), kept=counts.pop("kept", 0),
+                 dropped=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))))
     return stats
 
 
-def _write_per_file(reader, names: list[str], files: list[str], out: str) -> None:
-    """Stream the verdicts (in input order) and write each input file's rows as soon as they are complete:
-    memory holds one shard, not the pool."""
-    by_file = dict(zip(files, names))
+def finish_file(src: str, changes: str, target: str) -> Counter:
+    """One shard's dedup verdicts: the image verdicts, with the rows that changed here folded in."""
+    v = read_parquet(src, ["uid", "keep", "reason", "sha256", "phash"])
+    n = v.num_rows
+    keep, reason = v["keep"], v["reason"]
+    dup_of = dup_kind = pa.nulls(n, pa.string())
+    fs, path = fs_and_path(changes)
+    if fs.isdir(path):
+        c = pa.concat_tables([read_parquet(f, ["row", "reason", "dup_of", "dup_kind"]) for f in parquet_files(changes)])
+        at = np.full(n, -1, np.int64)
+        at[c["row"].to_numpy()] = np.arange(c.num_rows)
+        take = pa.array(at, mask=at < 0)
+        changed = pc.is_valid(take)
+        keep = pc.and_(keep, pc.invert(changed))
+        reason = pc.if_else(changed, c["reason"].take(take), reason)
+        dup_of, dup_kind = c["dup_of"].take(take), c["dup_kind"].take(take)
+    table = pa.table({"uid": v["uid"], "keep": keep, "reason": reason, "dup_of": dup_of, "dup_kind": dup_kind,
+                      "sha256": v["sha256"], "phash": v["phash"]}).cast(DEDUP_VERDICT)
+    write_parquet(target, table)
+    kinds = pc.fill_null(pc.list_element(pc.split_pattern(table["reason"], ":", max_splits=1), 0), "kept")
+    return Counter({k.as_py(): m.as_py() for k, m in zip(*pc.value_counts(kinds).flatten())})
 
-    def name_of(src: str) -> str:
-        return by_file.get(src) or next(n for f, n in by_file.items() if src.endswith(f.split("://")[-1]))
 
-    done: set[str] = set()
-    current, parts = None, []
-
-    def flush():
-        if current is not None:
-            write_parquet(join(out, f"{current}.parquet"), pa.Table.from_batches(parts).cast(DEDUP_VERDICT))
-            done.add(current)
-
-    for batch in reader:
-        fn = batch.column("filename").dictionary_encode()
-        idx = fn.indices.to_numpy(zero_copy_only=False)
-        cuts = np.concatenate([[0], np.flatnonzero(np.diff(idx)) + 1, [len(idx)]])
-        body = batch.drop_columns(["filename"])
-        for s, e in zip(cuts[:-1], cuts[1:]):
-            name = name_of(fn.dictionary[int(idx[s])].as_py())
-            if name != current:
-                flush()
-                current, parts = name, []
-            parts.append(body.slice(int(s), int(e - s)))
-    flush()
-    for name in set(names) - done:
-        write_parquet(join(out, f"{name}.parquet"), DEDUP_VERDICT.empty_table())  # a shard with no rows
+def _remove(folder: str) -> None:
+    fs, path = fs_and_path(folder)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)

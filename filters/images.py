@@ -169,6 +169,6 @@ def run_images(cfg: ImagesConfig) -> dict:
         dropped.update(r["dropped"])
     summary = {"shards": len(names), "rows": sum(r["rows"] for r in results), "kept": sum(r["kept"] for r in results),
                "dropped": dict(dropped.most_common()), "eval_images": n_eval,
-               "config": cfg.__dict__ | {"eval_sets": list(cfg.eval_sets)}}
+               "config": cfg.__dict__ | {"eval_sets": [absolute(s) for s in cfg.eval_sets]}}
     write_json_atomic(join(out, "_wit", "images_summary.json"), summary)
     return summary

@@ -1,8 +1,13 @@
 """Text filters over a pool or a manifest: caption length, junk captions, English, exact URL and pair dedup.
 
-Per-file judging (`judge_file`) is a pure function mapped by `shards.runner.run_map`; dedup is global, in DuckDB,
-among the rows that passed the per-row filters (so a dropped row never takes a good row's URL with it). Output:
-`<out>/<input stem>.parquet`, one verdict row per input row, in input order.
+Three passes, so that no process holds more than one file's rows:
+1. `judge_file` (a pure function per input file, mapped by `shards.runner`): the per-row verdicts, written to
+   `<out>/_wit/text_rows/<stem>.parquet`.
+2. `find_dups` (global, DuckDB with a memory limit and a temp directory): group-bys over those files find the
+   repeated pairs and URLs among the rows that passed the per-row filters (so a dropped row never takes a good
+   row's URL with it); only the rows that lose go out, partitioned by input file (`_wit/text_dups/f=<i>/`).
+3. `finish_file` (per file again): the file's rows with its losers folded in, written to `<out>/<stem>.parquet`,
+   one verdict row per input row, in input order.
 """
 from __future__ import annotations
 
@@ -11,16 +16,17 @@ from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from wit.shards.lists import list_format, read_list
 from wit.shards.options import opt
-from wit.shards.runner import EngineOptions
+from wit.shards.runner import EngineOptions, imap, run_map
 from wit.shards.schema import OK, VERDICT, pair_uid, row_uids
+from wit.shards.sql import SQLOptions, literal, register_filesystem, run_sql
 from wit.shards.storage import WitError, absolute, expand, fs_and_path, join
-from wit.shards.tables import open_parquet, write_parquet
+from wit.shards.tables import open_parquet, parquet_files, read_parquet, write_parquet
 
 NOT_OK = "not_ok_in_ingest"
 TEXT_VERDICT = pa.schema(list(VERDICT) + [pa.field("lang", pa.string()), pa.field("lang_prob", pa.float32())])
@@ -39,7 +45,7 @@ _BOILERPLATE = {"image", "photo", "picture", "untitled", "thumbnail", "no image"
 
 
 @dataclass(frozen=True, kw_only=True)
-class TextConfig(EngineOptions):
+class TextConfig(EngineOptions, SQLOptions):
     inputs: tuple[str, ...] = opt(help="parquet files, folders, globs or {a..b} patterns, or URL lists in any format "
                                        "the crawl reads; local or s3://", positional=True)
     out: str = opt(help="verdict folder (local or s3://)")
@@ -152,11 +158,11 @@ def judge_file(job: TextJob) -> int:
         extra = [c for c in ("uid", "status", "invalid") if c in names]
         t = source.read(columns=[url_col, cap_col] + extra).to_pylist()
     # a raw list has no uid yet: the ones ingest gives (a pair repeated across list files is counted per file here)
-    fresh = row_uids((r[url_col], r[cap_col]) for r in t)
+    fresh = row_uids((r[url_col], r[cap_col]) for r in t) if any(not r.get("uid") for r in t) else None
     out = []
     for i, r in enumerate(t):
         url, caption = r[url_col], r[cap_col]
-        uid = r.get("uid") or fresh[i]
+        uid = r.get("uid") or fresh[i]  # fresh is None only when every row has its uid
         if r.get("status", OK) != OK or r.get("invalid"):
             reason = NOT_OK
         else:
@@ -193,8 +199,6 @@ def input_files(inputs: tuple[str, ...]) -> list[str]:
 
 
 def run_text(cfg: TextConfig) -> dict:
-    from wit.shards.runner import run_map
-
     files = input_files(cfg.inputs)
     stems = [f.rsplit("/", 1)[-1].removesuffix(".parquet") for f in files]
     if len(set(stems)) != len(stems):
@@ -205,33 +209,101 @@ def run_text(cfg: TextConfig) -> dict:
     rows_dir = join(out, "_wit", "text_rows")
     jobs = [TextJob(f, join(rows_dir, f"{s}.parquet"), cfg.min_chars, cfg.max_chars, cfg.english, cfg.lang_min_prob)
             for f, s in zip(files, stems)]
-    run_map(judge_file, jobs, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address)
-    con = duckdb.connect()
-    parts = [j.rows_out for j in jobs]
-    con.execute(f"""CREATE TEMP TABLE r AS SELECT *, (row_number() OVER (ORDER BY f, row))::BIGINT AS rid FROM (
-        SELECT *, list_position({parts!r}, filename) AS f FROM read_parquet({parts!r}, filename = true))""")
-    # Pairs first (the same url and caption; a repeat has its own uid, so by `pair`), then URLs: both only among
-    # rows that passed the per-row filters, both keeping the smallest uid, as the image dedup does, so that the
-    # stages agree on which copy stays.
-    con.execute("CREATE TEMP TABLE d (rid BIGINT, reason VARCHAR, dup_of VARCHAR)")
-    if cfg.pair_dedup:
-        con.execute("""INSERT INTO d SELECT rid, 'pair_dup_of:' || keeper, keeper FROM (
-                         SELECT rid, first_value(uid) OVER w AS keeper, row_number() OVER w AS n FROM r
-                         WHERE reason IS NULL WINDOW w AS (PARTITION BY pair ORDER BY uid, rid)) WHERE n > 1""")
-    if cfg.url_dedup:
-        con.execute("""INSERT INTO d SELECT rid, 'url_dup_of:' || keeper, keeper FROM (
-                         SELECT rid, uid, min(uid) OVER (PARTITION BY nurl) AS keeper FROM r
-                         WHERE reason IS NULL AND nurl IS NOT NULL AND rid NOT IN (SELECT rid FROM d))
-                       WHERE uid <> keeper""")
-    res = con.sql("""SELECT r.f, r.uid, r.reason IS NULL AND d.rid IS NULL AS keep, coalesce(r.reason, d.reason)
-                     AS reason, d.dup_of, r.lang, r.lang_prob FROM r LEFT JOIN d USING (rid) ORDER BY rid""")
-    table = res.to_arrow_table()
+    rows = run_map(judge_file, jobs, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address)
+    summary = dedup_rows(cfg, [j.rows_out for j in jobs], sum(rows), [join(out, f"{s}.parquet") for s in stems])
+    _remove(rows_dir)
+    return summary
+
+
+def dedup_rows(cfg: TextConfig, parts: list[str], n_rows: int, targets: list[str]) -> dict:
+    """Passes 2 and 3 over the per-row verdict files `parts`: the verdict files `targets`, and the summary."""
+    dups_dir = join(absolute(cfg.out), "_wit", "text_dups")
+    con = cfg.connect(output=absolute(cfg.out))
+    find_dups(con, parts, n_rows, dups_dir, cfg.pair_dedup, cfg.url_dedup)
+    con.close()
+    finish = [FinishJob(part, join(dups_dir, f"f={i}"), target) for i, (part, target) in enumerate(zip(parts, targets))]
     counts: Counter = Counter()
-    fcol = table["f"].to_numpy()
-    body = table.drop_columns(["f"]).cast(TEXT_VERDICT)
-    for i, stem in enumerate(stems, start=1):
-        idx = np.flatnonzero(fcol == i)
-        part = body.slice(int(idx[0]), len(idx)) if len(idx) else TEXT_VERDICT.empty_table()
-        write_parquet(join(out, f"{stem}.parquet"), part)
-    counts.update((r or "kept").split(":", 1)[0] for r in body["reason"].to_pylist())
-    return {"files": len(files), "rows": body.num_rows, "kept": counts.pop("kept", 0), "dropped": dict(counts)}
+    for c in imap(finish_file, finish, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address):
+        counts.update(c)
+    _remove(dups_dir)
+    n = sum(counts.values())
+    return {"files": len(parts), "rows": n, "kept": counts.pop("kept", 0), "dropped": dict(counts)}
+
+
+def find_dups(con, parts: list[str], n_rows: int, dups_dir: str, pair_dedup: bool, url_dedup: bool) -> None:
+    """Write the rows that lose to a repeat, partitioned by input file: `dups_dir/f=<i>/*.parquet` (row, reason,
+    dup_of). Pairs first (the same url and caption; a repeat has its own uid, so by `pair`), then URLs: both only
+    among rows that passed the per-row filters, both keeping the smallest uid, as the image dedup does, so that the
+    stages agree on which copy stays."""
+    register_filesystem(con, dups_dir)
+    con.register("text_files", pa.table({"filename": parts, "f": pa.array(range(len(parts)), pa.int32())}))
+    con.read_parquet(parts, filename=True).create_view("text_parts")
+    con.execute("""CREATE TEMP VIEW r AS SELECT f, row, uid, pair, reason, nurl
+                   FROM text_parts JOIN text_files USING (filename)""")
+    seen = run_sql(con, "SELECT count(*) FROM r", what="text dedup").fetchone()[0]
+    if seen != n_rows:  # a file name DuckDB spells differently would silently lose its rows
+        raise WitError(f"{dups_dir}: DuckDB read {seen} rows of {n_rows} from the per-row verdicts")
+    con.execute("CREATE TEMP TABLE pair_dups (f INTEGER, row BIGINT, reason VARCHAR, dup_of VARCHAR)")
+    con.execute("CREATE TEMP TABLE url_dups (f INTEGER, row BIGINT, reason VARCHAR, dup_of VARCHAR)")
+    # Each dedup: one group-by over every row that keeps only the repeated keys, then the rows with such a key
+    # (a small share of the pool) are ranked among themselves.
+    if pair_dedup:
+        run_sql(con, """CREATE TEMP TABLE rep_pairs AS
+                        SELECT pair FROM r WHERE reason IS NULL GROUP BY pair HAVING count(*) > 1""",
+                what="text dedup (pairs)")
+        run_sql(con, """
+            INSERT INTO pair_dups
+            SELECT f, row, 'pair_dup_of:' || keeper, keeper FROM (
+                SELECT f, row, first_value(uid) OVER w AS keeper, row_number() OVER w AS n
+                FROM r SEMI JOIN rep_pairs USING (pair) WHERE reason IS NULL
+                WINDOW w AS (PARTITION BY pair ORDER BY uid, f, row))
+            WHERE n > 1""", what="text dedup (pairs)")
+    if url_dedup:
+        run_sql(con, """CREATE TEMP TABLE rep_urls AS SELECT nurl FROM r WHERE reason IS NULL AND nurl IS NOT NULL
+                        GROUP BY nurl HAVING count(*) > 1""", what="text dedup (URLs)")
+        run_sql(con, """
+            INSERT INTO url_dups
+            WITH c AS (SELECT f, row, uid, nurl FROM r SEMI JOIN rep_urls USING (nurl) ANTI JOIN pair_dups USING (f, row)
+                       WHERE reason IS NULL),
+                 k AS (SELECT nurl, min(uid) AS keeper FROM c GROUP BY nurl HAVING count(*) > 1)
+            SELECT c.f, c.row, 'url_dup_of:' || k.keeper, k.keeper FROM c JOIN k USING (nurl)
+            WHERE c.uid <> k.keeper""", what="text dedup (URLs)")
+    _remove(dups_dir)
+    run_sql(con, f"""COPY (SELECT * FROM pair_dups UNION ALL SELECT * FROM url_dups) TO {literal(dups_dir)}
+                     (FORMAT parquet, PARTITION_BY (f), OVERWRITE_OR_IGNORE)""", what="text dedup (writing)")
+
+
+@dataclass(frozen=True)
+class FinishJob:
+    rows: str  # the file's per-row verdicts (judge_file)
+    dups: str  # its rows that lost to a repeat (find_dups), a folder that may not exist
+    target: str
+
+
+def finish_file(job: FinishJob) -> dict[str, int]:
+    """One input file's verdicts: its per-row verdicts with the repeats folded in; returns rows per reason kind."""
+    rows = read_parquet(job.rows, ["row", "uid", "reason", "lang", "lang_prob"])
+    if not np.array_equal(rows["row"].to_numpy(), np.arange(rows.num_rows)):
+        raise WitError(f"{job.rows}: rows out of order")  # judge_file writes them in order; never expected
+    reason, dup_of = rows["reason"], pa.nulls(rows.num_rows, pa.string())
+    fs, path = fs_and_path(job.dups)
+    if fs.isdir(path):
+        dups = pa.concat_tables([read_parquet(f, ["row", "reason", "dup_of"]) for f in parquet_files(job.dups)])
+        at = np.full(rows.num_rows, -1, np.int64)
+        at[dups["row"].to_numpy()] = np.arange(dups.num_rows)
+        take = pa.array(at, mask=at < 0)
+        reason = pc.coalesce(reason, dups["reason"].take(take))
+        dup_of = dups["dup_of"].take(take)
+    table = pa.table({"uid": rows["uid"], "keep": pc.is_null(reason), "reason": reason, "dup_of": dup_of,
+                      "lang": rows["lang"], "lang_prob": rows["lang_prob"]}, schema=TEXT_VERDICT)
+    write_parquet(job.target, table)
+    kinds = pc.fill_null(pc.list_element(pc.split_pattern(reason, ":", max_splits=1), 0), "kept")
+    return {k.as_py(): n.as_py() for k, n in zip(*pc.value_counts(kinds).flatten())}
+
+
+def _remove(*folders: str) -> None:
+    """Remove wit's own scratch folders (under <out>/_wit)."""
+    for folder in folders:
+        fs, path = fs_and_path(folder)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)

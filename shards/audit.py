@@ -6,6 +6,9 @@ The pipeline folder is read by convention (each part optional except raw/):
   balance/selection/   balance selection (uid, status, reason, matched); queries.parquet names the entries
   corpus/              training shards' corpus manifests and index.json (wit shards write)
 The funnel walks the stages in that order; each stage removes rows with a reason, and rows in = dropped + kept.
+Every folder is a DuckDB view over its parquet files and every figure an aggregate query, so the report of a
+billion-row pool needs a memory limit, not a machine that holds it; the gallery (shards/gallery.py) shows up to
+--gallery samples of each drop reason.
 """
 from __future__ import annotations
 
@@ -13,26 +16,28 @@ import html
 from collections import Counter
 from dataclasses import dataclass
 
-import duckdb
 import numpy as np
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from wit.shards import gallery  # noqa: E402
 from wit.shards.options import opt  # noqa: E402
-from wit.shards.schema import OK  # noqa: E402
+from wit.shards.sql import SQLOptions, ident, register_filesystem, run_sql  # noqa: E402
 from wit.shards.storage import (  # noqa: E402
     WitError, absolute, exists, fs_and_path, join, read_json, write_atomic, write_json_atomic,
 )
-from wit.shards.tables import read_folder, read_parquet  # noqa: E402
+from wit.shards.tables import parquet_files, read_schema  # noqa: E402
 
 
 @dataclass(frozen=True, kw_only=True)
-class AuditConfig:
+class AuditConfig(SQLOptions):
     root: str = opt(help="pipeline folder (holds raw/, corpus/, and the filter/curation outputs)", positional=True)
     out: str | None = opt(None, "report folder (default: <root>/audit)")
     top: int = opt(20, "rows in each top-N table (domains, entries)", minimum=1)
+    gallery: int = opt(6, "thumbnails of each drop reason in the report (read from the crawl's tars); 0: none",
+                       minimum=0)
 
 
 # The pipeline's order of verdict stages; a stage's rows carry the earlier stages' drops, so it counts only its own.
@@ -47,26 +52,60 @@ def _folders(url: str) -> list[str]:
     return sorted(names, key=lambda n: (STAGE_ORDER.index(n) if n in STAGE_ORDER else len(STAGE_ORDER), n))
 
 
-def funnel(con, stages: list[tuple[str, str]]) -> list[dict]:
-    """Walk the stages over the live rows; each entry: rows in, dropped per reason, kept."""
-    con.execute("CREATE TEMP TABLE live AS SELECT uid FROM raw WHERE status <> 'superseded'")
-    steps = []
-    n_in = con.execute("SELECT count(*) FROM live").fetchone()[0]
-    dropped = dict(con.execute(
-        "SELECT coalesce(reason, 'unknown'), count(*) FROM raw WHERE status NOT IN ('ok', 'superseded') "
-        "GROUP BY 1 ORDER BY 2 DESC").fetchall())
-    con.execute(f"DELETE FROM live WHERE uid IN (SELECT uid FROM raw WHERE status <> '{OK}')")
-    steps.append({"stage": "download", "rows_in": n_in, "dropped": dropped, "kept": n_in - sum(dropped.values())})
+def _sql(con, sql: str, params=None):
+    return run_sql(con, sql, params, what="wit audit")
+
+
+def _one(con, sql: str, params=None) -> tuple:
+    """The one row of an aggregate (fetched to the end: DuckDB refuses new work while a result is open)."""
+    rows = _sql(con, sql, params).fetchall()
+    return rows[0] if rows else None
+
+
+def view(con, name: str, folder: str, required: tuple[str, ...]) -> None:
+    """A view `name` over a folder's parquet files (paths go to DuckDB as values, never into SQL text); a file
+    that lacks a required column is a one-line error naming it."""
+    files = parquet_files(folder)
+    if not files:
+        raise WitError(f"{folder}: holds no parquet files")
+    register_filesystem(con, files[0])
+    for column in required:
+        lacking = _one(con, "SELECT file_name FROM parquet_schema(?) GROUP BY 1 HAVING NOT bool_or(name = ?) "
+                            "ORDER BY 1 LIMIT 1", [files, column])
+        if lacking:
+            names = read_schema(lacking[0]).names
+            raise WitError(f"{lacking[0]}: no column {column!r} (columns: {', '.join(names)})")
+    con.read_parquet(files, union_by_name=True, filename=True).create_view(name)
+
+
+def funnel(con, stages: list[tuple[str, str]], samples: int = 0) -> list[dict]:
+    """Walk the stages over the live rows; each entry: rows in, dropped per reason, kept (and with `samples`, up to
+    that many sample rows per reason, for the gallery)."""
+    pick = f", min_by({{'uid': uid, 'reason': reason}}, hash(uid), {int(samples)})" if samples else ""
+    n_in = _one(con, "SELECT count(*) FROM raw WHERE status <> 'superseded'")[0]
+    step = _dropped(con, f"""SELECT coalesce(reason, 'unknown') AS kind, count(*){pick} FROM raw
+                             WHERE status NOT IN ('ok', 'superseded') GROUP BY 1 ORDER BY 2 DESC, 1""")
+    # the rows with an ok crawl (a retried pair's superseded first attempt does not take its ok retry with it)
+    _sql(con, "CREATE OR REPLACE TEMP TABLE live AS SELECT uid FROM raw WHERE status = 'ok'")
+    steps = [{"stage": "download", "rows_in": n_in, **step, "kept": n_in - sum(step["dropped"].values())}]
     for name, table in stages:
         n_in = steps[-1]["kept"]
-        dropped = dict(con.execute(
-            # reasons grouped by kind: `dup_of:<uid>` and `eval_leak:<image>` name one pair each
-            f"SELECT coalesce(split_part(t.reason, ':', 1), 'no verdict'), count(*) FROM live LEFT JOIN {table} t "
-            "USING (uid) "
-            "WHERE NOT coalesce(t.keep, false) GROUP BY 1 ORDER BY 2 DESC").fetchall())
-        con.execute(f"DELETE FROM live WHERE uid NOT IN (SELECT uid FROM {table} WHERE keep)")
-        steps.append({"stage": name, "rows_in": n_in, "dropped": dropped, "kept": n_in - sum(dropped.values())})
+        # reasons grouped by kind: `dup_of:<uid>` and `eval_leak:<image>` name one pair each
+        step = _dropped(con, f"""
+            SELECT coalesce(split_part(t.reason, ':', 1), 'no verdict') AS kind, count(*){pick}
+            FROM live LEFT JOIN {table} t USING (uid) WHERE NOT coalesce(t.keep, false) GROUP BY 1 ORDER BY 2 DESC, 1""")
+        _sql(con, f"CREATE OR REPLACE TEMP TABLE live AS SELECT uid FROM live SEMI JOIN "
+                  f"(SELECT uid FROM {table} WHERE keep) USING (uid)")
+        steps.append({"stage": name, "rows_in": n_in, **step, "kept": n_in - sum(step["dropped"].values())})
     return steps
+
+
+def _dropped(con, sql: str) -> dict:
+    rows = _sql(con, sql).fetchall()
+    out = {"dropped": {r[0]: r[1] for r in rows}}
+    if rows and len(rows[0]) > 2:
+        out["samples"] = {r[0]: r[2] for r in rows}
+    return out
 
 
 def audit(cfg: AuditConfig) -> str:
@@ -74,32 +113,33 @@ def audit(cfg: AuditConfig) -> str:
     out = absolute(cfg.out) if cfg.out else join(root, "audit")
     if not exists(join(root, "raw")):
         raise WitError(f"{root}: no raw/ folder (the crawl's output) to audit")
-    con = duckdb.connect()
-    con.register("raw", read_folder(join(root, "raw"), required=("uid", "status", "reason")))
+    con = cfg.connect(output=out)
+    view(con, "raw", join(root, "raw"), required=("uid", "status", "reason"))
     stages = []
     for stage in _folders(join(root, "verdicts")):
-        con.register(f"v_{stage}", read_folder(join(root, "verdicts", stage), required=("uid", "keep")))
-        stages.append((stage, f"v_{stage}"))
+        view(con, f"v_{stage}", join(root, "verdicts", stage), required=("uid", "keep"))
+        stages.append((stage, ident(f"v_{stage}")))
     has_selection = exists(join(root, "balance", "selection"))
     if has_selection:
-        sel = read_folder(join(root, "balance", "selection"), required=("uid", "status"))
-        con.register("sel_raw", sel)
+        view(con, "sel_raw", join(root, "balance", "selection"), required=("uid", "status"))
         con.execute("CREATE VIEW sel AS SELECT uid, status = 'selected' AS keep, reason, matched FROM sel_raw")
         stages.append(("balance", "sel"))
-    report: dict = {"root": root, "funnel": funnel(con, stages)}
+    steps = funnel(con, stages, cfg.gallery)
+    report: dict = {"root": root, "funnel": [{k: v for k, v in s.items() if k != "samples"} for s in steps]}
     has_corpus = exists(join(root, "corpus", "index.json"))
     final = report["funnel"][-1]["kept"]
     if has_corpus:
-        con.register("corpus", read_folder(join(root, "corpus"), required=("uid",)))
-        n_corpus = con.execute("SELECT count(*) FROM corpus").fetchone()[0]
+        view(con, "corpus", join(root, "corpus"), required=("uid",))
+        n_corpus = _one(con, "SELECT count(*) FROM corpus")[0]
         report["corpus"] = {"samples": n_corpus, "matches_funnel": n_corpus == final}
-    images = "corpus" if has_corpus else "raw"
-    where = "" if has_corpus else f"WHERE status = '{OK}'"
-    report["image_short_side"] = [r[0] for r in con.execute(
-        f"SELECT least(original_width, original_height) FROM {images} {where}").fetchall() if r[0] is not None]
-    report["top_domains"] = con.execute(
-        f"SELECT split_part(url, '/', 3) AS domain, count(*) n FROM {images} {where} GROUP BY 1 ORDER BY 2 DESC, 1 "
-        f"LIMIT {cfg.top}").fetchall()
+    images, where = ("corpus", "") if has_corpus else ("raw", "WHERE status = 'ok'")
+    # image sizes as (short side, images): a few thousand distinct sizes, whatever the number of images
+    sizes = _sql(con, f"""SELECT s, count(*) FROM (SELECT least(original_width, original_height) AS s FROM {images}
+                          {where}) WHERE s IS NOT NULL GROUP BY 1 ORDER BY 1""").fetchnumpy()
+    report["image_short_side"] = (sizes["s"].astype(np.int64), sizes["count_star()"].astype(np.int64))
+    report["top_domains"] = _sql(con, f"""
+        SELECT split_part(url, '/', 3) AS domain, count(*) n FROM {images} {where} GROUP BY 1 ORDER BY 2 DESC, 1
+        LIMIT {int(cfg.top)}""").fetchall()
     reasons = Counter()
     for step in report["funnel"]:
         reasons.update(step["dropped"])
@@ -107,37 +147,79 @@ def audit(cfg: AuditConfig) -> str:
     report["leakage_removed"] = sum(n for r, n in reasons.items() if r.startswith("eval_leak"))
     if has_selection:
         report["queries"] = query_report(con, root, has_corpus, cfg.top)
+    if cfg.gallery:
+        report["gallery"] = gallery.build(con, steps, _eval_sets(root))
+    con.close()
     return write_report(out, report)
 
 
+def _eval_sets(root: str) -> list[str]:
+    """The evaluation sets the image stage hashed (its summary records them), to show a leak's eval image."""
+    summary = join(root, "verdicts", "images", "_wit", "images_summary.json")
+    if not exists(summary):
+        return []
+    try:
+        return [absolute(s) for s in (read_json(summary).get("config") or {}).get("eval_sets") or []]
+    except (OSError, ValueError):
+        return []
+
+
 def query_report(con, root: str, has_corpus: bool, top: int) -> dict:
+    """Pairs per entry before (the selection's pool) and after (the corpus), as aggregates: at most one row per
+    entry of the query list in DuckDB, a few hundred numbers in Python."""
     src = "corpus" if has_corpus else "sel WHERE keep"
-    before = dict(con.execute("SELECT e, count(*) FROM (SELECT unnest(matched) e FROM sel) GROUP BY 1").fetchall())
-    after = dict(con.execute(f"SELECT e, count(*) FROM (SELECT unnest(matched) e FROM {src}) GROUP BY 1").fetchall())
-    names = {}
-    for candidate in (join(root, "queries.parquet"), join(root, "balance", "queries.parquet")):
-        if exists(candidate):
-            q = read_parquet(candidate, ["id", "entry"])
-            names = dict(zip(q["id"].to_pylist(), q["entry"].to_pylist()))
-            break
+    _sql(con, "CREATE OR REPLACE TEMP TABLE qb AS SELECT e, count(*) AS n FROM (SELECT unnest(matched) e FROM sel) "
+              "GROUP BY 1")
+    _sql(con, f"""CREATE OR REPLACE TEMP TABLE qa AS
+                  SELECT e, count(*) AS n, row_number() OVER (ORDER BY count(*) DESC, e) AS rank
+                  FROM (SELECT unnest(matched) e FROM {src}) GROUP BY 1""")
     card = join(root, "balance", "datacard.json")
     t = read_json(card).get("t") if exists(card) else None
-    ranked = sorted(after.items(), key=lambda kv: (-kv[1], kv[0]))
-    total = sum(after.values()) or 1
-    head = sum(n for _, n in ranked[:max(1, len(ranked) // 10)])
+    n_before, max_before = _one(con, "SELECT count(*), coalesce(max(n), 0) FROM qb")
+    n_after, max_after, total = _one(con, "SELECT count(*), coalesce(max(n), 0), coalesce(sum(n), 0) FROM qa")
+    total = total or 1
+    head = _one(con, "SELECT coalesce(sum(n), 0) FROM qa WHERE rank <= ?", [max(1, n_after // 10)])[0]
+    ranked = _sql(con, """SELECT qa.e, qa.n, coalesce(qb.n, 0) FROM qa LEFT JOIN qb USING (e)
+                          WHERE qa.rank <= ? OR qa.rank > ? ORDER BY qa.rank""", [top, n_after - top]).fetchall()
+    names = _entry_names(con, root, [e for e, _, _ in ranked])
     label = lambda e: names.get(e, str(e))  # noqa: E731
-    return {
+    rows = [(label(e), n, b) for e, n, b in ranked]
+    report = {
         "t": t,
-        "entries_matched_before": len(before), "entries_in_corpus": len(after),
-        # entries the cap t bit (pool count >= t), and the corpus share of the tail entries kept whole
-        "entries_reaching_t": sum(n >= t for n in before.values()) if t else None,
-        "tail_share": sum(n for e, n in after.items() if before.get(e, 0) < t) / total if t else None,
-        "max_per_entry_before": max(before.values(), default=0), "max_per_entry_after": max(after.values(), default=0),
+        "entries_matched_before": n_before, "entries_in_corpus": n_after,
+        "entries_reaching_t": None, "tail_share": None,
+        "max_per_entry_before": max_before, "max_per_entry_after": max_after,
         "head_share": head / total,
-        "top": [(label(e), n, before.get(e, 0)) for e, n in ranked[:top]],
-        "bottom": [(label(e), n, before.get(e, 0)) for e, n in ranked[-top:]],
-        "counts_before": sorted(before.values(), reverse=True), "counts_after": [n for _, n in ranked],
+        "top": rows[:top], "bottom": rows[-top:],
+        "count_curves": {"before": _log_ranks(con, "qb", n_before), "after": _log_ranks(con, "qa", n_after)},
     }
+    if t:
+        # entries the cap t bit (pool count >= t), and the corpus share of the tail entries kept whole
+        report["entries_reaching_t"] = _one(con, "SELECT count(*) FROM qb WHERE n >= ?", [t])[0]
+        report["tail_share"] = _one(con, "SELECT coalesce(sum(qa.n), 0) FROM qa LEFT JOIN qb USING (e) "
+                                         "WHERE coalesce(qb.n, 0) < ?", [t])[0] / total
+    return report
+
+
+def _entry_names(con, root: str, ids: list[int]) -> dict[int, str]:
+    if not ids:
+        return {}
+    for candidate in (join(root, "queries.parquet"), join(root, "balance", "queries.parquet")):
+        if exists(candidate):
+            register_filesystem(con, candidate)
+            return dict(_sql(con, "SELECT id, entry FROM read_parquet(?) WHERE list_contains(?, id)",
+                             [candidate, ids]).fetchall())
+    return {}
+
+
+def _log_ranks(con, table: str, n: int, points: int = 200) -> list[tuple[int, int]]:
+    """(rank, count) at about `points` log-spaced ranks (1-based) of the table's counts, in descending order."""
+    if not n:
+        return []
+    ranks = np.unique(np.geomspace(1, n, num=min(points, n)).round().astype(int)).tolist()
+    found = _sql(con, f"""SELECT r, n FROM (SELECT n, row_number() OVER (ORDER BY n DESC) AS r FROM {table})
+                          WHERE list_contains(?, r) ORDER BY r""", [ranks]).fetchall()
+    return [(int(r), int(c)) for r, c in found]
 
 
 def _png(out: str, name: str, draw) -> str:
@@ -160,39 +242,39 @@ def write_report(out: str, report: dict) -> str:
     values = [steps[0]["rows_in"]] + [s["kept"] for s in steps]
     plots.append(_png(out, "funnel.png", lambda ax: (
         ax.barh(labels[::-1], values[::-1], color="#3b7dd8"), ax.set_xlabel("pairs left after each stage"))))
-    sizes = report["image_short_side"]
-    if sizes:
+    sides, images = report["image_short_side"]
+    if len(sides):
         plots.append(_png(out, "image_sizes.png", lambda ax: (
-            ax.hist(sizes, bins=40, color="#5a9"), ax.set_xlabel("original short side (px)"), ax.set_ylabel("images"))))
+            ax.hist(sides, bins=40, weights=images, color="#5a9"), ax.set_xlabel("original short side (px)"),
+            ax.set_ylabel("images"))))
     q = report.get("queries")
-    if q and q["counts_before"]:
+    if q and q["count_curves"]["before"]:
         plots.append(_png(out, "query_counts.png", lambda ax: (
-            ax.loglog(range(1, len(q["counts_before"]) + 1), q["counts_before"], label="matched pool"),
-            ax.loglog(range(1, len(q["counts_after"]) + 1), q["counts_after"], label="corpus"),
+            ax.loglog(*zip(*q["count_curves"]["before"]), label="matched pool"),
+            ax.loglog(*zip(*(q["count_curves"]["after"] or [(1, 0)])), label="corpus"),
             ax.set_xlabel("entry rank"), ax.set_ylabel("pairs per entry"), ax.legend())))
     # the JSON holds what each plot shows: the funnel above, the size histogram, count curves at log-spaced ranks
-    slim = {k: v for k, v in report.items() if k != "image_short_side"}
-    if sizes:
-        counts, edges = np.histogram(sizes, bins=40)
+    slim = {k: v for k, v in report.items() if k not in ("image_short_side", "gallery")}
+    if len(sides):
+        counts, edges = np.histogram(sides, bins=40, weights=images)  # the histogram of every image, by size
         slim["image_short_side_histogram"] = {"counts": counts.tolist(), "edges": edges.tolist()}
-    if q:
-        slim["queries"] = {k: v for k, v in q.items() if not k.startswith("counts_")}
-        slim["queries"]["count_curves"] = {k.removeprefix("counts_"): _log_ranks(q[k]) for k in ("counts_before",
-                                                                                           "counts_after")}
+    if "gallery" in report:  # which samples the gallery shows (the pictures are in the HTML)
+        slim["gallery"] = [{**sec, "samples": [_without_pictures(s) for s in sec["samples"]]}
+                           for sec in report["gallery"]]
     write_json_atomic(join(out, "report.json"), slim)
-    write_atomic(join(out, "report.html"), render_html(slim, plots).encode())
+    write_atomic(join(out, "report.html"), render_html(slim, plots, gallery.render(report.get("gallery", []))).encode())
     return join(out, "report.html")
 
 
-def _log_ranks(counts: list[int], points: int = 200) -> list[tuple[int, int]]:
-    """(rank, count) at about `points` log-spaced ranks (1-based) of a descending count list."""
-    if not counts:
-        return []
-    ranks = np.unique(np.geomspace(1, len(counts), num=min(points, len(counts))).round().astype(int))
-    return [(int(r), int(counts[r - 1])) for r in ranks]
+def _without_pictures(sample: dict) -> dict:
+    out = {k: v for k, v in sample.items() if k not in ("thumb", "partner")}
+    out["image"] = sample.get("thumb") is not None
+    if "partner" in sample:
+        out["partner"] = _without_pictures(sample["partner"])
+    return out
 
 
-def render_html(report: dict, plots: list[str]) -> str:
+def render_html(report: dict, plots: list[str], gallery_html: str = "") -> str:
     e = html.escape
     rows = []
     for s in report["funnel"]:
@@ -201,7 +283,7 @@ def render_html(report: dict, plots: list[str]) -> str:
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>wit audit</title><style>"
         "body{font-family:sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style></head><body>",
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}" + gallery.CSS + "</style></head><body>",
         f"<h1>wit audit</h1><p>{e(report['root'])}</p>",
         "<h2>Funnel</h2><table><tr><th>stage</th><th>rows in</th><th>dropped (reason: rows)</th><th>kept</th></tr>",
         *rows, "</table>",
@@ -226,5 +308,6 @@ def render_html(report: dict, plots: list[str]) -> str:
     parts.append("<h2>Top domains</h2><table><tr><th>domain</th><th>pairs</th></tr>" + "".join(
         f"<tr><td>{e(str(d))}</td><td>{n:,}</td></tr>" for d, n in report["top_domains"]) + "</table>")
     parts.append("<h2>Plots</h2>" + "".join(f"<p><img src='{e(p)}' alt='{e(p)}'></p>" for p in plots))
+    parts.append(gallery_html)
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -4,12 +4,19 @@ The function must be importable (module level) and its result must depend only o
 the same whatever the engine or the number of workers. Results come back in item order. Per-worker state (an
 automaton, a model) belongs in a module-level cache inside the function's module: pool and Ray workers are
 long-lived processes, so it is built once per worker.
+
+At 160K shards the driver must not hold every task at once: items are pulled lazily, at most `in_flight` tasks
+are submitted and not yet handed back (finished results waiting for an earlier one count too), and each result is
+handed to the caller as soon as the ones before it are in, so a caller that reduces results (sums counts, writes
+a summary) holds a bounded window, never the whole list. Large inputs go to tasks by path (or one `ray.put`
+made by the caller), never inside every item.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Literal, TypeVar
@@ -21,6 +28,7 @@ R = TypeVar("R")
 
 Engine = Literal["local", "ray"]
 ENGINES: tuple[str, ...] = ("local", "ray")
+TASK_MEMORY = 1 << 30  # what Ray reserves per task: one shard's rows and buffers, with room to spare
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,29 +44,86 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def run_map(
-    fn: Callable[[T], R],
-    items: Iterable[T],
-    *,
-    engine: Engine = "local",
-    workers: int | None = None,
-    ray_address: str | None = None,
-) -> list[R]:
+def run_map(fn: Callable[[T], R], items: Iterable[T], *, engine: Engine = "local", workers: int | None = None,
+            ray_address: str | None = None, memory: int = TASK_MEMORY, in_flight: int | None = None) -> list[R]:
     """`[fn(x) for x in items]`, spread over `workers` processes (local) or a Ray cluster (ray)."""
-    todo: Sequence[T] = list(items)
+    return list(imap(fn, items, engine=engine, workers=workers, ray_address=ray_address, memory=memory,
+                     in_flight=in_flight))
+
+
+def imap(fn: Callable[[T], R], items: Iterable[T], *, engine: Engine = "local", workers: int | None = None,
+         ray_address: str | None = None, memory: int = TASK_MEMORY, in_flight: int | None = None) -> Iterator[R]:
+    """`fn(x) for x in items`, in item order, each result as soon as it and the ones before it are done.
+
+    in_flight: most tasks submitted and not yet yielded (default: twice the parallelism).
+    memory: bytes Ray reserves per task (its scheduler then never packs more tasks on a node than fit).
+    """
     if engine == "local":
-        n = min(workers or default_workers(), len(todo))
+        n = workers or default_workers()
+        if hasattr(items, "__len__"):
+            n = min(n, len(items))
         if n <= 1:
-            return [fn(x) for x in todo]  # no pool: cheaper, and easy to debug
-        # spawn, not fork: the caller may hold threads (pyarrow, duckdb) that fork would copy mid-lock.
-        with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn")) as pool:
-            return list(pool.map(fn, todo, chunksize=1))
+            return (fn(x) for x in items)  # no pool: cheaper, and easy to debug
+        return _pool_map(fn, items, n, in_flight or 2 * n)
     if engine == "ray":
-        return _run_ray(fn, todo, workers, ray_address)
+        return _ray_map(fn, items, workers, ray_address, memory, in_flight)
     raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
 
 
-def _run_ray(fn: Callable[[T], R], todo: Sequence[T], workers: int | None, address: str | None) -> list[R]:
+class _Failed:
+    """A task's exception, kept until the task's turn comes, so errors surface in item order."""
+
+    def __init__(self, err: BaseException):
+        self.err = err
+
+
+def _in_order(items: Iterable[T], submit, wait_any, window: int) -> Iterator:
+    """Submit lazily, keep at most `window` tasks unyielded, yield results in item order.
+
+    submit(x) -> handle; wait_any(handles) -> [(handle, result or _Failed)] for at least one finished handle.
+    """
+    todo = iter(items)
+    running: dict = {}  # handle -> index
+    done: dict[int, object] = {}
+    next_in = next_out = 0
+    failed = exhausted = False
+    while True:
+        while not (exhausted or failed) and len(running) + len(done) < window:
+            try:
+                x = next(todo)
+            except StopIteration:
+                exhausted = True
+                break
+            running[submit(x)] = next_in
+            next_in += 1
+        if not running and not done:
+            return
+        if next_out not in done:
+            for handle, result in wait_any(list(running)):
+                done[running.pop(handle)] = result
+                failed = failed or isinstance(result, _Failed)
+        while next_out in done:
+            result = done.pop(next_out)
+            next_out += 1
+            if isinstance(result, _Failed):
+                raise result.err
+            yield result
+
+
+def _pool_map(fn, items, n: int, window: int) -> Iterator:
+    def wait_any(futures):
+        finished, _ = wait_futures(futures, return_when=FIRST_COMPLETED)
+        return [(f, _Failed(f.exception()) if f.exception() is not None else f.result()) for f in finished]
+
+    # spawn, not fork: the caller may hold threads (pyarrow, duckdb) that fork would copy mid-lock.
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn"))
+    try:
+        yield from _in_order(items, lambda x: pool.submit(fn, x), wait_any, window)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ray_map(fn, items, workers: int | None, address: str | None, memory: int, in_flight: int | None) -> Iterator:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray  # optional dependency: only the ray engine needs it
 
@@ -66,5 +131,20 @@ def _run_ray(fn: Callable[[T], R], todo: Sequence[T], workers: int | None, addre
         # address=None starts a local Ray instance (tests, one machine); "auto" or "ray://..." joins a cluster.
         kwargs = {"num_cpus": workers} if address is None and workers else {}
         ray.init(address=address, include_dashboard=False, log_to_driver=False, **kwargs)
-    task = ray.remote(num_cpus=1)(fn)
-    return ray.get([task.remote(x) for x in todo])
+    resources = ray.cluster_resources()
+    # a task asking for more memory than any node has would wait forever: ask for at most what there is
+    memory = int(max(1, min(memory, resources.get("memory", memory))))
+    task = ray.remote(num_cpus=1, memory=memory)(fn)
+
+    def wait_any(refs):
+        finished, _ = ray.wait(refs, num_returns=1)
+        out = []
+        for ref in finished:
+            try:
+                out.append((ref, ray.get(ref)))
+            except Exception as err:  # noqa: BLE001 - re-raised in item order by _in_order
+                out.append((ref, _Failed(err)))
+        return out
+
+    window = in_flight or 2 * max(1, int(resources.get("CPU", workers or 1)))
+    yield from _in_order(items, task.remote, wait_any, window)

@@ -26,10 +26,12 @@ class SQLOptions:
                                          "(default: half the RAM)", group="DuckDB")
     temp_dir: str | None = opt(None, "where DuckDB spills (default: <out>/_wit/duckdb_tmp, or $TMPDIR when the output "
                                      "is not local); never the working directory", group="DuckDB")
+    temp_limit: str | None = opt(None, "most disk DuckDB may fill in --temp-dir, e.g. 200GB (default: 90% of its free "
+                                       "space)", group="DuckDB")
     threads: int | None = opt(None, "DuckDB threads (default: all cores)", minimum=1, group="DuckDB")
 
     def connect(self, output: str | None = None) -> duckdb.DuckDBPyConnection:
-        return connect(self.memory_limit, self.temp_dir, self.threads, output)
+        return connect(self.memory_limit, self.temp_dir, self.threads, output, self.temp_limit)
 
 
 def default_memory_limit() -> str:
@@ -48,9 +50,10 @@ def default_temp_dir(output: str | None = None) -> str:
 
 
 def connect(memory_limit: str | None = None, temp_dir: str | None = None, threads: int | None = None,
-            output: str | None = None) -> duckdb.DuckDBPyConnection:
+            output: str | None = None, temp_limit: str | None = None) -> duckdb.DuckDBPyConnection:
     """A connection with a memory limit (default: half the RAM) and a temp directory (default: under `output`)."""
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")  # a command's output is its summary, not DuckDB's bar
     limit = memory_limit or default_memory_limit()
     try:
         con.execute("SET memory_limit = " + literal(limit))
@@ -62,10 +65,27 @@ def connect(memory_limit: str | None = None, temp_dir: str | None = None, thread
     except OSError as err:
         raise WitError(f"--temp-dir {temp}: cannot create it ({err.strerror})") from None
     con.execute("SET temp_directory = " + literal(temp))
+    if temp_limit:
+        try:
+            con.execute("SET max_temp_directory_size = " + literal(temp_limit))
+        except duckdb.Error as err:
+            raise WitError(f"--temp-limit {temp_limit!r}: not a size DuckDB understands ({first_line(err)})") from None
     con.execute("SET preserve_insertion_order = false")  # lets big sorts and copies stream; order is always explicit
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     return con
+
+
+def register_filesystem(con: duckdb.DuckDBPyConnection, url: str) -> None:
+    """Let DuckDB read and write `url`'s object store (s3://...) through fsspec, as the rest of wit does; a no-op
+    for local paths. (DuckDB's own httpfs would be an extension downloaded at run time.)"""
+    if is_local(url):
+        return
+    protocol = url.split("://", 1)[0]
+    if not con.filesystem_is_registered(protocol):
+        from fsspec import filesystem
+
+        con.register_filesystem(filesystem(protocol))
 
 
 def ident(name: str) -> str:
@@ -82,16 +102,17 @@ def first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params=None, *, what: str, temp_dir: str | None = None):
-    """Execute, turning DuckDB's out-of-memory and full-disk errors into one line that says what to change."""
+def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params=None, *, what: str):
+    """Execute, turning DuckDB's out-of-memory and full-disk errors into one line that names what to change."""
     try:
         return con.execute(sql, params) if params is not None else con.execute(sql)
-    except duckdb.OutOfMemoryException as err:
-        raise WitError(f"{what}: DuckDB ran out of memory ({first_line(err)}); raise --memory-limit or free "
-                       "space in --temp-dir") from None
-    except duckdb.IOException as err:
+    except (duckdb.OutOfMemoryException, duckdb.IOException) as err:
         text = str(err)
-        if "No space left" in text or "disk" in text.lower():
-            raise WitError(f"{what}: the temp directory {temp_dir or '(DuckDB temp)'} is full ({first_line(err)}); "
-                           "point --temp-dir at a larger disk") from None
+        temp = con.execute("SELECT current_setting('temp_directory')").fetchone()[0]
+        if "max_temp_directory_size" in text or "No space left" in text:
+            raise WitError(f"{what}: the temp directory {temp} is full ({first_line(err)}); point --temp-dir at a "
+                           "larger disk or raise --temp-limit") from None
+        if isinstance(err, duckdb.OutOfMemoryException):
+            raise WitError(f"{what}: DuckDB ran out of memory ({first_line(err)}); raise --memory-limit or free "
+                           f"space in the temp directory {temp}") from None
         raise

@@ -148,3 +148,54 @@ def test_rows_an_earlier_stage_dropped_never_stand_for_their_group(tmp_path):
     dedup(DedupConfig(images=str(tmp_path / "images"), out=str(tmp_path / "out"), near_k=0, after=(str(tmp_path / "text"),)))
     got = {r["uid"]: (r["keep"], r["reason"]) for r in pq.read_table(tmp_path / "out" / "00000.parquet").to_pylist()}
     assert got == {"a": (False, "caption_filename"), "b": (True, None), "c": (False, "dup_of:b"), "d": (True, None)}
+
+
+def _components_brute_force(uids, hashes, k) -> dict[str, str]:
+    """uid -> smallest uid of its component in the graph 'Hamming distance <= k' (exact copies included)."""
+    parent = list(range(len(hashes)))
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for i in range(len(hashes)):
+        for j in range(i + 1, len(hashes)):
+            if hamming(hashes[i], hashes[j]) <= k:
+                parent[find(i)] = find(j)
+    groups: dict[int, list[str]] = {}
+    for i, u in enumerate(uids):
+        groups.setdefault(find(i), []).append(u)
+    return {u: min(g) for g in groups.values() for u in g}
+
+
+def test_hot_band_buckets_are_joined_by_sub_bands_and_find_the_same_pairs():
+    # 600 hashes share band 0 (a hot bucket, as blank images make), with near copies among them, plus a chain of
+    # 40 hashes one bit apart (one cluster whose ends are 39 bits apart: labels must travel the whole chain)
+    k = 2
+    rng = random.Random(5)
+    shift, width = bands(k)[0]
+    band0 = rng.getrandbits(width) << shift
+    other = ((1 << 64) - 1) ^ (((1 << width) - 1) << shift)
+    hot = [to_signed(band0 | (rng.getrandbits(64) & other)) for _ in range(600)]
+    hot += [_flip(hot[rng.randrange(600)], rng.sample([b for b in range(63) if not shift <= b < shift + width], d))
+            for d in (1, 2, 3) for _ in range(20)]
+    chain = [to_signed(rng.getrandbits(64))]
+    for b in rng.sample(range(63), 39):
+        chain.append(_flip(chain[-1], [b]))
+    hashes = hot + chain + [to_signed(rng.getrandbits(64)) for _ in range(300)]
+    uids = [f"u{rng.getrandbits(40):012x}" for _ in hashes]
+    expected = _components_brute_force(uids, hashes, k)
+    results = {}
+    for cap in (50, 10**9):  # sub-bands for the hot bucket, and the plain band join
+        con = duckdb.connect()
+        _pool(con, uids, hashes)
+        results[cap] = (dedup_core(con, k, bucket_cap=cap), _final_keeper(con, uids))
+    (hot_stats, hot_keepers), (plain_stats, plain_keepers) = results[50], results[10**9]
+    assert hot_keepers == plain_keepers == expected
+    assert len({expected[u] for u in uids[660:700]}) == 1  # the chain is one cluster
+    assert hot_stats["hot_buckets"] >= 1 and hot_stats["hot_rows"] >= 660 and plain_stats["hot_buckets"] == 0
+    assert hot_stats["verified_pairs"] == plain_stats["verified_pairs"]
+    assert hot_stats["hot_candidate_pairs"] < 660 * 659 // 2 / 10  # far fewer candidates than the bucket's pairs
+    assert hot_stats["largest_bucket"] >= 660 and hot_stats["cluster_rounds"] >= 2
