@@ -12,7 +12,7 @@ from /proc every 0.2 s):
   dedup    wit dedup verdicts/images --near-k 2 --after verdicts/text
   balance  wit curate balance matches --t 20000 --verdicts verdicts/text verdicts/dedup
   audit    wit audit <pool>
-  reshard  the reshard's scale part, when bench/reshard.py has one (`scale_step(root, python, memory_limit)`)
+  reshard  wit shards write --raw raw --verdicts verdicts/text verdicts/dedup --selection balance/selection (plan + exchange)
 
 Every command that takes `--memory-limit` gets `--memory-limit 2GB` (the flag is looked up in its --help, so the
 same script measures code from before the flag existed: `--python <other venv>/bin/python`).
@@ -24,7 +24,6 @@ Last lines: RESULT scale_peak_rss_gib=<largest peak at the largest N> target<=4.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import math
@@ -227,21 +226,15 @@ def commands(root: Path, python: str, limit: str, workers: int | None) -> dict[s
         "balance": [python, "-m", "wit", "curate", "balance", str(root / "matches"), "--out", str(root / "balance"),
                     "--t", "20000", "--verdicts", str(v / "text"), str(v / "dedup"), *work],
         "audit": [python, "-m", "wit", "audit", str(root)],
+        "reshard": [python, "-m", "wit", "shards", "write", "--raw", str(root / "raw"), "--out", str(root / "corpus"),
+                    "--verdicts", str(v / "text"), str(v / "dedup"), "--selection", str(root / "balance" / "selection"),
+                    *work],
     }
     for name, cmd in steps.items():
-        if cmd[1] == "-m" and has_flag(python, cmd[3:5] if cmd[3] in ("filter", "curate") else cmd[3:4],
+        if cmd[1] == "-m" and has_flag(python, cmd[3:5] if cmd[3] in ("filter", "curate", "shards") else cmd[3:4],
                                        "--memory-limit"):
             cmd += ["--memory-limit", limit]
     return steps
-
-
-def reshard_hook(root: Path, python: str, limit: str) -> list[str] | None:
-    """The reshard's scale command from bench/reshard.py, once it has one; else None (reported as not measured)."""
-    spec = importlib.util.spec_from_file_location("bench_reshard", REPO / "bench" / "reshard.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    make = getattr(module, "scale_step", None)
-    return make(root, python, limit) if make else None
 
 
 def main() -> None:
@@ -264,16 +257,9 @@ def main() -> None:
         print(f"N={n:,}: generated in {gen_s:.0f} s ({size:.1f} GiB on disk, {math.ceil(n / PER_SHARD)} shards)",
               flush=True)
         steps = commands(root, args.python, args.memory_limit, args.workers)
-        hook = reshard_hook(root, args.python, args.memory_limit)
-        if hook:
-            steps["reshard"] = hook
         results[n] = {}
         for name in STEPS:
             if name in args.skip:
-                continue
-            if name not in steps:
-                print(f"  {name:8s} not measured: bench/reshard.py has no scale_step yet (HOOK: the reshard's plan "
-                      "and shuffle at this scale)", flush=True)
                 continue
             seconds, peak, rc = measure(steps[name], root / f"{name}.log")
             if rc != 0:
