@@ -9,6 +9,8 @@ decoded by torchvision on the CPU instead; one that does not decode there either
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg
@@ -77,23 +79,22 @@ class DeviceBatches:
 
 
 def prepared_ahead(batches, prepare: DeviceBatches):
-    """(batch, prepared) pairs in order. On CUDA, batch k+1 is prepared on a side stream (its copies and decode
-    queued behind nothing of the training step) before batch k is handed out; elsewhere one at a time."""
-    if prepare.device.type != "cuda":
-        for batch in batches:
-            yield batch, prepare(batch)
-        return
-    side, main = torch.cuda.Stream(prepare.device), torch.cuda.current_stream(prepare.device)
+    """(batch, prepared) pairs in order, batch k+1 prepared before batch k is handed out (so the loader is one batch
+    ahead of training: checkpoints save the position after the batch trained, `ShardLoader.state_dict(after=)`).
+    On CUDA batch k+1's copies and decode run on a side stream, beside step k's kernels."""
+    side = torch.cuda.Stream(prepare.device) if prepare.device.type == "cuda" else None
 
     def launch(batch):
-        with torch.cuda.stream(side):
+        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
             return batch, prepare(batch)
 
     pending = launch(next(batches))
     for batch in batches:
-        main.wait_stream(side)
-        ready, tensors = pending
-        for t in tensors:
-            t.record_stream(main)  # made on the side stream, used and freed on the main one
+        ready = pending
+        if side is not None:
+            main = torch.cuda.current_stream(prepare.device)
+            main.wait_stream(side)
+            for t in ready[1]:
+                t.record_stream(main)  # made on the side stream, used and freed on the main one
         pending = launch(batch)
-        yield ready, tensors
+        yield ready
