@@ -110,8 +110,9 @@ def throughput(args, work: Path, env: dict) -> dict[str, float]:
     pattern = make_shards(work / f"shards-{args.samples}", args.samples)
     flags = ("--no-tensorboard", "--seed", "0")
     rates = {}
-    for name, extra in (("wit --decode gpu", ("--decode", "gpu", *args.gpu_flags)), ("wit --decode cpu", ("--decode", "cpu")),
-                        ("open_clip_train.main", None)):
+    runs = (("wit --decode gpu", ("--decode", "gpu", *args.gpu_flags)), ("wit --decode cpu", ("--decode", "cpu")),
+            ("open_clip_train.main", None))
+    for name, extra in runs:
         if extra is None:
             steps_per_s, wall = theirs(pattern, args, work, env)
         else:
@@ -172,7 +173,8 @@ def main() -> None:
     flops = train_flops_per_sample(args.model)
     top1, learn_wall = (None, None) if args.skip_learn else learn(args, work, env)
 
-    print(f"\n{args.model}, batch {args.batch}, {'CPU fp32 (smoke)' if args.smoke else 'bf16'}, {args.workers} workers; "
+    precision = "CPU fp32 (smoke)" if args.smoke else "bf16"
+    print(f"\n{args.model}, batch {args.batch}, {precision}, {args.workers} workers; "
           f"{flops / 1e9:.3g} GFLOP per training sample (forward + backward, both towers, 2 FLOPs per multiply-add)")
     print(f"{'trainer':<22} {'samples/s':>10} {'TFLOP/s':>8} {'MFU':>6}")
     for name, rate in rates.items():

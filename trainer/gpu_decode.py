@@ -36,7 +36,8 @@ class DeviceBatches:
         else:
             pixels = batch["images"].to(self.device, non_blocking=True).float()
         images = ((pixels / 255 - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-        return images, batch["texts"].to(self.device, non_blocking=True), batch["valid"].to(self.device)
+        texts, valid = (batch[k].to(self.device, non_blocking=True) for k in ("texts", "valid"))
+        return images, texts, valid
 
     def decoded(self, batch: dict) -> torch.Tensor:
         """Float [B, 3, size, size] in 0..255: the JPEGs decoded and cropped here, the loader's other images placed."""
