@@ -287,12 +287,13 @@ class EpochStream(torch.utils.data.IterableDataset):
         return got
 
     def collate(self, j: int, slots) -> dict:
-        """The batch: uint8 `images` [B, 3, size, size]; with `jpeg_bytes`, instead `jpegs` (the stored bytes of each
-        RGB or grey JPEG, empty elsewhere), their crop `boxes` in full-size pixels, and `images` [K, ...] of the K
+        """The batch: uint8 `images` [B, 3, size, size]; with `jpeg_bytes`, instead `jpegs` (the stored bytes of the
+        RGB or grey JPEGs end to end, one tensor: one shared-memory handle per batch, not per sample) with
+        `jpeg_sizes` [B] (0 for other slots), their crop `boxes` in full-size pixels, and `images` [K, ...] of the K
         other samples (PNG, CMYK, ...), decoded here, at `decoded_at`."""
         size, B = self.image_size, len(slots)
         images = torch.zeros(0 if self.jpeg_bytes else B, 3, size, size, dtype=torch.uint8)
-        jpegs, boxes = [torch.empty(0, dtype=torch.uint8)] * B, torch.zeros(B, 4, dtype=torch.int64)
+        jpegs, sizes, boxes = [], torch.zeros(B, dtype=torch.int64), torch.zeros(B, 4, dtype=torch.int64)
         decoded, decoded_at = [], []
         texts, keys, valid, skipped = [], [], [], []
         for n, (key, sample, rng) in enumerate(slots):
@@ -307,7 +308,8 @@ class EpochStream(torch.utils.data.IterableDataset):
                 if not self.jpeg_bytes:
                     crop_resized(img, box, size, out=images[n])
                 elif img.format == "JPEG" and img.mode in ("RGB", "L"):
-                    jpegs[n] = torch.frombuffer(bytearray(image), dtype=torch.uint8)
+                    jpegs.append(image)
+                    sizes[n] = len(image)
                     boxes[n] = torch.tensor(box) * factor
                 else:
                     decoded.append(crop_resized(img, box, size)), decoded_at.append(n)
@@ -320,7 +322,9 @@ class EpochStream(torch.utils.data.IterableDataset):
         if not self.jpeg_bytes:
             return {"images": images, **batch}
         images = torch.stack(decoded) if decoded else images
-        return {"jpegs": jpegs, "boxes": boxes, "images": images,
+        joined = bytearray(b"".join(jpegs))
+        jpegs = torch.frombuffer(joined, dtype=torch.uint8) if joined else torch.zeros(0, dtype=torch.uint8)
+        return {"jpegs": jpegs, "jpeg_sizes": sizes, "boxes": boxes, "images": images,
                 "decoded_at": torch.tensor(decoded_at, dtype=torch.int64), **batch}
 
 

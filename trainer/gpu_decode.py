@@ -42,11 +42,13 @@ class DeviceBatches:
     def decoded(self, batch: dict) -> torch.Tensor:
         """Float [B, 3, size, size] in 0..255: the JPEGs decoded and cropped here, the loader's other images placed."""
         size = self.size
-        out = torch.zeros(len(batch["jpegs"]), 3, size, size, device=self.device)
+        sizes = batch["jpeg_sizes"].tolist()
+        out = torch.zeros(len(sizes), 3, size, size, device=self.device)
         if len(batch["decoded_at"]):
             out[batch["decoded_at"].to(self.device)] = batch["images"].to(self.device, non_blocking=True).float()
-        slots = [n for n, data in enumerate(batch["jpegs"]) if len(data)]
-        for n, image in zip(slots, self.decode_all([batch["jpegs"][n] for n in slots])):
+        slots = [n for n, length in enumerate(sizes) if length]
+        jpegs = batch["jpegs"].split([sizes[n] for n in slots])  # views, each contiguous
+        for n, image in zip(slots, self.decode_all(list(jpegs))):
             if isinstance(image, Exception):
                 batch["valid"][n] = False
                 batch["skipped"].append(f"{batch['keys'][n]}: {type(image).__name__}: {image}")
