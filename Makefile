@@ -69,6 +69,13 @@ train: venv
 test-trainer: venv
 	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q tests/test_trainer_*.py
 
+# GPU bench (issue 12): make gpu-pack packs ../shared/data/cifar10's JPEGs (55 MB) into bench/out/gpu-pack.npz for the
+# device machine, which runs `bash bench/gpu.sh` (bench/README.md, "GPU"); make bench-gpu args=--smoke tries it on CPU
+.PHONY: gpu-pack
+
+gpu-pack: venv
+	$(PY) bench/gpu.py --make-pack
+
 # ---- query-based curation (filters/): make queries; make match pool=<parquet>; make balance [t=20000] ----------
 queries_file ?= data/queries.parquet
 pool ?=

@@ -38,11 +38,11 @@ def run(cmd: list[str], env: dict) -> float:
     return time.perf_counter() - t0, proc.stdout + proc.stderr
 
 
-def ours(pattern, args, work: Path, env) -> tuple[float, float]:
-    out = work / "ours"
+def ours(pattern, args, work: Path, env, *flags: str, name: str = "ours") -> tuple[float, float]:
+    out = work / name
     wall, _ = run([sys.executable, "-m", "wit.trainer.train", "--data", pattern, "--model", args.model, "--out", str(out),
                    "--steps", str(args.steps), "--batch-size", str(args.batch), "--workers", str(args.workers),
-                   "--log-every", str(args.log_every), "--ckpt-every", str(10 ** 9), "--warmup", "10"], env)
+                   "--log-every", str(args.log_every), "--ckpt-every", str(10 ** 9), "--warmup", "10", *flags], env)
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()][1:]
     return sum(r["samples_per_s"] for r in log) / len(log) / args.batch, wall
 

@@ -20,15 +20,23 @@ def jpeg(seed: int, size=(96, 72)) -> bytes:
     return out.getvalue()
 
 
-def shard_bytes(shard: int, n: int, *, bad_jpeg=(), no_caption=(), truncate: bool = False) -> tuple[bytes, list[str]]:
-    """A tar of n samples; returns (bytes, keys). `truncate` cuts the last sample's image in half."""
+def shard_bytes(shard: int, n: int, *, bad_jpeg=(), no_caption=(), truncate: bool = False, png=(), grey=(),
+                cut_jpeg=()) -> tuple[bytes, list[str]]:
+    """A tar of n samples; returns (bytes, keys). `truncate` cuts the last sample's image in half; `png` stores
+    those samples as PNG, `grey` as greyscale JPEG, `cut_jpeg` as a JPEG whose header reads but whose data stops."""
     out, keys = io.BytesIO(), []
     with tarfile.open(fileobj=out, mode="w") as tar:
         for i in range(n):
             key = f"{shard:05d}{i:04d}"
             keys.append(key)
             image = b"\xff\xd8not a jpeg" if i in bad_jpeg else jpeg(shard * 1000 + i, (64 + 8 * (i % 5), 48 + 4 * (i % 3)))
-            files = {"jpg": image, "json": json.dumps({"key": key, "caption": f"photo {key}"}).encode()}
+            ext = "jpg"
+            if i in png or i in grey:
+                img = Image.open(io.BytesIO(image)).convert("L" if i in grey else "RGB")
+                image, ext = (_saved(img, "PNG"), "png") if i in png else (_saved(img, "JPEG"), "jpg")
+            if i in cut_jpeg:
+                image = image[: len(image) // 2]
+            files = {ext: image, "json": json.dumps({"key": key, "caption": f"photo {key}"}).encode()}
             if i not in no_caption:
                 files["txt"] = f"a photo of sample {key}".encode()
             for ext, data in files.items():
@@ -42,10 +50,16 @@ def shard_bytes(shard: int, n: int, *, bad_jpeg=(), no_caption=(), truncate: boo
     return data, keys
 
 
+def _saved(img: Image.Image, fmt: str) -> bytes:
+    out = io.BytesIO()
+    img.save(out, fmt)
+    return out.getvalue()
+
+
 def write_shards(put, sizes, **corrupt) -> list[str]:
     """Write shards `{i:05d}.tar` of the given sizes through `put(name, bytes)`; returns all keys in order.
 
-    corrupt: shard index -> kwargs of shard_bytes (bad_jpeg, no_caption, truncate)."""
+    corrupt: shard index -> kwargs of shard_bytes (bad_jpeg, no_caption, truncate, png, grey, cut_jpeg)."""
     keys = []
     for shard, n in enumerate(sizes):
         data, k = shard_bytes(shard, n, **corrupt.get(str(shard), {}))

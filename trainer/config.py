@@ -33,6 +33,10 @@ class TrainConfig:
                      minimum=1)
     grad_checkpointing: bool = opt(False, "recompute activations in the backward pass: less memory, more time")
     compile: bool = opt(False, "torch.compile the model")
+    decode: str = opt("auto", "where JPEGs are decoded and cropped: gpu (nvJPEG on the device, the loader workers only "
+                              "read and tokenise), cpu (PIL in the loader workers), auto (gpu on CUDA, else cpu)",
+                      choices=("auto", "gpu", "cpu"))
+    channels_last: bool = opt(False, "images and model in channels-last memory format (helps convolutions on GPUs)")
     log_every: int = opt(10, "steps per log line", minimum=1)
     ckpt_every: int = opt(200, "steps per checkpoint (one is always written at the end)", minimum=1)
     ckpt_minutes: float = opt(0.0, "also checkpoint when this many minutes passed (checked at log lines; 0: off)",

@@ -130,6 +130,11 @@ def window_of(slices: list[tuple[int, int, int]], lo: int, hi: int) -> list[tupl
 
 
 # ---------------------------------------------------------------------------------------------- decoding
+def crop_rng(seed: int, epoch: int, shard: int, index: int, slot: str = "") -> random.Random:
+    """The RNG of one sample's crop: a function of (seed, epoch, sample), so every run and resume draws the same."""
+    return random.Random(f"crop-{seed}-{epoch}-{shard}-{index}{slot}")
+
+
 def crop_box(width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
     """A RandomResizedCrop box (scale, ratio as open_clip's train transform), drawn from `rng`."""
     area = width * height
@@ -149,16 +154,28 @@ def crop_box(width: int, height: int, rng: random.Random) -> tuple[int, int, int
     return left, top, left + w, top + h
 
 
+def crop_plan(data: bytes, size: int, rng: random.Random) -> tuple[Image.Image, tuple[int, int, int, int], int]:
+    """(image opened and set to decode at reduced size, its crop box, the reduction factor): the one place where a
+    sample's crop is drawn, for the CPU path (which decodes the image here) and the device path (which decodes the
+    full-size JPEG on the device and crops the box times the factor). Reads the header only; nothing is decoded."""
+    img = Image.open(io.BytesIO(data))
+    full = img.size
+    need = math.ceil(size / math.sqrt(SCALE[0] / RATIO[1]))  # the smallest crop side must still cover `size`
+    img.draft("RGB", (need, need))  # JPEG only: libjpeg's 1/2, 1/4, 1/8 scaled decode
+    return img, crop_box(*img.size, rng), round(full[0] / img.size[0])
+
+
 def decode_image(data: bytes, size: int, rng: random.Random, out: torch.Tensor | None = None) -> torch.Tensor:
     """JPEG/PNG bytes -> uint8 [3, size, size] (into `out` when given): decode at reduced size when the image is
     larger than needed (PIL draft), crop, and resize with torch's uint8 antialiased bicubic (3x PIL's speed here;
     within a few levels of PIL's bicubic, which open_clip's transform uses)."""
-    img = Image.open(io.BytesIO(data))
-    need = math.ceil(size / math.sqrt(SCALE[0] / RATIO[1]))  # the smallest crop side must still cover `size`
-    img.draft("RGB", (need, need))
-    img = img.convert("RGB")
-    left, top, right, bottom = crop_box(*img.size, rng)
-    pixels = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None, :, top:bottom, left:right]
+    img, box, _ = crop_plan(data, size, rng)
+    return crop_resized(img, box, size, out)
+
+
+def crop_resized(img: Image.Image, box: tuple[int, int, int, int], size: int, out: torch.Tensor | None = None):
+    left, top, right, bottom = box
+    pixels = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)[None, :, top:bottom, left:right]
     resized = F.interpolate(pixels, size=(size, size), mode="bicubic", antialias=True)[0]
     if out is None:
         return resized
@@ -177,9 +194,11 @@ def caption_of(sample: dict[str, bytes]) -> str:
 class EpochStream(torch.utils.data.IterableDataset):
     """One rank's batches of one epoch, from batch `start` on; run by DataLoader workers (or in-process)."""
 
-    def __init__(self, urls, plan: Plan, rank: int, start: int, image_size: int, tokenizer, window: int):
+    def __init__(self, urls, plan: Plan, rank: int, start: int, image_size: int, tokenizer, window: int,
+                 jpeg_bytes: bool = False):
         self.urls, self.plan, self.rank, self.start = urls, plan, rank, start
         self.image_size, self.tokenizer, self.window = image_size, tokenizer, window
+        self.jpeg_bytes = jpeg_bytes  # leave JPEG decoding and cropping to the device (trainer/gpu_decode.py)
         self._readers = {}  # worker -> (shard, next index, open sample iterator) of the tar it is reading
 
     def __iter__(self):
@@ -229,7 +248,7 @@ class EpochStream(torch.utils.data.IterableDataset):
             shard, i = window[k]
             key, sample = raw[shard, i]
             slot = f"-{self.rank}-{worker}-{w0 + k}" if plan.resampled else ""  # a repeated sample gets a new crop
-            yield key, sample, random.Random(f"crop-{plan.seed}-{plan.epoch}-{shard}-{i}{slot}")
+            yield key, sample, crop_rng(plan.seed, plan.epoch, shard, i, slot)
 
     def read(self, window, worker: int):
         """(window, raw samples of its (shard, index) pairs); runs of one shard are read in one pass."""
@@ -268,8 +287,14 @@ class EpochStream(torch.utils.data.IterableDataset):
         return got
 
     def collate(self, j: int, slots) -> dict:
-        size = self.image_size
-        images = torch.zeros(len(slots), 3, size, size, dtype=torch.uint8)
+        """The batch: uint8 `images` [B, 3, size, size]; with `jpeg_bytes`, instead `jpegs` (the stored bytes of the
+        RGB or grey JPEGs end to end, one tensor: one shared-memory handle per batch, not per sample) with
+        `jpeg_sizes` [B] (0 for other slots), their crop `boxes` in full-size pixels, and `images` [K, ...] of the K
+        other samples (PNG, CMYK, ...), decoded here, at `decoded_at`."""
+        size, B = self.image_size, len(slots)
+        images = torch.zeros(0 if self.jpeg_bytes else B, 3, size, size, dtype=torch.uint8)
+        jpegs, sizes, boxes = [], torch.zeros(B, dtype=torch.int64), torch.zeros(B, 4, dtype=torch.int64)
+        decoded, decoded_at = [], []
         texts, keys, valid, skipped = [], [], [], []
         for n, (key, sample, rng) in enumerate(slots):
             try:
@@ -279,13 +304,28 @@ class EpochStream(torch.utils.data.IterableDataset):
                 if image is None:
                     raise ValueError("missing image")
                 text = caption_of(sample)
-                decode_image(image, size, rng, out=images[n])
+                img, box, factor = crop_plan(image, size, rng)
+                if not self.jpeg_bytes:
+                    crop_resized(img, box, size, out=images[n])
+                elif img.format == "JPEG" and img.mode in ("RGB", "L"):
+                    jpegs.append(image)
+                    sizes[n] = len(image)
+                    boxes[n] = torch.tensor(box) * factor
+                else:
+                    decoded.append(crop_resized(img, box, size)), decoded_at.append(n)
                 texts.append(text), keys.append(key), valid.append(True)
             except Exception as err:
                 texts.append(""), keys.append(key), valid.append(False)
                 skipped.append(f"{key}: {type(err).__name__}: {err}")
-        return {"images": images, "texts": self.tokenizer(texts), "valid": torch.tensor(valid),
-                "keys": keys, "skipped": skipped, "epoch": self.plan.epoch, "step": j}
+        batch = {"texts": self.tokenizer(texts), "valid": torch.tensor(valid),
+                 "keys": keys, "skipped": skipped, "epoch": self.plan.epoch, "step": j}
+        if not self.jpeg_bytes:
+            return {"images": images, **batch}
+        images = torch.stack(decoded) if decoded else images
+        joined = bytearray(b"".join(jpegs))
+        jpegs = torch.frombuffer(joined, dtype=torch.uint8) if joined else torch.zeros(0, dtype=torch.uint8)
+        return {"jpegs": jpegs, "jpeg_sizes": sizes, "boxes": boxes, "images": images,
+                "decoded_at": torch.tensor(decoded_at, dtype=torch.int64), **batch}
 
 
 # ---------------------------------------------------------------------------------------------- the loader
@@ -294,8 +334,9 @@ class ShardLoader:
 
     def __init__(self, spec: str, *, batch_size: int, image_size: int, tokenizer, rank: int = 0, world: int = 1,
                  workers: int = 2, seed: int = 0, window: int = 1000, resampled: bool = False,
-                 shards: tuple[list, list] | None = None):
+                 shards: tuple[list, list] | None = None, jpeg_bytes: bool = False):
         self.urls, self.counts = shards or resolve_shards(spec)  # `shards`: (urls, counts) resolved already
+        self.jpeg_bytes = jpeg_bytes  # batches of JPEG bytes and crop boxes, for trainer/gpu_decode.py
         self.batch_size, self.image_size, self.tokenizer = batch_size, image_size, tokenizer
         self.rank, self.world, self.workers, self.seed, self.window = rank, world, workers, seed, window
         self.resampled = resampled
@@ -315,7 +356,7 @@ class ShardLoader:
     def __iter__(self):
         while True:
             stream = EpochStream(self.urls, self.plan(self.epoch), self.rank, self.step, self.image_size,
-                                 self.tokenizer, self.window)
+                                 self.tokenizer, self.window, self.jpeg_bytes)
             loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=self.workers,
                                                  prefetch_factor=4 if self.workers else None,
                                                  pin_memory=torch.cuda.is_available())
@@ -325,10 +366,13 @@ class ShardLoader:
                 yield batch
             self.epoch, self.step = self.epoch + 1, 0
 
-    def state_dict(self) -> dict:
-        plan = self.plan(self.epoch)
-        positions = [sum(1 for j in plan.batches_of(w) if j < self.step) * self.batch_size for w in range(plan.workers)]
-        return {"epoch": self.epoch, "step": self.step, "seed": self.seed, "world": self.world,
+    def state_dict(self, after: dict | None = None) -> dict:
+        """The position after the last batch handed out, or after the batch `after` (a consumer that holds batches
+        ahead, as the device decoder does, saves the position after the last one it trained on)."""
+        epoch, step = (after["epoch"], after["step"] + 1) if after else (self.epoch, self.step)
+        plan = self.plan(epoch)
+        positions = [sum(1 for j in plan.batches_of(w) if j < step) * self.batch_size for w in range(plan.workers)]
+        return {"epoch": epoch, "step": step, "seed": self.seed, "world": self.world,
                 "workers": plan.workers, "batch_size": self.batch_size, "counts": list(self.counts),
                 "resampled": self.resampled,
                 "worker_positions": positions}  # samples each worker has delivered this epoch (for reading)

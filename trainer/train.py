@@ -24,6 +24,7 @@ from wit.shards.storage import WitError
 from wit.trainer import checkpoint
 from wit.trainer.config import TrainConfig
 from wit.trainer.data import ShardLoader, resolve_shards
+from wit.trainer.gpu_decode import DeviceBatches, decode_mode, prepared_ahead
 from wit.trainer.loss import MAX_LOGIT_SCALE, clip_loss
 
 MODEL_CONFIGS = Path(__file__).parent / "model_configs"
@@ -153,11 +154,15 @@ def train(cfg: TrainConfig) -> int:
     size = size[0] if isinstance(size, (tuple, list)) else size
     mean = torch.tensor(getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN, device=device)
     std = torch.tensor(getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD, device=device)
+    decode = decode_mode(cfg.decode, device)
     loader = ShardLoader(cfg.data, batch_size=cfg.batch_size, image_size=size, rank=rank, world=world,
                          tokenizer=open_clip.get_tokenizer(cfg.model), workers=cfg.workers, seed=cfg.seed,
-                         window=cfg.window, resampled=cfg.resampled, shards=shards)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                  betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+                         window=cfg.window, resampled=cfg.resampled, shards=shards, jpeg_bytes=decode == "gpu")
+    prepare = DeviceBatches(size, mean, std, device, decode_on_device=decode == "gpu", channels_last=cfg.channels_last)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                  eps=cfg.eps, fused=device.type == "cuda")  # fused: one kernel for all parameters
     step, samples_seen = restore(resume, state, rank, model, optimizer, loader) if resume else (0, 0)
     del state  # the checkpoint's tensors are in the model and optimizer now
 
@@ -168,7 +173,8 @@ def train(cfg: TrainConfig) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         (out / "config.json").write_text(cfg.to_json() + "\n")
-        print(f"wit train: {world} x {device.type} ({threads} threads, {cfg.workers} loader workers each), "
+        print(f"wit train: {world} x {device.type} ({threads} threads, {cfg.workers} loader workers each, "
+              f"decode on {decode}), "
               f"{sum(loader.counts)} samples in {len(loader.urls)} shards, "
               f"{loader.steps_per_epoch} steps/epoch\n{cfg.to_json()}", flush=True)
         print(f"wit train: {'resuming from ' + resume if resume else 'starting fresh'} at step {step}", flush=True)
@@ -177,18 +183,16 @@ def train(cfg: TrainConfig) -> int:
     board = tensorboard_writer(out) if rank == 0 and cfg.tensorboard else None
     bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, dynamic_ncols=True)
 
-    batches, last_save, started = iter(loader), time.monotonic(), time.perf_counter()
+    batches, last_save, started = prepared_ahead(iter(loader), prepare), time.monotonic(), time.perf_counter()
     interval = {"loss": 0.0, "steps": 0, "wait": 0.0, "skipped": 0, "t0": time.perf_counter()}
     while step < cfg.steps:
         t = time.perf_counter()
-        batch = next(batches)
+        batch, (images, texts, valid) = next(batches)
         interval["wait"] += time.perf_counter() - t
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        images = (batch["images"].to(device, non_blocking=True).float() / 255 - mean[:, None, None]) / std[:, None, None]
-        texts, valid = batch["texts"].to(device, non_blocking=True), batch["valid"].to(device)
         optimizer.zero_grad(set_to_none=True)
         loss = forward_backward(forward, ddp, images, texts, valid, cfg.accum, autocast)
         if cfg.grad_clip:
@@ -230,7 +234,7 @@ def train(cfg: TrainConfig) -> int:
                 bar.write(log_line(record))  # stdout, above the bar (which is on stderr)
             interval = {"loss": 0.0, "steps": 0, "wait": 0.0, "skipped": 0, "t0": time.perf_counter()}
         if save_now:
-            save(cfg, rank, world, model, optimizer, loader, step, samples_seen)
+            save(cfg, rank, world, model, optimizer, loader.state_dict(after=batch), step, samples_seen)
             last_save = time.monotonic()
 
     bar.close()
@@ -282,7 +286,7 @@ def forward_backward(forward, ddp, images, texts, valid, accum: int, autocast) -
     return loss.detach()
 
 
-def save(cfg, rank, world, model, optimizer, loader, step, samples_seen) -> None:
+def save(cfg, rank, world, model, optimizer, loader_state: dict, step, samples_seen) -> None:
     """Rank 0 writes one file; every rank's RNG state goes in it."""
     rngs = [None] * world
     if world > 1:
@@ -291,7 +295,7 @@ def save(cfg, rank, world, model, optimizer, loader, step, samples_seen) -> None
         rngs = [checkpoint.rng_state()]
     if rank == 0:
         state = {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                 "samples_seen": samples_seen, "rng": rngs, "loader": loader.state_dict(),
+                 "samples_seen": samples_seen, "rng": rngs, "loader": loader_state,
                  "config": json.loads(cfg.to_json())}
         checkpoint.save(cfg.ckpt_dir, step, state, cfg.keep)
     if world > 1:
