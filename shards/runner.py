@@ -3,7 +3,7 @@
 The function must be importable (module level) and its result must depend only on the item, so the output is
 the same whatever the engine or the number of workers. Results come back in item order. Per-worker state (an
 automaton, a model) belongs in a module-level cache inside the function's module: pool and Ray workers are
-long-lived processes, so it is built once per worker.
+long-lived processes, so it is built once per worker. Progress is a bar over the items (wit.shards.progress).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from multiprocessing import get_context
 from typing import Literal, TypeVar
 
 from wit.shards.options import opt
+from wit.shards.progress import bar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -43,22 +44,35 @@ def run_map(
     engine: Engine = "local",
     workers: int | None = None,
     ray_address: str | None = None,
+    desc: str | None = None,
 ) -> list[R]:
     """`[fn(x) for x in items]`, spread over `workers` processes (local) or a Ray cluster (ray)."""
     todo: Sequence[T] = list(items)
-    if engine == "local":
-        n = min(workers or default_workers(), len(todo))
-        if n <= 1:
-            return [fn(x) for x in todo]  # no pool: cheaper, and easy to debug
-        # spawn, not fork: the caller may hold threads (pyarrow, duckdb) that fork would copy mid-lock.
-        with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn")) as pool:
-            return list(pool.map(fn, todo, chunksize=1))
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    results = []
+    with bar(total=len(todo), desc=desc or fn.__name__.replace("_", " "), unit="task") as progress:
+        for result in _results(fn, todo, engine, workers, ray_address):
+            results.append(result)
+            progress.update()
+    return results
+
+
+def _results(fn: Callable[[T], R], todo: Sequence[T], engine: Engine, workers: int | None, address: str | None):
+    """The results in item order, each as soon as it and those before it are done."""
     if engine == "ray":
-        return _run_ray(fn, todo, workers, ray_address)
-    raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        yield from _run_ray(fn, todo, workers, address)
+        return
+    n = min(workers or default_workers(), len(todo))
+    if n <= 1:
+        yield from map(fn, todo)  # no pool: cheaper, and easy to debug
+        return
+    # spawn, not fork: the caller may hold threads (pyarrow, duckdb) that fork would copy mid-lock.
+    with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn")) as pool:
+        yield from pool.map(fn, todo, chunksize=1)
 
 
-def _run_ray(fn: Callable[[T], R], todo: Sequence[T], workers: int | None, address: str | None) -> list[R]:
+def _run_ray(fn: Callable[[T], R], todo: Sequence[T], workers: int | None, address: str | None):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray  # optional dependency: only the ray engine needs it
 
@@ -67,4 +81,5 @@ def _run_ray(fn: Callable[[T], R], todo: Sequence[T], workers: int | None, addre
         kwargs = {"num_cpus": workers} if address is None and workers else {}
         ray.init(address=address, include_dashboard=False, log_to_driver=False, **kwargs)
     task = ray.remote(num_cpus=1)(fn)
-    return ray.get([task.remote(x) for x in todo])
+    for ref in [task.remote(x) for x in todo]:
+        yield ray.get(ref)
