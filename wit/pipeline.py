@@ -55,7 +55,8 @@ class Step:
     """One stage of this pipeline: its config and the paths it reads and writes."""
     stage: Stage
     config: Any
-    fill: dict
+    fill: dict  # the keys the pipeline set
+    defaults: dict  # the keys [pipeline] (or the stage's wiring) set because the stage's table did not
     reads: list[str]
     writes: list[str]
     after: list[str] = field(default_factory=list)  # earlier stages that write what this one reads
@@ -103,7 +104,7 @@ def load(path: str, sets: list[str] | tuple[str, ...] = ()) -> Pipeline:
     steps = []
     for name in (BEFORE if p.balance == "before" else AFTER):
         if name in p.stages:
-            steps.append(_step(STAGES[name], data.get(name, {}), f"{path} [{name}]", context))
+            steps.append(_step(STAGES[name], data.get(name, {}), path, context))
     for i, step in enumerate(steps):
         step.after = [s.name for s in steps[:i] if any(records.overlaps(r, w) for r in step.reads for w in s.writes)]
     for name in AFTER:  # tables of stages not run now: their keys are checked all the same
@@ -115,8 +116,12 @@ def load(path: str, sets: list[str] | tuple[str, ...] = ()) -> Pipeline:
     return Pipeline(path, p, context, steps)
 
 
-def _step(stage: Stage, table: dict, where: str, context: Context) -> Step:
-    fill = stage.fill(context)
+def _step(stage: Stage, table: dict, path: str, context: Context) -> Step:
+    where = f"{path} [{stage.name}]"
+    try:
+        fill = stage.fill(context)
+    except WitError as err:  # the wiring found a [pipeline] key missing
+        raise WitError(f"{path} {err}") from None
     given = {k.replace("-", "_") for k in table}
     for key in table:
         if key.replace("-", "_") in fill:
@@ -134,7 +139,7 @@ def _step(stage: Stage, table: dict, where: str, context: Context) -> Step:
         raise WitError(f"{where}: {msg}") from None
     context.configs[stage.name] = cfg
     reads = [absolute(r) for r in stage.reads(context, cfg)]
-    return Step(stage, cfg, fill, reads, [absolute(w) for w in stage.writes(context, cfg)])
+    return Step(stage, cfg, fill, defaults, reads, [absolute(w) for w in stage.writes(context, cfg)])
 
 
 def read_toml(path: str) -> dict:
@@ -183,7 +188,7 @@ def run(pipe: Pipeline, *, start: str | None = None, only: str | None = None, pl
     ran: list[str] = []
     started = time.time()
     for i, step in enumerate(pipe.steps, 1):
-        tag = f"[{i}/{len(names)}] {step.name:<8}"
+        tag = f"[{i:>{len(str(len(names)))}}/{len(names)}] {step.name:<8}"
         if step.name not in chosen:
             _say(f"{tag} not run ({'before --from ' + start if start else 'not --only'})")
             continue
@@ -261,7 +266,7 @@ def _options(step: Step) -> str:
     """The options this stage's table (or [pipeline]) changed from the command's defaults."""
     shown = []
     for f in cli_fields(type(step.config)):
-        if f.name in step.fill:
+        if f.name in step.fill or (f.name in step.defaults and step.defaults[f.name] == getattr(step.config, f.name)):
             continue
         default = f.default if f.default is not MISSING else (
             f.default_factory() if f.default_factory is not MISSING else MISSING)

@@ -123,7 +123,7 @@ def decide(record: dict | None, config: dict, runtime: set[str], inputs: dict, o
     if moved:
         return "redo", "inputs changed: " + ", ".join(moved)
     if record.get("state") != "done":
-        return "resume", f"interrupted (started {record.get('started', '?')}); the command resumes"
+        return "resume", f"did not finish (started {record.get('started', '?')}); the command resumes"
     gone = [p for p in outputs if record.get("outputs", {}).get(p) != outputs[p]]
     if gone:
         return "resume", "its output changed since it finished: " + ", ".join(gone)

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
-from wit.shards.storage import WitError, is_local, join
+from wit.shards.storage import WitError, absolute, is_local, join
 
 FILTERS = ("text", "images", "dedup")  # the verdict stages, in the order the audit's funnel walks them
 
@@ -364,7 +364,8 @@ class Train(Stage):
         return [c.layout.corpus]
 
     def writes(self, c, cfg):
-        return [cfg.out, cfg.ckpt_dir]
+        inside = absolute(cfg.out).startswith(c.layout.root + "/")  # a local run folder beside an s3:// root holds only logs
+        return [cfg.ckpt_dir, *([cfg.out] if inside else [])]
 
     def call(self, c, cfg):
         from wit.shards.options import to_argv
