@@ -159,9 +159,9 @@ def test_killed_during_a_stage_then_rerun_it_finishes_exactly(reference, pool, t
     assert interrupted, "the kill landed between stages"
     capsys.readouterr()
     assert main(["pipeline", str(config)]) == 0  # the same command again
-    assert f"{interrupted[0]:<8} start  resume: did not finish" in capsys.readouterr().out
-    assert all(rec["state"] == "done" for rec in stage_records(root).values())
     assert corpus(root) == reference["corpus"]
+    assert all(rec["state"] == "done" for rec in stage_records(root).values())
+    assert f"{interrupted[0]:<8} start  resume: did not finish" in capsys.readouterr().out
 
 
 def test_changing_t_redoes_balance_reshard_and_audit_only(reference, capsys):
