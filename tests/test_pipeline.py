@@ -263,3 +263,14 @@ t = 3
     assert all(r["status"] == "ok" for r in crawled)
     assert main(["pipeline", str(config)]) == 0
     assert "(0 of 4 stages ran)" in capsys.readouterr().out
+
+
+def test_the_shipped_demo_config_loads():
+    # `make demo` runs this file through `wit pipeline`: every key must still be an option of its command
+    from wit.demo import CONFIG
+    from wit.pipeline import load
+
+    pipe = load(str(CONFIG))
+    assert [s.name for s in pipe.steps] == [*STAGES, "train", "zeroshot"]
+    train = pipe.context.configs["train"]
+    assert pipe.context.configs["zeroshot"].checkpoint == train.ckpt_dir and train.resume == "latest"
