@@ -19,7 +19,7 @@ from dataclasses import MISSING, dataclass, field, replace
 from typing import Any
 
 from wit import records
-from wit.shards.options import DefaultsHelp, cli_fields, flag_of, from_mapping, opt, to_argv
+from wit.shards.options import DefaultsHelp, check_keys, cli_fields, from_mapping, opt, to_argv
 from wit.shards.runner import ENGINES
 from wit.shards.storage import WitError, absolute, fs_and_path
 from wit.stages import AFTER, BEFORE, CORPUS, STAGES, Context, Layout, Stage
@@ -109,10 +109,7 @@ def load(path: str, sets: list[str] | tuple[str, ...] = ()) -> Pipeline:
         step.after = [s.name for s in steps[:i] if any(records.overlaps(r, w) for r in step.reads for w in s.writes)]
     for name in AFTER:  # tables of stages not run now: their keys are checked all the same
         if name in data and name not in p.stages:
-            names = {f.name for f in cli_fields(STAGES[name].config)}
-            for key in data[name]:
-                if key.replace("-", "_") not in names:
-                    raise WitError(f"{path} [{name}]: unknown key {key!r} (known: {', '.join(sorted(names))})")
+            check_keys(STAGES[name].config, data[name], f"{path} [{name}]")
     return Pipeline(path, p, context, steps)
 
 
@@ -127,16 +124,7 @@ def _step(stage: Stage, table: dict, path: str, context: Context) -> Step:
         if key.replace("-", "_") in fill:
             raise WitError(f"{where}: {key} is set by the pipeline ({_show(fill[key.replace('-', '_')])}); remove it")
     defaults = {k: v for k, v in stage.defaults(context).items() if k not in given}
-    try:
-        cfg = from_mapping(stage.config, {**defaults, **table}, where, **fill)
-    except WitError as err:  # a declared check (`--t must be at least 1`) does not know where it was read
-        msg = str(err)
-        if msg.startswith(where):
-            raise
-        for f in cli_fields(stage.config):
-            if msg.startswith(flag_of(f) + " "):
-                msg = f.name + msg[len(flag_of(f)):]
-        raise WitError(f"{where}: {msg}") from None
+    cfg = from_mapping(stage.config, {**defaults, **table}, where, **fill)
     context.configs[stage.name] = cfg
     reads = [absolute(r) for r in stage.reads(context, cfg)]
     return Step(stage, cfg, fill, defaults, reads, [absolute(w) for w in stage.writes(context, cfg)])
