@@ -219,6 +219,17 @@ def test_stages_must_be_known(tmp_path, capsys):
     assert err.count("\n") == 1 and "[pipeline]: stages: 'crawl' is not one of download, text" in err, err
 
 
+def test_a_table_of_a_stage_not_run_now_is_checked_all_the_same(tmp_path, capsys):
+    # a typo in [dedup] must not wait for the day dedup is added to stages
+    config = tmp_path / "p.toml"
+    config.write_text(f'[pipeline]\nlists = ["{tmp_path}/pool.csv"]\nout = "{tmp_path}/out"\nstages = ["download"]\n'
+                      '[dedup]\nnear_kk = 2\n')
+    assert main(["pipeline", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{config} [dedup]: unknown key 'near_kk'" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_balance_before_download_on_s3_crawls_only_the_selection(tmp_path, server, real_images, s3_bucket, capsys):
     # MetaCLIP's order, with the output root in object storage: match and balance the URL list, then fetch the
     # selection; the stage records live in the bucket and a re-run finds every stage done.
