@@ -285,3 +285,14 @@ def test_the_shipped_demo_config_loads():
     assert [s.name for s in pipe.steps] == [*STAGES, "train", "zeroshot"]
     train = pipe.context.configs["train"]
     assert pipe.context.configs["zeroshot"].checkpoint == train.ckpt_dir and train.resume == "latest"
+    # the command line that a stage's record names (and that the train stage runs) rebuilds the same config
+    from wit.cli import build_parser
+    from wit.shards.options import from_args
+    from wit.stages import STAGES as STAGE_OF
+
+    for step in pipe.steps:
+        argv = STAGE_OF[step.name].argv(pipe.context, step.config)
+        assert argv[0] == "wit"
+        args = build_parser().parse_args(argv[1:])
+        assert from_args(type(step.config), args) == step.config, step.name
+    assert STAGE_OF["train"].argv(pipe.context, train)[:4] == ["wit", "train", "--nproc", "1"]

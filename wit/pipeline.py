@@ -19,7 +19,7 @@ from dataclasses import MISSING, dataclass, field, replace
 from typing import Any
 
 from wit import records
-from wit.shards.options import DefaultsHelp, check_keys, cli_fields, from_mapping, opt, to_argv
+from wit.shards.options import DefaultsHelp, check_keys, cli_fields, from_mapping, opt
 from wit.shards.runner import ENGINES
 from wit.shards.storage import WitError, absolute, fs_and_path
 from wit.stages import AFTER, BEFORE, CORPUS, STAGES, Context, Layout, Stage
@@ -207,7 +207,7 @@ def execute(pipe: Pipeline, step: Step, tag: str, why: str, inputs: dict, prints
     options = _options(step)
     _say(f"{tag} start  {why}" + (f"; options: {options}" if options else ""))
     began = time.time()
-    record = {"stage": step.name, "state": "running", "command": _command(step), "config": config_json(step.config),
+    record = {"stage": step.name, "state": "running", "command": _command(pipe, step), "config": config_json(step.config),
               "inputs": inputs, "started": records.now()}
     records.write(pipe.layout.records, step.name, record)
     summary = step.stage.call(pipe.context, step.config)
@@ -242,10 +242,9 @@ def config_json(cfg) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
-def _command(step: Step) -> list[str] | None:
-    """The command line that runs the same thing (what a colleague would type)."""
+def _command(pipe: Pipeline, step: Step) -> list[str] | None:
     try:
-        return ["wit", *step.stage.command.split(), *to_argv(step.config)]
+        return step.stage.argv(pipe.context, step.config)
     except ValueError:  # a value no flag can say
         return None
 

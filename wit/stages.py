@@ -106,6 +106,13 @@ class Stage:
     def writes(self, c: Context, cfg) -> list[str]:
         return [cfg.out]
 
+    def argv(self, c: Context, cfg) -> list[str]:
+        """The `wit` command line that runs the same thing (what a colleague would type); ValueError when a value
+        has no flag."""
+        from wit.shards.options import to_argv
+
+        return ["wit", *self.command.split(), *to_argv(cfg)]
+
     def call(self, c: Context, cfg) -> dict:
         raise NotImplementedError
 
@@ -367,10 +374,12 @@ class Train(Stage):
         inside = absolute(cfg.out).startswith(c.layout.root + "/")  # a local run folder beside an s3:// root holds only logs
         return [cfg.ckpt_dir, *([cfg.out] if inside else [])]
 
-    def call(self, c, cfg):
-        from wit.shards.options import to_argv
+    def argv(self, c, cfg):
+        wit, train, *flags = super().argv(c, cfg)
+        return [wit, train, "--nproc", str(c.pipeline.nproc), *flags]
 
-        cmd = [sys.executable, "-m", "wit", "train", "--nproc", str(c.pipeline.nproc), *to_argv(cfg)]
+    def call(self, c, cfg):
+        cmd = [sys.executable, "-m", *self.argv(c, cfg)]
         code = subprocess.call(cmd, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
         if code:
             raise WitError(f"wit train exited with code {code}; run the pipeline again to resume from the last "
