@@ -9,12 +9,15 @@ STAMP := $(VENV)/.installed-stamp
 shards ?=
 out ?= data/raw
 args ?=
+# make corpus config=<pipeline.toml> [args="--plan" | args="--from balance" | args="--set balance.t=40000"]
+config ?=
 
-.PHONY: venv test test-fallback lint demo download clean help
+.PHONY: venv test test-fallback lint demo corpus download clean help
 # bench-% is a pattern rule: naming a bench target .PHONY would make make skip it (and silently do nothing)
 
 help:
-	@echo "make demo       run the main job end to end on the embedded default (offline)"
+	@echo "make demo       run the main job end to end on the embedded default (offline): wit pipeline wit/demo.toml"
+	@echo "make corpus config=<pipeline.toml> [args='--plan']   lists -> shards -> audit (-> train), resumable"
 	@echo "make test       run the test suite"
 	@echo "make test-fallback   the tests whose data falls back without ../shared/data, run that way (CI)"
 	@echo "make lint       ruff (pyflakes rules) over the code"
@@ -45,6 +48,10 @@ test-fallback: venv
 
 demo: venv
 	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m wit.demo $(args)
+
+corpus: venv
+	@test -n "$(config)" || { echo "usage: make corpus config=<pipeline.toml> [args='--plan']  (see README)" >&2; exit 2; }
+	NO_ALBUMENTATIONS_UPDATE=1 $(WIT) pipeline "$(config)" $(args)
 
 download: venv
 	@test -n "$(shards)" || { echo "usage: make download shards=<lists> [out=<dir|s3://...>]" >&2; exit 2; }

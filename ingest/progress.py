@@ -1,10 +1,10 @@
-"""A progress bar over pairs, fed by the stats files that finished shards publish (works for any distributor)."""
+"""A progress bar over pairs, fed by the stats files that finished shards publish (works for any distributor);
+plain periodic lines instead of a bar when stderr is not a terminal (wit.shards.progress)."""
 from __future__ import annotations
 
 import threading
 
-from tqdm import tqdm
-
+from wit.shards.progress import bar
 from wit.shards.storage import join, read_json
 from wit.shards.verify import shard_names
 
@@ -13,7 +13,7 @@ class ShardProgress:
     def __init__(self, out: str, total_rows: int, enabled: bool = True, every: float = 1.0):
         self.out, self.every = out, every
         self.seen = set(shard_names(out))
-        self.bar = tqdm(total=total_rows, unit="pair", desc="download", disable=not enabled, dynamic_ncols=True)
+        self.bar = bar(total=total_rows, unit="pair", desc="download", disable=not enabled)
         self.ok = self.failed = 0
         for name in self.seen:
             self._add(name)

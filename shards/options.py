@@ -164,31 +164,39 @@ def from_args(cls, args: argparse.Namespace, **overrides):
     return cfg
 
 
-def validate(cfg) -> None:
-    """The checks that fields declare (minimum values), as one-line errors naming the option."""
+def validate(cfg, where: str | None = None) -> None:
+    """The checks that fields declare (minimum values), as one-line errors naming the option: its flag, or with
+    `where` (a config file's table) its key there."""
     for f in cli_fields(type(cfg)):
         low, value = _meta(f)["minimum"], getattr(cfg, f.name)
         if low is not None and isinstance(value, (int, float)) and not isinstance(value, bool) and value < low:
-            raise WitError(f"{flag_of(f)} must be at least {low:g} (got {value})")
+            name = f"{where}: {f.name}" if where else flag_of(f)
+            raise WitError(f"{name} must be at least {low:g} (got {value})")
 
 
 # ---------------------------------------------------------------------------------------------- config files
+def check_keys(cls, table: dict, where: str) -> dict[str, dataclasses.Field]:
+    """The fields a config file's table names (a key may spell `_` as `-`); an unknown key is an error."""
+    known = {f.name: f for f in cli_fields(cls)}
+    for key in table:
+        if key.replace("-", "_") not in known:
+            raise WitError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+    return known
+
+
 def from_mapping(cls, table: dict, where: str, **overrides):
     """The config from a config file's table; `where` names the table in errors (e.g. `wit.toml [dedup]`)."""
-    known = {f.name: f for f in cli_fields(cls)}
+    known = check_keys(cls, table, where)
     hints = _hints(cls)
     values = {}
     for key, value in table.items():
         name = key.replace("-", "_")
-        if name not in known:
-            close = ", ".join(sorted(known))
-            raise WitError(f"{where}: unknown key {key!r} (known: {close})")
         values[name] = _coerce(value, hints[name], known[name], f"{where}: {key}")
     for name, f in known.items():
         if name not in values and name not in overrides and _default(f) is MISSING:
             raise WitError(f"{where}: {name} is required")
     cfg = cls(**{**values, **overrides})
-    validate(cfg)
+    validate(cfg, where)
     return cfg
 
 

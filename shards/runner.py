@@ -3,7 +3,7 @@
 The function must be importable (module level) and its result must depend only on the item, so the output is
 the same whatever the engine or the number of workers. Results come back in item order. Per-worker state (an
 automaton, a model) belongs in a module-level cache inside the function's module: pool and Ray workers are
-long-lived processes, so it is built once per worker.
+long-lived processes, so it is built once per worker. Progress is a bar over the tasks (wit.shards.progress).
 
 At 160K shards the driver must not hold every task at once: items are pulled lazily, at most `in_flight` tasks
 are submitted and not yet handed back (finished results waiting for an earlier one count too), and each result is
@@ -22,6 +22,7 @@ from multiprocessing import get_context
 from typing import Literal, TypeVar
 
 from wit.shards.options import opt
+from wit.shards.progress import bar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -45,29 +46,41 @@ def default_workers() -> int:
 
 
 def run_map(fn: Callable[[T], R], items: Iterable[T], *, engine: Engine = "local", workers: int | None = None,
-            ray_address: str | None = None, memory: int = TASK_MEMORY, in_flight: int | None = None) -> list[R]:
+            ray_address: str | None = None, memory: int = TASK_MEMORY, in_flight: int | None = None,
+            desc: str | None = None) -> list[R]:
     """`[fn(x) for x in items]`, spread over `workers` processes (local) or a Ray cluster (ray)."""
     return list(imap(fn, items, engine=engine, workers=workers, ray_address=ray_address, memory=memory,
-                     in_flight=in_flight))
+                     in_flight=in_flight, desc=desc))
 
 
 def imap(fn: Callable[[T], R], items: Iterable[T], *, engine: Engine = "local", workers: int | None = None,
-         ray_address: str | None = None, memory: int = TASK_MEMORY, in_flight: int | None = None) -> Iterator[R]:
+         ray_address: str | None = None, memory: int = TASK_MEMORY, in_flight: int | None = None,
+         desc: str | None = None) -> Iterator[R]:
     """`fn(x) for x in items`, in item order, each result as soon as it and the ones before it are done.
 
     in_flight: most tasks submitted and not yet yielded (default: twice the parallelism).
     memory: bytes Ray reserves per task (its scheduler then never packs more tasks on a node than fit).
+    desc: the progress bar's label (default: the function's name).
     """
+    total = len(items) if hasattr(items, "__len__") else None
     if engine == "local":
-        n = workers or default_workers()
-        if hasattr(items, "__len__"):
-            n = min(n, len(items))
+        n = min(workers or default_workers(), total if total is not None else 1 << 30)
         if n <= 1:
-            return (fn(x) for x in items)  # no pool: cheaper, and easy to debug
-        return _pool_map(fn, items, n, in_flight or 2 * n)
-    if engine == "ray":
-        return _ray_map(fn, items, workers, ray_address, memory, in_flight)
-    raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+            results = (fn(x) for x in items)  # no pool: cheaper, and easy to debug
+        else:
+            results = _pool_map(fn, items, n, in_flight or 2 * n)
+    elif engine == "ray":
+        results = _ray_map(fn, items, workers, ray_address, memory, in_flight)
+    else:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    return _counted(results, total, desc or fn.__name__.replace("_", " "))
+
+
+def _counted(results: Iterator[R], total: int | None, desc: str) -> Iterator[R]:
+    with bar(total=total, desc=desc, unit="task") as progress:
+        for result in results:
+            yield result
+            progress.update()
 
 
 class _Failed:

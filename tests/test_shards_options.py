@@ -60,7 +60,7 @@ def test_a_config_file_table_is_checked_key_by_key():
         from_mapping(DedupConfig, {"images": "i"}, "t.toml [dedup]")
     with pytest.raises(WitError, match=r"allow_net: '10\.0\.0' is not an IP network"):
         from_mapping(DownloadConfig, {"lists": ["a"], "allow_net": ["10.0.0"]}, "t.toml [download]")
-    with pytest.raises(WitError, match=r"--near-k must be at least 0 \(got -1\)"):
+    with pytest.raises(WitError, match=r"^t.toml \[dedup\]: near_k must be at least 0 \(got -1\)$"):
         from_mapping(DedupConfig, {"images": "i", "out": "o", "near_k": -1}, "t.toml [dedup]")
 
 

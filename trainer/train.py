@@ -17,9 +17,9 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from wit.shards.options import add_arguments, from_args
+from wit.shards.progress import bar as progress_bar
 from wit.shards.storage import WitError
 from wit.trainer import checkpoint
 from wit.trainer.config import TrainConfig
@@ -181,7 +181,7 @@ def train(cfg: TrainConfig) -> int:
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     samples_log = open(out / f"samples-rank{rank}.jsonl", "a") if cfg.log_samples else None
     board = tensorboard_writer(out) if rank == 0 and cfg.tensorboard else None
-    bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, dynamic_ncols=True)
+    bar = progress_bar(total=cfg.steps, initial=step, desc="train", unit="step", disable=rank != 0)
 
     batches, last_save, started = prepared_ahead(iter(loader), prepare), time.monotonic(), time.perf_counter()
     interval = {"loss": 0.0, "steps": 0, "wait": 0.0, "skipped": 0, "t0": time.perf_counter()}

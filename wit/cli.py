@@ -7,8 +7,9 @@ import sys
 
 from wit.shards.storage import WitError
 
-# Wings that contribute subcommands; each module has `register(subparsers)`.
-WINGS = ["wit.ingest.cli", "wit.filters.clean_cli", "wit.filters.cli", "wit.shards.cli", "wit.trainer.cli", "wit.trainer.eval.cli"]
+# Modules that contribute subcommands, each with `register(subparsers)`: the wings', then the door's own pipeline.
+WINGS = ["wit.ingest.cli", "wit.filters.clean_cli", "wit.filters.cli", "wit.shards.cli", "wit.trainer.cli", "wit.trainer.eval.cli",
+         "wit.pipeline"]
 
 
 class WitParser(argparse.ArgumentParser):

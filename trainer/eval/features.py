@@ -14,8 +14,8 @@ from itertools import islice
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from wit.shards.progress import bar
 from wit.shards.storage import WitError
 from wit.trainer.eval.datasets import read_bytes
 
@@ -43,14 +43,14 @@ def encode_images(model, preprocess, items, *, total=None, batch_size=256, devic
 
     chunks, extras, items = [], [], iter(items)
     workers = workers or default_workers(device)
-    with ThreadPoolExecutor(workers) as pool, tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True) as bar:
+    with ThreadPoolExecutor(workers) as pool, bar(total=total, desc=desc, unit="img") as progress:
         while batch := list(islice(items, batch_size)):
             pixels = torch.stack(list(pool.map(prepare, batch) if workers > 1 else map(prepare, batch)))
             with autocast(device, precision):
                 emb = model.encode_image(pixels.to(device, non_blocking=True)).float()
             chunks.append((F.normalize(emb, dim=-1) if normalize else emb).cpu())
             extras.extend(item[2] if len(item) > 2 else None for item in batch)
-            bar.update(len(batch))
+            progress.update(len(batch))
     if not chunks:
         raise WitError("the dataset has no images")
     return torch.cat(chunks), extras
@@ -59,7 +59,7 @@ def encode_images(model, preprocess, items, *, total=None, batch_size=256, devic
 @torch.no_grad()
 def encode_texts(model, tokenizer, texts, *, batch_size=256, device="cpu", precision="fp32", desc="texts"):
     chunks = []
-    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", dynamic_ncols=True):
+    for start in bar(range(0, len(texts), batch_size), desc=desc, unit="batch"):
         tokens = tokenizer(texts[start:start + batch_size]).to(device)
         with autocast(device, precision):
             chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())

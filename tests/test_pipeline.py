@@ -1,0 +1,298 @@
+"""`wit pipeline`: one config runs every stage through its command's own function, resumable stage by stage.
+
+One small pool (real photos on a loopback server, a repeated URL, a 404, a malformed URL and a slow image) goes
+through the whole corpus chain once as a pipeline; the other tests compare against that run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import write_csv
+from tests.ingest_helpers import tar_samples
+from wit.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("download", "text", "images", "dedup", "queries", "match", "balance", "reshard", "audit")
+
+
+@pytest.fixture(scope="module")
+def server(real_images):
+    from wit.ingest.loopback import LoopbackImageServer
+
+    with LoopbackImageServer(real_images, slow_seconds=4.0) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory, server, real_images) -> Path:
+    folder = tmp_path_factory.mktemp("pool")
+    names = sorted(real_images)[:16]
+    rows = [(f"{server.url}/img/{n}", f"a {'cat' if i % 3 else 'dog'} photo {i}") for i, n in enumerate(names)]
+    rows += [(f"{server.url}/img/{names[0]}", "the same dog photo again"),  # the text filter's URL dedup
+             (f"{server.url}/404", "a dog behind a broken link"), ("htp:/bad", "a dog with a malformed URL"),
+             (f"{server.url}/slow/{names[1]}", "a slow cat photo")]  # the last shard takes 4 s: the kill's window
+    write_csv(folder / "pool.csv", rows)
+    (folder / "q.txt").write_text("cat\ndog\nphoto\n")
+    return folder
+
+
+def write_config(path: Path, pool: Path, out: Path) -> Path:
+    path.write_text(f"""
+[pipeline]
+lists = ["{pool / 'pool.csv'}"]
+out = "{out}"
+workers = 1                    # no process pools: the tests' machine is small
+
+[download]
+allow_net = ["127.0.0.1/32"]   # the loopback server
+shard_size = 5
+threads = 4
+timeout = 30
+
+[text]
+english = false
+
+[images]
+min_side = 32
+
+[dedup]
+near_k = 0
+
+[queries]
+extra = ["{pool / 'q.txt'}"]
+unigrams = "none"
+bigrams = "none"
+wordnet = "none"
+
+[balance]
+t = 4
+
+[reshard]
+shard_size = 4
+""")
+    return path
+
+
+def corpus(root: Path) -> dict:
+    """Everything a trainer would see: the index, the corpus manifest rows and every sample's bytes."""
+    folder = root / "corpus"
+    rows = [r for p in sorted(folder.glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    return {"index": json.loads((folder / "index.json").read_text()), "rows": sorted(rows, key=lambda r: r["key"]),
+            "samples": tar_samples(folder)}
+
+
+def stage_records(root: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((root / "_wit" / "pipeline").glob("*.json"))}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, pool):
+    """The pipeline run once, uninterrupted; what its corpus held and what it printed."""
+    root = tmp_path_factory.mktemp("pipeline") / "out"
+    config = write_config(root.parent / "p.toml", pool, root)
+    r = subprocess.run([sys.executable, "-m", "wit", "pipeline", str(config)], cwd=REPO, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return {"root": root, "config": config, "corpus": corpus(root), "stdout": r.stdout, "stderr": r.stderr}
+
+
+def test_pipeline_gives_the_corpus_of_the_commands_run_one_by_one(reference, pool, tmp_path):
+    out, text = reference["stdout"], reference["stdout"] + reference["stderr"]
+    assert set(stage_records(reference["root"])) == set(STAGES)
+    assert all(r["state"] == "done" for r in stage_records(reference["root"]).values())
+    # a line per stage start and end, with its counts; no carriage-return redraws in a log
+    assert "[1/9] download start" in out and "[9/9] audit    done in" in out
+    download_done = next(line for line in out.splitlines() if line.startswith("[1/9] download done"))
+    assert "rows 20, kept 18" in download_done and "http_404 1" in download_done and "invalid_url 1" in download_done
+    assert "\r" not in text
+    assert (reference["root"] / "audit" / "report.html").exists()
+
+    c = tmp_path
+    common = ["--workers", "1"]
+    commands = [
+        ["download", str(pool / "pool.csv"), "--out", f"{c}/raw", "--allow-net", "127.0.0.1/32", "--shard-size", "5",
+         "--threads", "4", "--timeout", "30", "--processes", "1", "--no-progress"],
+        ["filter", "text", f"{c}/raw", "--out", f"{c}/verdicts/text", "--no-english", *common],
+        ["filter", "images", f"{c}/raw", "--out", f"{c}/verdicts/images", "--min-side", "32", *common],
+        ["dedup", f"{c}/verdicts/images", "--out", f"{c}/verdicts/dedup", "--near-k", "0",
+         "--after", f"{c}/verdicts/text"],
+        ["queries", "build", "--out", f"{c}/queries.parquet", "--extra", str(pool / "q.txt"), "--unigrams", "none",
+         "--bigrams", "none", "--wordnet", "none"],
+        ["curate", "match", f"{c}/raw", "--queries", f"{c}/queries.parquet", "--out", f"{c}/matches", *common],
+        ["curate", "balance", f"{c}/matches", "--out", f"{c}/balance", "--t", "4", *common,
+         "--verdicts", f"{c}/verdicts/text", f"{c}/verdicts/images", f"{c}/verdicts/dedup"],
+        ["shards", "write", "--raw", f"{c}/raw", "--out", f"{c}/corpus", "--shard-size", "4", *common,
+         "--selection", f"{c}/balance/selection",
+         "--verdicts", f"{c}/verdicts/text", f"{c}/verdicts/images", f"{c}/verdicts/dedup"],
+    ]
+    for argv in commands:
+        assert main(argv) == 0, argv
+    by_commands = corpus(c)
+    assert by_commands == reference["corpus"]
+    kept = reference["corpus"]["index"]["total"]
+    assert 0 < kept < 15  # the balance dropped some pairs: t decides what the corpus holds
+
+
+def test_killed_during_a_stage_then_rerun_it_finishes_exactly(reference, pool, tmp_path, capsys):
+    root = tmp_path / "out"
+    config = write_config(tmp_path / "p.toml", pool, root)
+    cmd = [sys.executable, "-m", "wit", "pipeline", str(config)]
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not list((root / "raw").glob("*_stats.json")):  # a first shard is published, the slow one is not
+            assert proc.poll() is None, (tmp_path / "killed.log").read_text()
+            assert time.monotonic() < deadline, "no shard was published in 300 s"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole job, as a scheduler does
+        proc.wait()
+    interrupted = [name for name, r in stage_records(root).items() if r["state"] == "running"]
+    assert interrupted, "the kill landed between stages"
+    capsys.readouterr()
+    assert main(["pipeline", str(config)]) == 0  # the same command again
+    assert corpus(root) == reference["corpus"]
+    assert all(rec["state"] == "done" for rec in stage_records(root).values())
+    assert f"{interrupted[0]:<8} start  resume: did not finish" in capsys.readouterr().out
+
+
+def test_changing_t_redoes_balance_reshard_and_audit_only(reference, capsys):
+    root, config = reference["root"], str(reference["config"])
+    before = stage_records(root)
+    capsys.readouterr()
+    assert main(["pipeline", config, "--set", "balance.t=2", "--plan"]) == 0
+    plan = capsys.readouterr().out
+    assert "[7/9] balance  redo   options changed: t 4 -> 2" in plan
+    assert "[8/9] reshard  redo   after balance" in plan and "[6/9] match    skip" in plan
+    assert stage_records(root) == before  # the plan runs nothing
+
+    assert main(["pipeline", config, "--set", "balance.t=2"]) == 0
+    after = stage_records(root)
+    redone = {name for name in STAGES if after[name] != before[name]}
+    assert redone == {"balance", "reshard", "audit"}
+    assert after["balance"]["config"]["t"] == 2 and after["balance"]["state"] == "done"
+    total = json.loads((root / "corpus" / "index.json").read_text())["total"]
+    assert total == after["balance"]["figures"]["kept"] == after["reshard"]["figures"]["samples"]
+    assert total <= reference["corpus"]["index"]["total"]  # a smaller t keeps a subset (the same draw per uid)
+
+    assert main(["pipeline", config, "--set", "balance.t=2", "--only", "audit"]) == 0  # forced, and nothing else
+    again = stage_records(root)
+    assert {name for name in STAGES if again[name] != after[name]} == {"audit"}
+    assert main(["pipeline", config, "--set", "balance.t=2", "--from", "reshard"]) == 0
+    last = stage_records(root)
+    assert {name for name in STAGES if last[name] != again[name]} == {"reshard", "audit"}
+    assert main(["pipeline", config, "--set", "balance.t=2"]) == 0  # nothing left to do
+    assert stage_records(root) == last
+
+
+@pytest.mark.parametrize("table, line, key", [
+    ("[dedup]\nnear_kk = 2", "[dedup]: unknown key 'near_kk'", "near_kk"),
+    ("[balance]\nt = 'many'", "[balance]: t: expected an integer, got 'many'", "t"),
+    ("[reshard]\nshard_size = 0", "[reshard]: shard_size must be at least 1 (got 0)", "shard_size"),
+    ("[images]\nmin_side = 1.5", "[images]: min_side: expected an integer, got 1.5", "min_side"),
+    ("[text]\nout = 'elsewhere'", "[text]: out is set by the pipeline", "out"),
+    ("[balanse]\nt = 3", "unknown table [balanse]", "balanse"),
+])
+def test_a_bad_config_is_one_line_naming_the_key(tmp_path, capsys, table, line, key):
+    config = tmp_path / "p.toml"
+    out = tmp_path / "out"
+    config.write_text(f'[pipeline]\nlists = ["{tmp_path}/pool.csv"]\nout = "{out}"\n{table}\n')
+    assert main(["pipeline", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and line in err and key in err and str(config) in err, err
+    assert not out.exists()  # nothing was started
+
+
+def test_stages_must_be_known(tmp_path, capsys):
+    config = tmp_path / "p.toml"
+    config.write_text(f'[pipeline]\nout = "{tmp_path}/out"\nstages = ["download", "crawl"]\n')
+    assert main(["pipeline", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "[pipeline]: stages: 'crawl' is not one of download, text" in err, err
+
+
+def test_a_table_of_a_stage_not_run_now_is_checked_all_the_same(tmp_path, capsys):
+    # a typo in [dedup] must not wait for the day dedup is added to stages
+    config = tmp_path / "p.toml"
+    config.write_text(f'[pipeline]\nlists = ["{tmp_path}/pool.csv"]\nout = "{tmp_path}/out"\nstages = ["download"]\n'
+                      '[dedup]\nnear_kk = 2\n')
+    assert main(["pipeline", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{config} [dedup]: unknown key 'near_kk'" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_balance_before_download_on_s3_crawls_only_the_selection(tmp_path, server, real_images, s3_bucket, capsys):
+    # MetaCLIP's order, with the output root in object storage: match and balance the URL list, then fetch the
+    # selection; the stage records live in the bucket and a re-run finds every stage done.
+    names = sorted(real_images)[:10]
+    rows = [(f"{server.url}/img/{n}", f"a {'dog' if i < 8 else 'cat'} photo {i}") for i, n in enumerate(names)]
+    write_csv(tmp_path / "pool.csv", rows)
+    (tmp_path / "q.txt").write_text("dog\ncat\n")
+    root = f"{s3_bucket}/corpus"
+    config = tmp_path / "p.toml"
+    config.write_text(f"""
+[pipeline]
+lists = ["{tmp_path / 'pool.csv'}"]
+out = "{root}"
+balance = "before"
+stages = ["download", "queries", "match", "balance"]
+workers = 1
+
+[download]
+allow_net = ["127.0.0.1/32"]
+threads = 4
+
+[queries]
+extra = ["{tmp_path / 'q.txt'}"]
+unigrams = "none"
+bigrams = "none"
+wordnet = "none"
+
+[balance]
+t = 3
+""")
+    assert main(["pipeline", str(config)]) == 0
+    out = capsys.readouterr().out
+    order = [line.split()[1] for line in out.splitlines() if line.startswith("[") and " done in " in line]
+    assert order == ["queries", "match", "balance", "download"]
+    from wit.shards.tables import read_folder
+
+    chosen = read_folder(f"{root}/balance/urls").to_pylist()
+    crawled = read_folder(f"{root}/raw").to_pylist()
+    captions = [r["caption"] for r in chosen]
+    assert sum("cat" in c for c in captions) == 2 and sum("dog" in c for c in captions) < 8  # tail whole, head less
+    assert sorted(r["uid"] for r in crawled) == sorted(r["uid"] for r in chosen)
+    assert all(r["status"] == "ok" for r in crawled)
+    assert main(["pipeline", str(config)]) == 0
+    assert "(0 of 4 stages ran)" in capsys.readouterr().out
+
+
+def test_the_shipped_demo_config_loads():
+    # `make demo` runs this file through `wit pipeline`: every key must still be an option of its command
+    from wit.demo import CONFIG
+    from wit.pipeline import load
+
+    pipe = load(str(CONFIG))
+    assert [s.name for s in pipe.steps] == [*STAGES, "train", "zeroshot"]
+    train = pipe.context.configs["train"]
+    assert pipe.context.configs["zeroshot"].checkpoint == train.ckpt_dir and train.resume == "latest"
+    # the command line that a stage's record names (and that the train stage runs) rebuilds the same config
+    from wit.cli import build_parser
+    from wit.shards.options import from_args
+    from wit.stages import STAGES as STAGE_OF
+
+    for step in pipe.steps:
+        argv = STAGE_OF[step.name].argv(pipe.context, step.config)
+        assert argv[0] == "wit"
+        args = build_parser().parse_args(argv[1:])
+        assert from_args(type(step.config), args) == step.config, step.name
+    assert STAGE_OF["train"].argv(pipe.context, train)[:4] == ["wit", "train", "--nproc", "1"]

@@ -1,0 +1,428 @@
+"""The stages of `wit pipeline`: for each, the command it is, its config class, the folders it reads and writes
+under the output root, and the call into the same public function that the command runs.
+
+A stage's config is its command's config, built from the stage's table of the pipeline file with `from_mapping`,
+so a field added to a command is a key of its table at once. The pipeline sets the folders between stages
+(`Stage.fill`); a table that sets one of them is an error. Everything else is the user's, with the `[pipeline]`
+engine and workers as defaults (`Stage.defaults`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, replace
+from typing import Any
+
+from wit.shards.storage import WitError, absolute, is_local, join
+
+FILTERS = ("text", "images", "dedup")  # the verdict stages, in the order the audit's funnel walks them
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The folders under the output root: the layout `wit audit` reads."""
+    root: str
+
+    @property
+    def raw(self) -> str:
+        return join(self.root, "raw")
+
+    def verdicts(self, stage: str) -> str:
+        return join(self.root, "verdicts", stage)
+
+    @property
+    def queries(self) -> str:
+        return join(self.root, "queries.parquet")
+
+    @property
+    def matches(self) -> str:
+        return join(self.root, "matches")
+
+    @property
+    def balance(self) -> str:
+        return join(self.root, "balance")
+
+    @property
+    def corpus(self) -> str:
+        return join(self.root, "corpus")
+
+    @property
+    def records(self) -> str:
+        return join(self.root, "_wit", "pipeline")
+
+
+@dataclass
+class Context:
+    """What a stage's wiring may look at: the [pipeline] table, the layout, and the configs built before it."""
+    pipeline: Any  # wit.pipeline.PipelineConfig
+    layout: Layout
+    configs: dict[str, Any]
+
+    @property
+    def declared(self) -> tuple[str, ...]:
+        return self.pipeline.stages
+
+    @property
+    def before(self) -> bool:
+        return self.pipeline.balance == "before"
+
+    def verdict_folders(self) -> tuple[str, ...]:
+        return tuple(self.layout.verdicts(s) for s in FILTERS if s in self.declared)
+
+
+class Stage:
+    name: str = ""
+    command: str = ""  # the `wit` command that runs the same function
+    config_class: str = ""  # "module:Class", imported only when the stage is used
+    # Fields that change how it runs, not what it writes (and the engine's and DuckDB's options of every stage that
+    # has them): changing them redoes nothing.
+    runtime: tuple[str, ...] = ()
+
+    @property
+    def config(self):
+        module, cls = self.config_class.split(":")
+        return getattr(importlib.import_module(module), cls)
+
+    def fill(self, c: Context) -> dict:
+        """The keys the pipeline sets (the folders between stages)."""
+        return {}
+
+    def defaults(self, c: Context) -> dict:
+        """Keys the [pipeline] table sets unless the stage's own table does."""
+        from wit.shards.runner import EngineOptions
+
+        p = c.pipeline
+        if issubclass(self.config, EngineOptions):
+            return {"engine": p.engine, "workers": p.workers, "ray_address": p.ray_address}
+        return {}
+
+    def reads(self, c: Context, cfg) -> list[str]:
+        return []
+
+    def writes(self, c: Context, cfg) -> list[str]:
+        return [cfg.out]
+
+    def argv(self, c: Context, cfg) -> list[str]:
+        """The `wit` command line that runs the same thing (what a colleague would type); ValueError when a value
+        has no flag."""
+        from wit.shards.options import to_argv
+
+        return ["wit", *self.command.split(), *to_argv(cfg)]
+
+    def call(self, c: Context, cfg) -> dict:
+        raise NotImplementedError
+
+    def figures(self, summary: dict) -> dict:
+        """What the stage's end line shows: rows in, kept, dropped by reason, or the stage's own figures."""
+        return {}
+
+    def all_runtime(self) -> set[str]:
+        from wit.shards.runner import EngineOptions
+        from wit.shards.sql import SQLOptions
+
+        names = set(self.runtime)
+        for base in (EngineOptions, SQLOptions):
+            if issubclass(self.config, base):
+                names |= {f.name for f in dataclasses.fields(base)}
+        return names
+
+
+def funnel(rows: int, kept: int, dropped: dict) -> dict:
+    return {"rows": rows, "kept": kept, "dropped": dict(sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0])))}
+
+
+class Download(Stage):
+    name, command, config_class = "download", "download", "wit.ingest.config:DownloadConfig"
+    runtime = ("processes", "threads", "distributor", "ray_address", "progress")
+
+    def fill(self, c):
+        if c.before:
+            return {"lists": (join(c.layout.balance, "urls"),), "out": c.layout.raw}
+        if not c.pipeline.lists:
+            raise WitError("[pipeline] lists: the download stage needs the URL lists")
+        return {"lists": c.pipeline.lists, "out": c.layout.raw}
+
+    def defaults(self, c):
+        p, d = c.pipeline, {}
+        if p.workers:
+            d["processes"] = p.workers
+        if p.engine == "ray":
+            d.update(distributor="ray", ray_address=p.ray_address)
+        return d
+
+    def reads(self, c, cfg):
+        return list(cfg.lists)
+
+    def call(self, c, cfg):
+        from wit.ingest.download import download
+        from wit.ingest.retry import retry_failed
+
+        cfg = replace(cfg, progress=cfg.progress and "CI" not in os.environ)  # as `wit download` does
+        summary = retry_failed(cfg) if cfg.retry_failed else download(cfg)
+        if summary.get("missing_shards"):
+            raise WitError(f"{cfg.out}: shards not finished ({', '.join(summary['missing_shards'][:5])}); "
+                           "run the pipeline again to resume")
+        return summary
+
+    def figures(self, s):
+        return funnel(s["rows"], s["ok"], s["failures_by_reason"])
+
+
+class Text(Stage):
+    name, command, config_class = "text", "filter text", "wit.filters.text:TextConfig"
+
+    def fill(self, c):
+        return {"inputs": (c.layout.raw,), "out": c.layout.verdicts("text")}
+
+    def reads(self, c, cfg):
+        return list(cfg.inputs)
+
+    def call(self, c, cfg):
+        from wit.filters.text import run_text
+
+        return run_text(cfg)
+
+    def figures(self, s):
+        return funnel(s["rows"], s["kept"], s["dropped"])
+
+
+class Images(Stage):
+    name, command, config_class = "images", "filter images", "wit.filters.images:ImagesConfig"
+
+    def fill(self, c):
+        return {"raw": c.layout.raw, "out": c.layout.verdicts("images")}
+
+    def reads(self, c, cfg):
+        return [cfg.raw, *cfg.eval_sets]
+
+    def call(self, c, cfg):
+        from wit.filters.images import run_images
+
+        return run_images(cfg)
+
+    def figures(self, s):
+        return funnel(s["rows"], s["kept"], s["dropped"])
+
+
+class Dedup(Stage):
+    name, command, config_class = "dedup", "dedup", "wit.filters.dedup:DedupConfig"
+
+    def fill(self, c):
+        f = {"images": c.layout.verdicts("images"), "out": c.layout.verdicts("dedup")}
+        if "text" in c.declared:
+            f["after"] = (c.layout.verdicts("text"),)
+        return f
+
+    def reads(self, c, cfg):
+        return [cfg.images, *cfg.after]
+
+    def call(self, c, cfg):
+        from wit.filters.dedup import dedup
+        from wit.shards.storage import write_json_atomic
+
+        summary = dedup(cfg)
+        write_json_atomic(join(cfg.out, "_wit", "dedup_summary.json"), summary)  # as `wit dedup` does
+        return summary
+
+    def figures(self, s):
+        return funnel(s["kept"] + sum(s["dropped"].values()), s["kept"], s["dropped"])
+
+
+class Queries(Stage):
+    name, command, config_class = "queries", "queries build", "wit.filters.queries:QueryBuildConfig"
+
+    def fill(self, c):
+        return {"out": c.layout.queries}
+
+    def reads(self, c, cfg):
+        sources = [cfg.unigrams, cfg.bigrams, cfg.titles, *cfg.extra]
+        from wit.filters.queries import WORDSEGMENT
+
+        return [s for s in sources if s and s != WORDSEGMENT]  # the wordnet folder is large and never edited
+
+    def writes(self, c, cfg):
+        from wit.filters.queries import summary_path
+
+        return [cfg.out, summary_path(cfg.out)]
+
+    def call(self, c, cfg):
+        from wit.filters.queries import build
+
+        return build(cfg)
+
+    def figures(self, s):
+        return {"entries": s["entries"]}
+
+
+class Match(Stage):
+    name, command, config_class = "match", "curate match", "wit.filters.match:MatchConfig"
+
+    def fill(self, c):
+        f = {"inputs": c.pipeline.lists if c.before else (c.layout.raw,), "out": c.layout.matches}
+        if c.before and not c.pipeline.lists:
+            raise WitError("[pipeline] lists: balancing before download matches the URL lists, and none are given")
+        if "queries" in c.declared:
+            f["queries"] = c.layout.queries
+        return f
+
+    def reads(self, c, cfg):
+        return [*cfg.inputs, cfg.queries]
+
+    def call(self, c, cfg):
+        from wit.filters.io import list_parquet
+        from wit.filters.match import run
+        from wit.shards.lists import find_lists
+
+        # as `wit curate match` expands its inputs; URL lists (balance before download) as `wit download` does
+        inputs = find_lists(list(cfg.inputs)) if c.before else list_parquet(list(cfg.inputs))
+        return run(replace(cfg, inputs=tuple(inputs)))
+
+    def figures(self, s):
+        return {"rows": s["rows"], "matched": s["matched_rows"]}
+
+
+class Balance(Stage):
+    name, command, config_class = "balance", "curate balance", "wit.filters.balance:BalanceConfig"
+
+    def fill(self, c):
+        f = {"matches": (c.layout.matches,), "out": c.layout.balance}
+        if not c.before:
+            f["verdicts"] = c.verdict_folders()  # after the filters: t aims at what they kept
+        return f
+
+    def reads(self, c, cfg):
+        return [*cfg.matches, *cfg.verdicts]
+
+    def call(self, c, cfg):
+        from wit.filters.balance import run
+        from wit.filters.io import list_parquet
+
+        return run(replace(cfg, matches=tuple(list_parquet(list(cfg.matches)))))  # as `wit curate balance` does
+
+    def figures(self, s):
+        pairs = s["pairs"]
+        return funnel(pairs["rows"], pairs["selected"],
+                      {k: pairs[k] for k in ("not_in_pool", "no_query_match", "not_selected") if pairs.get(k)})
+
+
+class Reshard(Stage):
+    name, command, config_class = "reshard", "shards write", "wit.shards.reshard:ReshardConfig"
+
+    def fill(self, c):
+        f = {"raw": c.layout.raw, "out": c.layout.corpus, "verdicts": c.verdict_folders()}
+        if "balance" in c.declared:
+            f["selection"] = join(c.layout.balance, "selection")
+        return f
+
+    def reads(self, c, cfg):
+        return [cfg.raw, *cfg.verdicts, *([cfg.selection] if cfg.selection else [])]
+
+    def call(self, c, cfg):
+        from wit.shards.reshard import reshard
+
+        return reshard(cfg)
+
+    def figures(self, s):
+        return {"samples": s["samples"], "shards": s["shards"]}
+
+
+class Audit(Stage):
+    name, command, config_class = "audit", "audit", "wit.shards.audit:AuditConfig"
+
+    def fill(self, c):
+        return {"root": c.layout.root, "out": join(c.layout.root, "audit")}
+
+    def reads(self, c, cfg):
+        lay = c.layout
+        return [lay.raw, *c.verdict_folders(), lay.balance, lay.corpus, lay.queries]
+
+    def call(self, c, cfg):
+        from wit.shards.audit import audit
+        from wit.shards.storage import read_json
+
+        report = audit(cfg)
+        steps = read_json(join(cfg.out, "report.json"))["funnel"]
+        return {"report": report, "rows": steps[0]["rows_in"], "kept": steps[-1]["kept"]}
+
+    def figures(self, s):
+        return {"rows in": s["rows"], "kept in the end": s["kept"], "report": s["report"]}
+
+
+class Train(Stage):
+    """Runs as `wit train` in its own process: with nproc > 1 that command hands the config to torchrun, and one
+    process either way keeps the pipeline's process free of the model and the CUDA context."""
+    name, command, config_class = "train", "train", "wit.trainer.config:TrainConfig"
+    runtime = ("log_every", "tensorboard", "log_samples", "keep", "ckpt_every", "ckpt_minutes")
+
+    def fill(self, c):
+        return {"data": join(c.layout.corpus, "index.json")}
+
+    def defaults(self, c):
+        d = {"resume": "latest", "ckpt": join(c.layout.root, "train", "checkpoints")}  # a kill resumes exactly
+        if is_local(c.layout.root):
+            d["out"] = join(c.layout.root, "train")  # the run folder is local: logs, config, TensorBoard
+        return d
+
+    def reads(self, c, cfg):
+        return [c.layout.corpus]
+
+    def writes(self, c, cfg):
+        inside = absolute(cfg.out).startswith(c.layout.root + "/")  # a local run folder beside an s3:// root holds only logs
+        return [cfg.ckpt_dir, *([cfg.out] if inside else [])]
+
+    def argv(self, c, cfg):
+        wit, train, *flags = super().argv(c, cfg)
+        return [wit, train, "--nproc", str(c.pipeline.nproc), *flags]
+
+    def call(self, c, cfg):
+        cmd = [sys.executable, "-m", *self.argv(c, cfg)]
+        code = subprocess.call(cmd, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+        if code:
+            raise WitError(f"wit train exited with code {code}; run the pipeline again to resume from the last "
+                           "checkpoint")
+        log = os.path.join(cfg.out, "log.jsonl")
+        last = {}
+        if os.path.exists(log):
+            with open(log) as f:
+                lines = f.read().splitlines()
+            last = json.loads(lines[-1]) if lines else {}
+        return {"step": last.get("step"), "loss": last.get("loss"), "checkpoints": cfg.ckpt_dir}
+
+    def figures(self, s):
+        return {"steps": s["step"], "loss": None if s["loss"] is None else round(s["loss"], 4),
+                "checkpoints": s["checkpoints"]}
+
+
+class ZeroShot(Stage):
+    name, command, config_class = "zeroshot", "eval zeroshot", "wit.trainer.eval.zeroshot:ZeroShotConfig"
+    runtime = ("batch_size", "workers", "device")
+
+    def fill(self, c):
+        f = {"out": join(c.layout.root, "zeroshot.json")}
+        if "train" in c.declared:
+            f["checkpoint"] = c.configs["train"].ckpt_dir
+        return f
+
+    def reads(self, c, cfg):
+        return [cfg.data, *([cfg.checkpoint] if cfg.checkpoint else [])]
+
+    def call(self, c, cfg):
+        from wit.trainer.eval.zeroshot import run
+
+        return run(cfg)
+
+    def figures(self, s):
+        return {"images": s["images"], "top1": f"{100 * s['top1']:.1f}%", "top5": f"{100 * s['top5']:.1f}%"}
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in (Download(), Text(), Images(), Dedup(), Queries(), Match(),
+                                                Balance(), Reshard(), Audit(), Train(), ZeroShot())}
+# A sample's journey, with the balance after the filters or before the download.
+AFTER = ("download", "text", "images", "dedup", "queries", "match", "balance", "reshard", "audit", "train", "zeroshot")
+BEFORE = ("queries", "match", "balance", "download", "text", "images", "dedup", "reshard", "audit", "train",
+          "zeroshot")
+CORPUS = AFTER[:9]  # the default: lists to corpus and audit; train and zeroshot when named
