@@ -162,6 +162,15 @@ def _check_same_queries(files: list[str]) -> tuple[str, str]:
     return version, queries
 
 
+def _spacing(files: list[str]) -> str:
+    """The spacing rule the match files were written with (files from before the rule was recorded: ascii)."""
+    rules = {(read_schema(url).metadata or {}).get(b"wit.spacing", b"ascii").decode(): url for url in files}
+    if len(rules) != 1:
+        (r1, f1), (r2, f2) = list(rules.items())[:2]
+        raise WitError(f"{f2}: matched with --spacing {r2}, but {f1} with --spacing {r1}; match all files alike")
+    return next(iter(rules))
+
+
 def run(cfg: BalanceConfig) -> dict:
     files = list(cfg.matches)
     if not files:
@@ -169,6 +178,7 @@ def run(cfg: BalanceConfig) -> dict:
     if cfg.t < 1:
         raise WitError(f"--t {cfg.t}: must be at least 1")
     version, queries = _check_same_queries(files)
+    spacing = _spacing(files)
     parts = run_map(count_file, [(f, tuple(cfg.verdicts)) for f in files], engine=cfg.engine, workers=cfg.workers,
                     ray_address=cfg.ray_address)
     counts = np.sum([c for c, _ in parts], axis=0)
@@ -186,7 +196,7 @@ def run(cfg: BalanceConfig) -> dict:
     funnel = {k: sum(r[k] for r in results) for k in ("rows", "selected", NOT_IN_POOL, NO_QUERY_MATCH, NOT_SELECTED)}
     funnel["expected_selected"] = round(sum(r["expected_selected"] for r in results), 3)
     card = datacard.write(cfg.out, counts=counts, after=after, t=cfg.t, seed=cfg.seed, funnel=funnel,
-                          queries=queries, queries_version=version,
+                          queries=queries, queries_version=version, spacing=spacing,
                           config={k: v for k, v in asdict(cfg).items() if k != "matches"} | {"files": len(files)})
     print(json.dumps(funnel), flush=True)
     return card

@@ -27,7 +27,8 @@ def register(sub) -> None:
     m = csub.add_parser(
         "match", formatter_class=DefaultsHelp,
         help="write the matched query ids of every caption",
-        description="Whole-token, case-sensitive matching of every caption against every query (Aho-Corasick). "
+        description="Whole-token, case-sensitive matching of every caption against every query (Aho-Corasick), "
+        "by MetaCLIP's token rule unless --spacing ascii. "
         "Writes OUT/<index>.parquet (uid, matched, url, caption) per input file and OUT/match.json.",
     )
     add_arguments(m, MatchConfig)

@@ -47,7 +47,7 @@ def summarise(counts: np.ndarray, after: np.ndarray, t: int) -> dict:
 
 
 def write(out: str, *, counts: np.ndarray, after: np.ndarray, t: int, seed: int, funnel: dict, queries: str,
-          queries_version: str, config: dict) -> dict:
+          queries_version: str, config: dict, spacing: str = "ascii") -> dict:
     entries = _entries(queries, len(counts))
     write_parquet(posixpath.join(out, "entry_counts.parquet"), pa.table({
         "id": pa.array(np.arange(len(counts)), pa.int32()),
@@ -62,6 +62,7 @@ def write(out: str, *, counts: np.ndarray, after: np.ndarray, t: int, seed: int,
         "seed": seed,
         "queries": queries,
         "queries_version": queries_version,
+        "spacing": spacing,  # the whole-token rule of the match files (filters.spacing)
         "pairs": funnel,
         "entries": summarise(counts, after, t),
         "top_entries": [
