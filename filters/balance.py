@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from wit.filters import datacard
+from wit.filters import datacard, languages
 from wit.filters.io import read_schema, read_table
 from wit.shards.options import opt
 from wit.shards.runner import EngineOptions, run_map
@@ -182,7 +182,8 @@ def run(cfg: BalanceConfig) -> dict:
     parts = run_map(count_file, [(f, tuple(cfg.verdicts)) for f in files], engine=cfg.engine, workers=cfg.workers,
                     ray_address=cfg.ray_address)
     counts = np.sum([c for c, _ in parts], axis=0)
-    p = entry_probabilities(counts, cfg.t)
+    t_entry, t_lang = languages.balance_t(queries, counts, cfg.t)  # a worldwide list: t per language (tail rule)
+    p = entry_probabilities(counts, t_entry)
     names = [posixpath.basename(f).rsplit(".", 1)[0] for f in files]
     if len(set(names)) != len(names):
         names = [f"{i:05d}" for i in range(len(files))]  # the same base name in two folders
@@ -195,7 +196,13 @@ def run(cfg: BalanceConfig) -> dict:
     after = np.sum([r["after"] for r in results], axis=0)
     funnel = {k: sum(r[k] for r in results) for k in ("rows", "selected", NOT_IN_POOL, NO_QUERY_MATCH, NOT_SELECTED)}
     funnel["expected_selected"] = round(sum(r["expected_selected"] for r in results), 3)
+    per_language = None
+    if t_lang:
+        parts = run_map(languages.report_file, [(f, t.target) for f, t in zip(files, tasks)], engine=cfg.engine,
+                        workers=cfg.workers, ray_address=cfg.ray_address)
+        per_language = languages.report(parts, counts, after, queries, t_lang)
     card = datacard.write(cfg.out, counts=counts, after=after, t=cfg.t, seed=cfg.seed, funnel=funnel,
+                          t_per_entry=t_entry, languages=per_language,
                           queries=queries, queries_version=version, spacing=spacing,
                           config={k: v for k, v in asdict(cfg).items() if k != "matches"} | {"files": len(files)})
     print(json.dumps(funnel), flush=True)

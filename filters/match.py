@@ -89,10 +89,13 @@ def build_automaton(entries: list[str], spacing: str = "metaclip") -> ahocorasic
 
 
 @functools.lru_cache(maxsize=2)
-def worker_automaton(queries_url: str, spacing: str = "metaclip") -> tuple[ahocorasick.Automaton, int, str]:
-    """The automaton for a query file, built once per worker process (pool and Ray workers are reused)."""
+def worker_matcher(queries_url: str, spacing: str = "metaclip"):
+    """The matcher for a query file (filters.worldwide: one automaton per language), built once per worker
+    process (pool and Ray workers are reused), and the file's version."""
+    from wit.filters.worldwide import WorldwideMatcher
+
     entries, version = querylist.load(queries_url)
-    return build_automaton(entries, spacing), len(entries), version
+    return WorldwideMatcher(entries, querylist.load_languages(queries_url), spacing), version
 
 
 # Byte tables for the vectorised spacing rule (filters.spacing is the definition). ASCII bytes never occur
@@ -186,7 +189,8 @@ def match_file(task: MatchTask) -> dict:
     The input is a parquet with a uid column (a crawl's manifest) or else a URL list in any format `wit download`
     reads (read whole, with the uids ingest would give), for balancing the text pool before download.
     """
-    automaton, n_entries, version = worker_automaton(task.queries, task.spacing)
+    matcher, version = worker_matcher(task.queries, task.spacing)
+    n_entries = matcher.n_entries
     fs, path = fs_and_path(task.source)
     if not fs.exists(path):
         raise WitError(f"{task.source}: no such input file")
@@ -202,14 +206,15 @@ def match_file(task: MatchTask) -> dict:
     schema = MATCHES
     for c in carry:
         schema = schema.append(pa.field(c, pa.string()))
-    schema = schema.append(pa.field("caption", pa.string())).with_metadata(
+    schema = schema.append(pa.field("caption", pa.string())).append(pa.field("language", pa.string())).with_metadata(
         {"wit.queries": task.queries, "wit.queries.version": version, "wit.queries.entries": str(n_entries),
-         "wit.source": task.source, "wit.spacing": task.spacing}
+         "wit.source": task.source, "wit.spacing": task.spacing, "wit.languages": ",".join(matcher.languages)}
     )
     out_fs, out_path = fs_and_path(task.target)
     make_parent(task.target)
     tmp = f"{out_path}.tmp-{uuid.uuid4().hex[:8]}"
     rows = matched_rows = matches = 0
+    per_language: dict[str, dict[str, int]] = {}
     with out_fs.open(tmp, "wb") as f, pq.ParquetWriter(f, schema) as writer:
         if isinstance(source, pq.ParquetFile):
             batches = source.iter_batches(batch_size=task.batch_rows, columns=columns)
@@ -217,17 +222,39 @@ def match_file(task: MatchTask) -> dict:
             batches = source.select(columns).to_batches(max_chunksize=task.batch_rows)
         for batch in batches:
             caps = batch.column(caption_column)
-            matched = match_captions(automaton, caps, n_entries, task.spacing)
+            matched, caption_languages = matcher.match(caps)
             lens = pc.list_value_length(matched)
+            _count_languages(per_language, caption_languages, lens)
             rows += len(batch)
             matched_rows += pc.sum(pc.greater(lens, 0)).as_py() or 0
             matches += pc.sum(lens).as_py() or 0
             arrays = [batch.column(uid_column).cast(pa.string()), matched]
-            arrays += [batch.column(c).cast(pa.string()) for c in carry] + [caps.cast(pa.string())]
+            arrays += [batch.column(c).cast(pa.string()) for c in carry] + [caps.cast(pa.string()), caption_languages]
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
     move(out_fs, tmp, out_path)
     return {"source": task.source, "target": task.target, "rows": rows, "matched_rows": matched_rows,
-            "matches": matches}
+            "matches": matches, "languages": per_language}
+
+
+def _count_languages(per_language: dict, caption_languages: pa.Array, lens: pa.Array) -> None:
+    """Per caption language: captions (the pool), matched captions and matches."""
+    table = pa.table({"language": caption_languages, "n": pc.cast(lens, pa.int64())})
+    table = table.append_column("matched", pc.cast(pc.greater(table["n"], 0), pa.int64()))
+    for row in table.group_by("language").aggregate([("n", "count"), ("matched", "sum"), ("n", "sum")]).to_pylist():
+        s = per_language.setdefault(row["language"], {"rows": 0, "matched_rows": 0, "matches": 0})
+        s["rows"] += row["n_count"]
+        s["matched_rows"] += row["matched_sum"]
+        s["matches"] += row["n_sum"]
+
+
+def _sum_languages(results: list[dict]) -> dict:
+    total: dict[str, dict[str, int]] = {}
+    for r in results:
+        for lang, s in r["languages"].items():
+            t = total.setdefault(lang, {"rows": 0, "matched_rows": 0, "matches": 0})
+            for k in t:
+                t[k] += s[k]
+    return dict(sorted(total.items(), key=lambda kv: -kv[1]["rows"]))
 
 
 def _open_manifest(url: str, uid_column: str) -> pq.ParquetFile | None:
@@ -257,6 +284,7 @@ def run(cfg: MatchConfig) -> dict:
         "rows": rows,
         "matched_rows": sum(r["matched_rows"] for r in results),
         "matches": sum(r["matches"] for r in results),
+        "languages": _sum_languages(results),
         "files": results,
         "config": {k: v for k, v in asdict(cfg).items() if k != "inputs"},
     }
