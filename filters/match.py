@@ -140,19 +140,30 @@ _METACLIP_PUNCT = bytes(int(chr(i) in METACLIP_MARKS or i == 0) for i in range(2
 
 def spaced_batch(captions: pa.Array, spacing: str = "metaclip") -> str:
     """The spaced captions as one string: " cap0 \x00 cap1 \x00 ... capN "."""
-    arr = pc.fill_null(captions.cast(pa.large_string()), "")
-    _, offsets_buf, data_buf = arr.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
-    data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]] if data_buf else np.empty(0, np.uint8)
+    data, offsets = caption_bytes(captions)
     if spacing == "metaclip":
-        b = np.insert(np.frombuffer(data.tobytes().translate(_METACLIP_BLANK), np.uint8), offsets[1:-1] - offsets[0], 0)
-        return " " + _wrap(b, _flags(b.tobytes(), _METACLIP_PUNCT)).tobytes().decode("utf-8") + " "
+        return " " + metaclip_bytes(data, offsets).tobytes().decode("utf-8") + " "
     b = np.insert(_blank_wide_spaces(data.tobytes().translate(_TO_SPACE)), offsets[1:-1] - offsets[0], 0)
     out = _wrap(b, _flags(b.tobytes(), _IS_PUNCT))
     is_space = out == 32
     keep = np.ones(len(out), dtype=bool)
     np.logical_not(is_space[1:] & is_space[:-1], out=keep[1:])  # collapse runs of spaces
     return " " + out[keep].tobytes().decode("utf-8") + " "
+
+
+def metaclip_bytes(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """MetaCLIP's rule on a batch's UTF-8 bytes (captions at offsets), NUL between captions, not padded."""
+    b = np.insert(np.frombuffer(data.tobytes().translate(_METACLIP_BLANK), np.uint8), offsets[1:-1] - offsets[0], 0)
+    return _wrap(b, _flags(b.tobytes(), _METACLIP_PUNCT))
+
+
+def caption_bytes(captions: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's UTF-8 bytes and offsets, straight from the arrow buffers (null -> empty)."""
+    arr = pc.fill_null(captions.cast(pa.large_string()), "")
+    _, offsets_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]] if data_buf else np.empty(0, np.uint8)
+    return data, offsets
 
 
 def _wrap(b: np.ndarray, punct: np.ndarray) -> np.ndarray:

@@ -1,9 +1,9 @@
 """The worldwide matcher (MetaCLIP 2): a caption is matched against the entries of its own language only.
 
-One automaton per language of the query list (filters.match.build_automaton over that language's entries), the
-language of each caption from filters.languages.identify, and per batch one vectorised scan per language present
-(filters.match.match_captions on the captions of that language, taken out of the batch), the local ids mapped
-back to the query list's ids and the lists put back in caption order. A query list with one language needs no
+One matcher per language of the query list (MetaCLIP's rule: filters.tokenmatch.TokenMatcher; the ascii rule:
+filters.match's automaton), the language of each caption from filters.languages.identify, and per batch one
+vectorised scan per language present (on the captions of that language, taken out of the batch), the local ids
+mapped back to the query list's ids and the lists put back in caption order. A query list with one language needs no
 language identification: every caption is matched against it (MetaCLIP 1, and wit before --languages).
 """
 from __future__ import annotations
@@ -14,6 +14,15 @@ import pyarrow.compute as pc
 
 from wit.filters import languages as langs
 from wit.filters.match import build_automaton, match_captions
+from wit.filters.tokenmatch import TokenMatcher
+
+
+def _matcher(entries: list[str], spacing: str):
+    """captions -> list<int32> of local ids, for one language's entries."""
+    if spacing == "metaclip":
+        return TokenMatcher(entries).match
+    automaton = build_automaton(entries, spacing)
+    return lambda captions: match_captions(automaton, captions, len(entries), spacing)
 
 
 class WorldwideMatcher:
@@ -24,7 +33,7 @@ class WorldwideMatcher:
         self.automata = {}
         for lang in self.languages:
             ids = np.flatnonzero(order == lang).astype(np.int32)
-            self.automata[lang] = (build_automaton([entries[i] for i in ids], spacing), ids)
+            self.automata[lang] = (_matcher([entries[i] for i in ids], spacing), ids)
 
     @property
     def worldwide(self) -> bool:
@@ -41,7 +50,7 @@ class WorldwideMatcher:
             caption_languages = self.identify(captions)
         if not self.worldwide:
             automaton, ids = self.automata[self.languages[0]]
-            return self._global(match_captions(automaton, captions, len(ids), self.spacing), ids), caption_languages
+            return self._global(automaton(captions), ids), caption_languages
         n = len(captions)
         rows, values = [], []
         lang_np = np.asarray(caption_languages.to_numpy(zero_copy_only=False), dtype=object)
@@ -50,7 +59,7 @@ class WorldwideMatcher:
             if not len(idx):
                 continue
             automaton, ids = self.automata[lang]
-            local = match_captions(automaton, captions.take(pa.array(idx)), len(ids), self.spacing)
+            local = automaton(captions.take(pa.array(idx)))
             lens = pc.list_value_length(local).to_numpy(zero_copy_only=False)
             rows.append(np.repeat(idx, lens))
             values.append(ids[local.flatten().to_numpy(zero_copy_only=False)])

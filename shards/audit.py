@@ -121,7 +121,8 @@ def query_report(con, root: str, has_corpus: bool, top: int) -> dict:
             names = dict(zip(q["id"].to_pylist(), q["entry"].to_pylist()))
             break
     card = join(root, "balance", "datacard.json")
-    t = read_json(card).get("t") if exists(card) else None
+    card = read_json(card) if exists(card) else {}
+    t = card.get("t")
     ranked = sorted(after.items(), key=lambda kv: (-kv[1], kv[0]))
     total = sum(after.values()) or 1
     head = sum(n for _, n in ranked[:max(1, len(ranked) // 10)])
@@ -137,6 +138,7 @@ def query_report(con, root: str, has_corpus: bool, top: int) -> dict:
         "top": [(label(e), n, before.get(e, 0)) for e, n in ranked[:top]],
         "bottom": [(label(e), n, before.get(e, 0)) for e, n in ranked[-top:]],
         "counts_before": sorted(before.values(), reverse=True), "counts_after": [n for _, n in ranked],
+        "languages": card.get("languages"),  # worldwide curation: the data card's per-language table
     }
 
 
@@ -220,6 +222,11 @@ def render_html(report: dict, plots: list[str]) -> str:
             parts.append(f"<p>t = {q['t']:,}: {q['entries_reaching_t']:,} entries reached it in the pool and were "
                          f"sampled down; the tail entries, kept whole, hold {100 * q['tail_share']:.1f}% of the "
                          "corpus's matches.</p>")
+        if q.get("languages"):
+            cols = ("pool", "matched_pairs", "entries", "entries_matched", "t", "kept_pairs")
+            parts.append("<table><tr><th>language</th>" + "".join(f"<th>{c.replace('_', ' ')}</th>" for c in cols)
+                         + "</tr>" + "".join(f"<tr><td>{e(lang)}</td>" + "".join(f"<td>{row[c]:,}</td>" for c in cols)
+                                             + "</tr>" for lang, row in q["languages"].items()) + "</table>")
         for which in ("top", "bottom"):
             parts.append(f"<table><tr><th>{which} entry</th><th>corpus</th><th>pool</th></tr>" + "".join(
                 f"<tr><td>{e(str(n))}</td><td>{a:,}</td><td>{b:,}</td></tr>" for n, a, b in q[which]) + "</table>")

@@ -7,12 +7,14 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import shared_data
 from wit.filters.match import MatchConfig, build_automaton, match_captions, run, spaced_batch
 from wit.filters.spacing import space, space_metaclip
+from wit.filters.tokenmatch import TokenMatcher
 
 
 def metaclip_reference(entries: list[str], captions: list[str | None]) -> list[list[int]]:
@@ -32,8 +34,13 @@ def metaclip_reference(entries: list[str], captions: list[str | None]) -> list[l
 
 
 def match(entries, captions, spacing="metaclip"):
-    return match_captions(build_automaton(entries, spacing), pa.array(captions, pa.string()), len(entries),
-                          spacing).to_pylist()
+    """The automaton (filters.match); under MetaCLIP's rule also the token matcher `wit curate match` runs, which
+    must agree with it."""
+    got = match_captions(build_automaton(entries, spacing), pa.array(captions, pa.string()), len(entries),
+                         spacing).to_pylist()
+    if spacing == "metaclip":
+        assert TokenMatcher(entries).match(pa.array(captions, pa.string())).to_pylist() == got
+    return got
 
 
 def test_metaclip_examples():
@@ -147,3 +154,11 @@ def test_match_records_the_rule_and_balance_card_says_it(tmp_path):
         assert table["matched"].to_pylist() == ([[], [0], [0]] if rule == "metaclip" else [[0, 1], [0], [0]])
         balance(BalanceConfig(matches=(str(out / "m" / "00000.parquet"),), out=str(out / "b"), t=10, workers=1))
         assert json.loads((out / "b" / "datacard.json").read_text())["spacing"] == rule
+
+
+def test_token_matcher_refuses_what_the_automaton_refuses():
+    from wit.shards.storage import WitError
+
+    for entries in (["cat", "dog", "cat"], ["a\x00b"]):
+        with pytest.raises(WitError, match="query 2 'cat': same tokens as query 0|NUL"):
+            TokenMatcher(entries)

@@ -158,3 +158,11 @@ def test_balance_uses_per_language_t_and_reports_it(tmp_path):
     assert (de["pool"], de["matched_pairs"], de["kept_pairs"]) == (100, 100, 100)  # t_de = 80: nothing dropped
     assert 40 < en["kept_pairs"] < 100 and en["tail_share"] == 0.4
     assert json.loads((tmp_path / "b" / "datacard.json").read_text())["languages"] == card["languages"]
+    # the audit shows the data card's table
+    from wit.shards.audit import render_html
+
+    q = {"entries_in_corpus": 6, "entries_matched_before": 6, "max_per_entry_before": 80, "max_per_entry_after": 80,
+         "head_share": 0.5, "t": None, "top": [], "bottom": [], "languages": card["languages"]}
+    page = render_html({"root": "r", "funnel": [], "duplicates_removed": 0, "leakage_removed": 0, "top_domains": [],
+                        "queries": q}, [])
+    assert "<td>de</td><td>100</td><td>100</td><td>3</td><td>3</td><td>80</td><td>100</td>" in page
