@@ -37,7 +37,7 @@ class BalanceConfig(EngineOptions):
     matches: tuple[str, ...] = opt(help="match files or folders from `wit curate match`", positional=True)
     out: str = opt(help="output folder (local or s3://): selection/, urls/, entry_counts.parquet, datacard.json, "
                         "PNG plots")
-    t: int = opt(20_000, "pairs per entry to aim for (before download use 2-4x)", minimum=1)
+    t: int = opt(20_000, "pairs per entry to aim for (before download use 2-4x); English's t with a worldwide list", minimum=1)
     seed: int = opt(0, "seed of the per-uid draw")
     verdicts: tuple[str, ...] = opt((), "verdict folders (wit filter text/images, wit dedup) with one file per match "
                                         "file: pairs a filter dropped are not in the pool, neither counted nor "

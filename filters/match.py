@@ -49,7 +49,7 @@ class MatchConfig(EngineOptions):
     uid_column: str = opt("uid", "uid column")
     spacing: str = opt("metaclip", "whole-token rule: 'metaclip' = MetaCLIP's (the marks , . ; : ? ! ` spaced, tab "
                                    "and newline to spaces, case-sensitive); 'ascii' = every ASCII punctuation mark "
-                                   "spaced, whitespace runs collapsed (wit before 0.2)", choices=RULES)
+                                   "spaced, whitespace runs collapsed (wit's earlier rule)", choices=RULES)
     batch_rows: int = opt(BATCH_ROWS, "captions scanned as one string", cli=False)
 
 

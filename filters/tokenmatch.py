@@ -3,7 +3,7 @@
 Under `--spacing metaclip` an entry's key is " entry " and the caption's spaced text is padded, so the key occurs
 in the text exactly when the entry's words (entry.split(" ")) occur as consecutive items of text.split(" "). A
 batch's spaced text (filters.match.spaced_batch) is split once in C, each token looked up in the vocabulary of the
-entries' words (arrow's hash lookup, index_in), and the entries found level by level over a trie
+entries' words (arrow's dictionary encoding, then one dict look-up per distinct token), and the entries found level by level over a trie
 of token ids with numpy: level 1 is a table lookup, each further level only extends the positions whose prefix
 is a prefix of some entry. The caption separator " \\x00 " is a token no entry has, so no match spans two
 captions. Entries this cannot express (an empty word: leading, trailing or doubled spaces; MetaCLIP 2's unpadded
@@ -11,9 +11,10 @@ keys of scripts without spaces) go to an Aho-Corasick automaton over the same te
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from wit.filters.match import SEPARATOR, build_automaton, caption_bytes, match_captions, metaclip_bytes
 from wit.filters.spacing import entry_key
@@ -53,8 +54,8 @@ class TokenMatcher:
                 raise WitError(f"query {i} {entry!r}: same tokens as query {state_entry[state]}; rebuild the list")
             state_entry[state] = i
         self.sep, self.unknown = len(vocab), len(vocab) + 1  # the separator token, any other word
-        # token id = position; a token is looked up with the space after it (see match)
-        self.words = pa.array([f"{w} " for w in vocab] + [SEPARATOR[1:]], pa.large_string())
+        # a token is looked up with the space after it (see match)
+        self.lookup = {f"{w} ": i for w, i in vocab.items()} | {SEPARATOR[1:]: self.sep}
         self.state_entry = np.array(state_entry, dtype=np.int64)
         self.first = np.full(len(vocab) + 2, -1, dtype=np.int64)  # token id -> state after it (-1: none)
         deeper = {}
@@ -76,7 +77,11 @@ class TokenMatcher:
         cuts = np.flatnonzero(b == 32) + 1
         tokens = pa.LargeStringArray.from_buffers(len(cuts), pa.py_buffer(np.concatenate(([0], cuts)).astype(np.int64)),
                                                   pa.py_buffer(b))
-        tok = pc.fill_null(pc.index_in(tokens, value_set=self.words), self.unknown).to_numpy().astype(np.int64)
+        # each distinct token of the batch looked up once (arrow's index_in would rebuild its table every call)
+        codes = tokens.dictionary_encode()
+        ids = np.fromiter(map(self.lookup.get, codes.dictionary.to_pylist(), itertools.repeat(self.unknown)),
+                          dtype=np.int64, count=len(codes.dictionary))
+        tok = ids[codes.indices.to_numpy()]
         row = np.cumsum(tok == self.sep)
         found_pos, found_id = [], []
         state = self.first[tok]
