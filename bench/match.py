@@ -147,7 +147,7 @@ def main() -> int:
     build_s = time.perf_counter() - t0
     automaton_mb = rss_mb() - before
     stats = automaton.get_stats()
-    print(f"automaton (ours): built in {build_s:.1f} s, {automaton_mb:.0f} MB resident "
+    print(f"matchers (ours: automaton and token matcher): built in {build_s:.1f} s, {automaton_mb:.0f} MB resident "
           f"(pyahocorasick reports {stats['total_size'] / 2**20:.0f} MB, {stats['nodes_count']:,} nodes)")
     t0 = time.perf_counter()
     plain = plain_automaton(entries)
