@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from wit.filters import datacard
+from wit.filters import datacard, languages
 from wit.filters.io import read_table
 from wit.shards.options import opt
 from wit.shards.runner import EngineOptions, imap
@@ -43,7 +43,7 @@ class BalanceConfig(EngineOptions):
     matches: tuple[str, ...] = opt(help="match files or folders from `wit curate match`", positional=True)
     out: str = opt(help="output folder (local or s3://): selection/, urls/, entry_counts.parquet, datacard.json, "
                         "PNG plots")
-    t: int = opt(20_000, "pairs per entry to aim for (before download use 2-4x)", minimum=1)
+    t: int = opt(20_000, "pairs per entry to aim for (before download use 2-4x); English's t with a worldwide list", minimum=1)
     seed: int = opt(0, "seed of the per-uid draw")
     verdicts: tuple[str, ...] = opt((), "verdict folders (wit filter text/images, wit dedup) with one file per match "
                                         "file: pairs a filter dropped are not in the pool, neither counted nor "
@@ -203,6 +203,15 @@ def write_probabilities(out: str, p: np.ndarray) -> str:
     return url
 
 
+def _spacing(files: list[str]) -> str:
+    """The spacing rule the match files were written with (files from before the rule was recorded: ascii)."""
+    rules = {(read_schema(url).metadata or {}).get(b"wit.spacing", b"ascii").decode(): url for url in files}
+    if len(rules) != 1:
+        (r1, f1), (r2, f2) = list(rules.items())[:2]
+        raise WitError(f"{f2}: matched with --spacing {r2}, but {f1} with --spacing {r1}; match all files alike")
+    return next(iter(rules))
+
+
 def run(cfg: BalanceConfig) -> dict:
     files = list(cfg.matches)
     if not files:
@@ -210,11 +219,13 @@ def run(cfg: BalanceConfig) -> dict:
     if cfg.t < 1:
         raise WitError(f"--t {cfg.t}: must be at least 1")
     version, queries, n_entries = _check_same_queries(files)
+    spacing = _spacing(files)
     engine = {"engine": cfg.engine, "workers": cfg.workers, "ray_address": cfg.ray_address}
     counts = np.zeros(n_entries, np.int64)
     for ids, n, _ in imap(count_file, [(f, tuple(cfg.verdicts)) for f in files], **engine):
         _add(counts, (ids, n))
-    p = entry_probabilities(counts, cfg.t)
+    t_entry, t_lang = languages.balance_t(queries, counts, cfg.t)  # a worldwide list: t per language (tail rule)
+    p = entry_probabilities(counts, t_entry)
     p_url = write_probabilities(cfg.out, p)
     names = [posixpath.basename(f).rsplit(".", 1)[0] for f in files]
     if len(set(names)) != len(names):
@@ -233,8 +244,13 @@ def run(cfg: BalanceConfig) -> dict:
             funnel[k] += r[k]
         expected += r["expected_selected"]  # in file order, as a sum over the list gave it
     funnel["expected_selected"] = round(expected, 3)
+    per_language = None
+    if t_lang:
+        parts = imap(languages.report_file, [(f, t.target) for f, t in zip(files, tasks)], **engine)
+        per_language = languages.report(parts, counts, after, queries, t_lang)
     card = datacard.write(cfg.out, counts=counts, after=after, t=cfg.t, seed=cfg.seed, funnel=funnel,
-                          queries=queries, queries_version=version,
+                          t_per_entry=t_entry, languages=per_language,
+                          queries=queries, queries_version=version, spacing=spacing,
                           config={k: v for k, v in asdict(cfg).items() if k != "matches"} | {"files": len(files)})
     print(json.dumps(funnel), flush=True)
     return card

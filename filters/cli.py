@@ -17,7 +17,9 @@ def register(sub) -> None:
         description="Build the query list: WordNet synset head lemmas, unigrams with count >= --min-count, "
         "bigrams with PMI >= --min-pmi, titles with >= --min-views page views, and --extra lists; "
         "case-sensitive, de-duplicated (by tokens), in that priority order, capped at --cap entries. "
-        "Writes OUT (parquet: id, entry, source, score) and OUT's .summary.json.",
+        "With --languages, one such list per language (English from these sources, the others from "
+        "--lang-unigrams/--lang-bigrams or wordfreq), capped per language. "
+        "Writes OUT (parquet: id, entry, source, score, language) and OUT's .summary.json.",
     )
     add_arguments(b, QueryBuildConfig)
     b.set_defaults(run=_queries_build)
@@ -27,8 +29,10 @@ def register(sub) -> None:
     m = csub.add_parser(
         "match", formatter_class=DefaultsHelp,
         help="write the matched query ids of every caption",
-        description="Whole-token, case-sensitive matching of every caption against every query (Aho-Corasick). "
-        "Writes OUT/<index>.parquet (uid, matched, url, caption) per input file and OUT/match.json.",
+        description="Whole-token, case-sensitive matching of every caption against every query (Aho-Corasick), "
+        "by MetaCLIP's token rule unless --spacing ascii; with a query list of several languages each caption's "
+        "language is identified (langid.py) and it is matched against its language's entries only. "
+        "Writes OUT/<index>.parquet (uid, matched, url, caption, language) per input file and OUT/match.json.",
     )
     add_arguments(m, MatchConfig)
     m.set_defaults(run=_curate_match)
@@ -37,7 +41,9 @@ def register(sub) -> None:
         "balance", formatter_class=DefaultsHelp,
         help="keep at most about t pairs per query entry (MetaCLIP Algorithm 1)",
         description="Count pairs per entry over all match files (c_e), then keep each pair with probability "
-        "1 - prod(1 - min(1, t/c_e)) over its entries, drawn from a hash of (seed, uid). Writes "
+        "1 - prod(1 - min(1, t/c_e)) over its entries, drawn from a hash of (seed, uid). With a query list of "
+        "several languages, --t is English's t and every other language's t is the smallest whose tail share "
+        "reaches English's (MetaCLIP 2). Writes "
         "OUT/selection/*.parquet (every row: status selected|dropped, reason not_in_pool|no_query_match|"
         "not_selected), "
         "OUT/urls/*.parquet (selected rows: uid, url, caption; a URL list for `wit download`), "

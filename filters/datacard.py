@@ -47,14 +47,18 @@ def summarise(counts: np.ndarray, after: np.ndarray, t: int) -> dict:
 
 
 def write(out: str, *, counts: np.ndarray, after: np.ndarray, t: int, seed: int, funnel: dict, queries: str,
-          queries_version: str, config: dict) -> dict:
+          queries_version: str, config: dict, spacing: str = "ascii", t_per_entry=None,
+          languages: dict | None = None) -> dict:
+    """t is English's (or the one) t; t_per_entry the t of each entry's language when a worldwide list has one per
+    language, and `languages` the per-language table (filters.languages.report)."""
+    tt = t if t_per_entry is None else t_per_entry
     entries = _entries(queries, len(counts))
     write_parquet(posixpath.join(out, "entry_counts.parquet"), pa.table({
         "id": pa.array(np.arange(len(counts)), pa.int32()),
         "entry": entries,
         "before": counts,
         "after": after,
-        "p": np.minimum(1.0, t / np.maximum(counts, 1)),
+        "p": np.minimum(1.0, tt / np.maximum(counts, 1)),
     }))
     top = np.argsort(-counts, kind="stable")[:TOP]
     card = {
@@ -62,13 +66,15 @@ def write(out: str, *, counts: np.ndarray, after: np.ndarray, t: int, seed: int,
         "seed": seed,
         "queries": queries,
         "queries_version": queries_version,
+        "spacing": spacing,  # the whole-token rule of the match files (filters.spacing)
         "pairs": funnel,
-        "entries": summarise(counts, after, t),
+        "entries": summarise(counts, after, tt),
         "top_entries": [
             {"id": int(i), "entry": entries[i], "before": int(counts[i]), "after": int(after[i])}
             for i in top if counts[i] > 0
         ],
         "plots": ["counts.png", "top_entries.png"],
+        **({"languages": languages} if languages else {}),
         "config": config,
     }
     write_json(posixpath.join(out, "datacard.json"), card)

@@ -1,6 +1,7 @@
 """Match captions against the query list: the ids of every entry that occurs as whole tokens in a caption.
 
-One Aho-Corasick automaton (pyahocorasick) over the spaced entries " entry ", built once per worker process.
+One Aho-Corasick automaton (pyahocorasick) over the entries' keys (filters.spacing: " entry " under MetaCLIP's
+rule, the default, or the entry spaced by the ascii rule), built once per worker process.
 Speed comes from batching, not from a cleverer automaton: a batch of captions is spaced with numpy on its UTF-8
 bytes (straight from the arrow buffer), as one string with a NUL token between captions (no entry contains
 one, so no match spans two captions), and scanned by one `iter` call consumed in C (`np.fromiter`). The NUL
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 
 from wit.filters import queries as querylist
 from wit.filters.io import make_parent
-from wit.filters.spacing import WS_CHARS, space
+from wit.filters.spacing import METACLIP_BLANKS, METACLIP_MARKS, RULES, WS_CHARS, entry_key
 from wit.shards.lists import list_format, read_list
 from wit.shards.options import opt
 from wit.shards.runner import EngineOptions, run_map
@@ -46,6 +47,9 @@ class MatchConfig(EngineOptions):
     out: str = opt(help="output folder (local or s3://): one <index>.parquet per input plus match.json")
     caption_column: str = opt("caption", "caption column")
     uid_column: str = opt("uid", "uid column")
+    spacing: str = opt("metaclip", "whole-token rule: 'metaclip' = MetaCLIP's (the marks , . ; : ? ! ` spaced, tab "
+                                   "and newline to spaces, case-sensitive); 'ascii' = every ASCII punctuation mark "
+                                   "spaced, whitespace runs collapsed (wit's earlier rule)", choices=RULES)
     batch_rows: int = opt(BATCH_ROWS, "captions scanned as one string", cli=False)
 
 
@@ -58,18 +62,22 @@ class MatchTask:
     uid_column: str
     caption_column: str
     batch_rows: int
+    spacing: str = "metaclip"
 
 
-def build_automaton(entries: list[str]) -> ahocorasick.Automaton:
-    """Keys are the spaced entries; values are the query ids. Duplicate keys would hide an id: refuse them.
+def build_automaton(entries: list[str], spacing: str = "metaclip") -> ahocorasick.Automaton:
+    """Keys are the entries' keys under the spacing rule; values are the query ids. Duplicate keys would hide an
+    id: refuse them. NUL separates captions in a batch: an entry holding it is refused.
 
     One more key, " \\x00 " with value len(entries), marks the boundary between two captions in a batch.
     Keys go in in id order; query lists put frequent entries first, which keeps their nodes and edges early.
     """
     automaton = ahocorasick.Automaton(ahocorasick.STORE_INTS)
     for i, entry in enumerate(entries):
-        key = space(entry)
-        if key.strip():
+        if "\x00" in entry or "\x01" in entry:
+            raise WitError(f"query {i} {entry!r}: holds a NUL or \\x01 character; rebuild the list")
+        key = entry_key(entry, spacing)
+        if key:
             if key in automaton:
                 raise WitError(f"query {i} {entry!r}: same tokens as query {automaton.get(key)}; rebuild the list")
             automaton.add_word(key, i)
@@ -81,10 +89,13 @@ def build_automaton(entries: list[str]) -> ahocorasick.Automaton:
 
 
 @functools.lru_cache(maxsize=2)
-def worker_automaton(queries_url: str) -> tuple[ahocorasick.Automaton, int, str]:
-    """The automaton for a query file, built once per worker process (pool and Ray workers are reused)."""
+def worker_matcher(queries_url: str, spacing: str = "metaclip"):
+    """The matcher for a query file (filters.worldwide: one automaton per language), built once per worker
+    process (pool and Ray workers are reused), and the file's version."""
+    from wit.filters.worldwide import WorldwideMatcher
+
     entries, version = querylist.load(queries_url)
-    return build_automaton(entries), len(entries), version
+    return WorldwideMatcher(entries, querylist.load_languages(queries_url), spacing), version
 
 
 # Byte tables for the vectorised spacing rule (filters.spacing is the definition). ASCII bytes never occur
@@ -121,33 +132,59 @@ def _blank_wide_spaces(raw: bytes) -> np.ndarray:
     return b
 
 
-def spaced_batch(captions: pa.Array) -> str:
+# MetaCLIP's rule: tab, newline, CR -> space; a NUL inside a caption -> \x01 (no entry holds either, so no key
+# matches differently), which leaves NUL to the separator; only the seven marks (and the separator) are spaced.
+_METACLIP_BLANK = bytes(32 if chr(i) in METACLIP_BLANKS else 1 if i == 0 else i for i in range(256))
+_METACLIP_PUNCT = bytes(int(chr(i) in METACLIP_MARKS or i == 0) for i in range(256))
+
+
+def spaced_batch(captions: pa.Array, spacing: str = "metaclip") -> str:
     """The spaced captions as one string: " cap0 \x00 cap1 \x00 ... capN "."""
-    arr = pc.fill_null(captions.cast(pa.large_string()), "")
-    _, offsets_buf, data_buf = arr.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
-    data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]] if data_buf else np.empty(0, np.uint8)
+    data, offsets = caption_bytes(captions)
+    if spacing == "metaclip":
+        return " " + metaclip_bytes(data, offsets).tobytes().decode("utf-8") + " "
     b = np.insert(_blank_wide_spaces(data.tobytes().translate(_TO_SPACE)), offsets[1:-1] - offsets[0], 0)
-    punct = _flags(b.tobytes(), _IS_PUNCT)
-    out = np.repeat(b, 1 + 2 * punct.view(np.uint8))  # each punctuation byte three times ...
-    first = np.flatnonzero(punct)
-    first += 2 * np.arange(len(first))  # ... at its old place plus 2 per earlier punctuation byte
-    out[first] = 32  # ... and the outer two become spaces
-    out[first + 2] = 32
+    out = _wrap(b, _flags(b.tobytes(), _IS_PUNCT))
     is_space = out == 32
     keep = np.ones(len(out), dtype=bool)
     np.logical_not(is_space[1:] & is_space[:-1], out=keep[1:])  # collapse runs of spaces
     return " " + out[keep].tobytes().decode("utf-8") + " "
 
 
-def match_captions(automaton: ahocorasick.Automaton, captions: pa.Array, n_entries: int) -> pa.ListArray:
+def metaclip_bytes(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """MetaCLIP's rule on a batch's UTF-8 bytes (captions at offsets), NUL between captions, not padded."""
+    b = np.insert(np.frombuffer(data.tobytes().translate(_METACLIP_BLANK), np.uint8), offsets[1:-1] - offsets[0], 0)
+    return _wrap(b, _flags(b.tobytes(), _METACLIP_PUNCT))
+
+
+def caption_bytes(captions: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's UTF-8 bytes and offsets, straight from the arrow buffers (null -> empty)."""
+    arr = pc.fill_null(captions.cast(pa.large_string()), "")
+    _, offsets_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]] if data_buf else np.empty(0, np.uint8)
+    return data, offsets
+
+
+def _wrap(b: np.ndarray, punct: np.ndarray) -> np.ndarray:
+    """The bytes with a space on each side of every flagged byte."""
+    out = np.repeat(b, 1 + 2 * punct.view(np.uint8))  # each punctuation byte three times ...
+    first = np.flatnonzero(punct)
+    first += 2 * np.arange(len(first))  # ... at its old place plus 2 per earlier punctuation byte
+    out[first] = 32  # ... and the outer two become spaces
+    out[first + 2] = 32
+    return out
+
+
+def match_captions(automaton: ahocorasick.Automaton, captions: pa.Array, n_entries: int,
+                   spacing: str = "metaclip") -> pa.ListArray:
     """list<int32> of matched query ids per caption, sorted and unique (null caption -> empty list)."""
     n = len(captions)
     if n == 0 or n_entries == 0:
         return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], pa.int32()))
     # One C-level pass: iter yields (end, id) in text order; only the ids are kept. Separator matches
     # (id n_entries) count the captions, so the ids need no position arithmetic to find their caption.
-    values = np.fromiter(automaton.iter(spaced_batch(captions)), dtype=_MATCH)["id"]
+    values = np.fromiter(automaton.iter(spaced_batch(captions, spacing)), dtype=_MATCH)["id"]
     is_sep = values == n_entries
     rows = np.cumsum(is_sep)[~is_sep]
     keys = np.sort(rows * n_entries + values[~is_sep])  # by row then id (np.unique is far slower in numpy 2.4)
@@ -163,7 +200,8 @@ def match_file(task: MatchTask) -> dict:
     The input is a parquet with a uid column (a crawl's manifest) or else a URL list in any format `wit download`
     reads (read whole, with the uids ingest would give), for balancing the text pool before download.
     """
-    automaton, n_entries, version = worker_automaton(task.queries)
+    matcher, version = worker_matcher(task.queries, task.spacing)
+    n_entries = matcher.n_entries
     fs, path = fs_and_path(task.source)
     if not fs.exists(path):
         raise WitError(f"{task.source}: no such input file")
@@ -179,14 +217,15 @@ def match_file(task: MatchTask) -> dict:
     schema = MATCHES
     for c in carry:
         schema = schema.append(pa.field(c, pa.string()))
-    schema = schema.append(pa.field("caption", pa.string())).with_metadata(
+    schema = schema.append(pa.field("caption", pa.string())).append(pa.field("language", pa.string())).with_metadata(
         {"wit.queries": task.queries, "wit.queries.version": version, "wit.queries.entries": str(n_entries),
-         "wit.source": task.source}
+         "wit.source": task.source, "wit.spacing": task.spacing, "wit.languages": ",".join(matcher.languages)}
     )
     out_fs, out_path = fs_and_path(task.target)
     make_parent(task.target)
     tmp = f"{out_path}.tmp-{uuid.uuid4().hex[:8]}"
     rows = matched_rows = matches = 0
+    per_language: dict[str, dict[str, int]] = {}
     with out_fs.open(tmp, "wb") as f, pq.ParquetWriter(f, schema) as writer:
         if isinstance(source, pq.ParquetFile):
             batches = source.iter_batches(batch_size=task.batch_rows, columns=columns)
@@ -194,17 +233,39 @@ def match_file(task: MatchTask) -> dict:
             batches = source.select(columns).to_batches(max_chunksize=task.batch_rows)
         for batch in batches:
             caps = batch.column(caption_column)
-            matched = match_captions(automaton, caps, n_entries)
+            matched, caption_languages = matcher.match(caps)
             lens = pc.list_value_length(matched)
+            _count_languages(per_language, caption_languages, lens)
             rows += len(batch)
             matched_rows += pc.sum(pc.greater(lens, 0)).as_py() or 0
             matches += pc.sum(lens).as_py() or 0
             arrays = [batch.column(uid_column).cast(pa.string()), matched]
-            arrays += [batch.column(c).cast(pa.string()) for c in carry] + [caps.cast(pa.string())]
+            arrays += [batch.column(c).cast(pa.string()) for c in carry] + [caps.cast(pa.string()), caption_languages]
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
     move(out_fs, tmp, out_path)
     return {"source": task.source, "target": task.target, "rows": rows, "matched_rows": matched_rows,
-            "matches": matches}
+            "matches": matches, "languages": per_language}
+
+
+def _count_languages(per_language: dict, caption_languages: pa.Array, lens: pa.Array) -> None:
+    """Per caption language: captions (the pool), matched captions and matches."""
+    table = pa.table({"language": caption_languages, "n": pc.cast(lens, pa.int64())})
+    table = table.append_column("matched", pc.cast(pc.greater(table["n"], 0), pa.int64()))
+    for row in table.group_by("language").aggregate([("n", "count"), ("matched", "sum"), ("n", "sum")]).to_pylist():
+        s = per_language.setdefault(row["language"], {"rows": 0, "matched_rows": 0, "matches": 0})
+        s["rows"] += row["n_count"]
+        s["matched_rows"] += row["matched_sum"]
+        s["matches"] += row["n_sum"]
+
+
+def _sum_languages(results: list[dict]) -> dict:
+    total: dict[str, dict[str, int]] = {}
+    for r in results:
+        for lang, s in r["languages"].items():
+            t = total.setdefault(lang, {"rows": 0, "matched_rows": 0, "matches": 0})
+            for k in t:
+                t[k] += s[k]
+    return dict(sorted(total.items(), key=lambda kv: -kv[1]["rows"]))
 
 
 def _open_manifest(url: str, uid_column: str) -> pq.ParquetFile | None:
@@ -221,7 +282,7 @@ def run(cfg: MatchConfig) -> dict:
         raise WitError("no input files given")
     tasks = [
         MatchTask(cfg.queries, src, posixpath.join(cfg.out, f"{i:05d}.parquet"), cfg.uid_column,
-                  cfg.caption_column, cfg.batch_rows)
+                  cfg.caption_column, cfg.batch_rows, cfg.spacing)
         for i, src in enumerate(cfg.inputs)
     ]
     results = run_map(match_file, tasks, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address)
@@ -230,9 +291,11 @@ def run(cfg: MatchConfig) -> dict:
         "queries": cfg.queries,
         "queries_version": version,
         "entries": len(entries),
+        "spacing": cfg.spacing,
         "rows": rows,
         "matched_rows": sum(r["matched_rows"] for r in results),
         "matches": sum(r["matches"] for r in results),
+        "languages": _sum_languages(results),
         "files": results,
         "config": {k: v for k, v in asdict(cfg).items() if k != "inputs"},
     }

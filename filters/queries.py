@@ -1,6 +1,10 @@
 """Build the query list (MetaCLIP's metadata): WordNet head lemmas, Wikipedia unigrams, high-PMI bigrams and
 popular Wikipedia titles, plus optional user lists; de-duplicated, case-sensitive, capped at 500,000 entries.
 
+With --languages (MetaCLIP 2, filters.languages) every language gets its own list, de-duplicated and capped on
+its own: English from the sources above, every other language from --lang-unigrams / --lang-bigrams files or else
+wordfreq's frequencies; each entry carries its language.
+
 Sources are taken in a fixed priority order (user lists, WordNet, unigrams, bigrams, titles): an entry that two
 sources propose belongs to the first, and when the total cap is reached the later sources lose entries. Within a
 source, entries are ranked by score (count, PMI, views) so a budget keeps the strongest ones.
@@ -8,6 +12,7 @@ source, entries are ranked by score (count, PMI, views) so a budget keeps the st
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
@@ -18,6 +23,7 @@ from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 
+from wit.filters import languages as langs
 from wit.filters.io import read_table, write_json
 from wit.filters.spacing import space
 from wit.shards.options import opt
@@ -32,6 +38,13 @@ WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 
 def _none(value: str) -> str | None:
     return None if value.lower() == "none" else value
+
+
+def _lang_file(item: str) -> tuple[str, str]:
+    lang, _, path = item.partition("=")
+    if not lang or not path:
+        raise argparse.ArgumentTypeError(f"{item!r}: expected LANG=FILE, e.g. de=de_unigrams.txt")
+    return lang, path
 
 
 def _budget(item: str) -> tuple[str, int]:
@@ -59,7 +72,19 @@ class QueryBuildConfig:
     budgets: tuple[tuple[str, int], ...] = opt((), "at most N entries from SOURCE (extra, wordnet, unigram, bigram, "
                                                    "title); repeatable", flag="--budget", many="append",
                                                metavar="SOURCE=N", parse=_budget)
-    cap: int = opt(500_000, "total entries at most", minimum=1)
+    cap: int = opt(500_000, "total entries at most (per language with --languages)", minimum=1)
+    languages: str = opt("", "build one list per language: codes such as en,de,fr,zh or 'all' (English and "
+                             "wordfreq's ~40 languages); English takes the sources above, the others "
+                             "--lang-unigrams/--lang-bigrams or wordfreq; empty = English only, as before",
+                         metavar="LANGS")
+    lang_unigrams: tuple[tuple[str, str], ...] = opt((), "`word count` file for a language other than English "
+                                                         "(instead of wordfreq); repeatable", many="append",
+                                                     metavar="LANG=FILE", parse=_lang_file)
+    lang_bigrams: tuple[tuple[str, str], ...] = opt((), "`word word count` file for a language other than English "
+                                                        "(PMI from its unigram counts); repeatable", many="append",
+                                                    metavar="LANG=FILE", parse=_lang_file)
+    wordfreq_tokens: int = opt(langs.WORDFREQ_TOKENS, "wordfreq frequencies become counts over a nominal corpus of "
+                                                      "this many tokens", minimum=1)
     log: bool = opt(True, "print what each source gave", cli=False)
 
 
@@ -172,26 +197,78 @@ def build(cfg: QueryBuildConfig) -> dict:
     for name in budgets:
         if name not in QUERY_SOURCES:
             raise WitError(f"--budget {name}=...: unknown source; choose from {', '.join(QUERY_SOURCES)}")
-    unigram_counts: dict[str, int] | None = None
-
-    def unigrams() -> dict[str, int]:
-        nonlocal unigram_counts
-        if unigram_counts is None:
-            unigram_counts = read_counts(_resolve(cfg.unigrams, "unigrams"), tokens=1)
-        return unigram_counts
-
-    summary: dict[str, SourceSummary] = {}
-    plan = [
-        ("wordnet", cfg.wordnet, lambda: wordnet_candidates(cfg.wordnet)),
-        ("unigram", cfg.unigrams, lambda: unigram_candidates(unigrams(), cfg.min_count)),
-        ("bigram", cfg.bigrams, lambda: bigram_candidates(
-            read_counts(_resolve(cfg.bigrams, "bigrams"), tokens=2), unigrams(), cfg.min_pmi)),
-        ("title", cfg.titles, lambda: title_candidates(cfg.titles, cfg.min_views)),
-    ]
     if cfg.bigrams and not cfg.unigrams:
         raise WitError("--bigrams needs --unigrams: PMI is computed from unigram and bigram counts")
-    ordered = [("extra", p, lambda p=p: extra_candidates(p)) for p in cfg.extra] + plan
+    languages = langs.parse_languages(cfg.languages) if cfg.languages else ("en",)
+    for flag, given in (("--lang-unigrams", cfg.lang_unigrams), ("--lang-bigrams", cfg.lang_bigrams)):
+        for lang, _ in given:
+            if lang not in languages or lang == "en":
+                raise WitError(f"{flag} {lang}=...: {lang!r} is not one of the other --languages "
+                               f"({', '.join(x for x in languages if x != 'en') or 'none'}); English takes "
+                               "--unigrams/--bigrams")
+    rows: list[tuple[str, str, float, str]] = []
+    per_language = {}
+    for lang in languages:
+        plan = _english_plan(cfg) if lang == "en" else _language_plan(cfg, lang)
+        lang_rows, summary = _select(cfg, plan, budgets, lang)
+        rows += [(e, src, score, lang) for e, src, score in lang_rows]
+        per_language[lang] = {"entries": len(lang_rows), "sources": {k: asdict(v) for k, v in summary.items()}}
+    table = pa.table(
+        {
+            "id": pa.array(range(len(rows)), pa.int32()),
+            "entry": [r[0] for r in rows],
+            "source": [r[1] for r in rows],
+            "score": pa.array([None if math.isnan(r[2]) else r[2] for r in rows], pa.float64()),
+            "language": [r[3] for r in rows],
+        },
+        schema=QUERIES,
+    )
+    # the version covers the languages too: the same words in two languages are two lists
+    text = "\n".join(r[0] for r in rows) if languages == ("en",) else "\n".join(f"{r[3]}\t{r[0]}" for r in rows)
+    version = hashlib.sha256(text.encode()).hexdigest()[:16]
+    table = table.replace_schema_metadata({"wit.queries.version": version, "wit.config": json.dumps(asdict(cfg))})
+    write_parquet(cfg.out, table)
+    result = {
+        "version": version,
+        "entries": len(rows),
+        "cap": cfg.cap,
+        "sources": per_language[languages[0]]["sources"],
+        "languages": per_language,
+        "config": asdict(cfg),
+    }
+    write_json(summary_path(cfg.out), result)
+    _say(cfg, f"queries: {len(rows):,} entries in {len(languages)} language(s), version {version} -> {cfg.out}")
+    return result
 
+
+def _english_plan(cfg: QueryBuildConfig) -> list:
+    """(source, path, candidates) in priority order: user lists, WordNet, unigrams, bigrams, titles."""
+    counts = functools.lru_cache(maxsize=1)(lambda: read_counts(_resolve(cfg.unigrams, "unigrams"), tokens=1))
+    plan = [
+        ("wordnet", cfg.wordnet, lambda: wordnet_candidates(cfg.wordnet)),
+        ("unigram", cfg.unigrams, lambda: unigram_candidates(counts(), cfg.min_count)),
+        ("bigram", cfg.bigrams, lambda: bigram_candidates(
+            read_counts(_resolve(cfg.bigrams, "bigrams"), tokens=2), counts(), cfg.min_pmi)),
+        ("title", cfg.titles, lambda: title_candidates(cfg.titles, cfg.min_views)),
+    ]
+    return [("extra", p, lambda p=p: extra_candidates(p)) for p in cfg.extra] + plan
+
+
+def _language_plan(cfg: QueryBuildConfig, lang: str) -> list:
+    """A language other than English: its unigram file or wordfreq's counts, then its bigram file if given."""
+    unigram_file, bigram_file = dict(cfg.lang_unigrams).get(lang), dict(cfg.lang_bigrams).get(lang)
+    counts = functools.lru_cache(maxsize=1)(
+        lambda: read_counts(unigram_file, tokens=1) if unigram_file else langs.wordfreq_counts(lang, cfg.wordfreq_tokens))
+    plan = [("unigram", unigram_file or f"wordfreq:{lang}", lambda: unigram_candidates(counts(), cfg.min_count))]
+    if bigram_file:
+        plan.append(("bigram", bigram_file, lambda: bigram_candidates(
+            read_counts(bigram_file, tokens=2), counts(), cfg.min_pmi)))
+    return plan
+
+
+def _select(cfg: QueryBuildConfig, ordered: list, budgets: dict, lang: str):
+    """Candidates of one language, strongest first per source, de-duplicated by tokens, within budgets and cap."""
+    summary: dict[str, SourceSummary] = {}
     seen: set[str] = set()
     rows: list[tuple[str, str, float]] = []
     for source, path, candidates in ordered:
@@ -220,31 +297,10 @@ def build(cfg: QueryBuildConfig) -> dict:
                 seen.add(key)
                 rows.append((entry, source, score))
                 s.kept += 1
-    table = pa.table(
-        {
-            "id": pa.array(range(len(rows)), pa.int32()),
-            "entry": [r[0] for r in rows],
-            "source": [r[1] for r in rows],
-            "score": pa.array([None if math.isnan(r[2]) else r[2] for r in rows], pa.float64()),
-        },
-        schema=QUERIES,
-    )
-    version = hashlib.sha256("\n".join(r[0] for r in rows).encode()).hexdigest()[:16]
-    table = table.replace_schema_metadata({"wit.queries.version": version, "wit.config": json.dumps(asdict(cfg))})
-    write_parquet(cfg.out, table)
-    result = {
-        "version": version,
-        "entries": len(rows),
-        "cap": cfg.cap,
-        "sources": {k: asdict(v) for k, v in summary.items()},
-        "config": asdict(cfg),
-    }
-    write_json(summary_path(cfg.out), result)
     for name, s in summary.items():
-        _say(cfg, f"queries: {name:8s} kept {s.kept:>8,} of {s.candidates:>8,} candidates "
+        _say(cfg, f"queries: {lang} {name:8s} kept {s.kept:>8,} of {s.candidates:>8,} candidates "
                   f"(duplicates {s.duplicates:,}, over budget {s.over_budget:,}) {s.note}")
-    _say(cfg, f"queries: {len(rows):,} entries, version {version} -> {cfg.out}")
-    return result
+    return rows, summary
 
 
 def summary_path(out: str) -> str:
@@ -267,6 +323,14 @@ def load(url: str) -> tuple[list[str], str]:
     version = meta.get(b"wit.queries.version", b"").decode() or hashlib.sha256(
         "\n".join(entries).encode()).hexdigest()[:16]
     return entries, version
+
+
+def load_languages(url: str) -> list[str]:
+    """The language of each entry (a list from before languages were recorded: English)."""
+    table = read_table(url)
+    if "language" not in table.column_names:
+        return ["en"] * table.num_rows
+    return table.column("language").to_pylist()
 
 
 def _say(cfg: QueryBuildConfig, msg: str) -> None:

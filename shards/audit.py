@@ -174,7 +174,8 @@ def query_report(con, root: str, has_corpus: bool, top: int) -> dict:
                   SELECT e, count(*) AS n, row_number() OVER (ORDER BY count(*) DESC, e) AS rank
                   FROM (SELECT unnest(matched) e FROM {src}) GROUP BY 1""")
     card = join(root, "balance", "datacard.json")
-    t = read_json(card).get("t") if exists(card) else None
+    card = read_json(card) if exists(card) else {}
+    t = card.get("t")
     n_before, max_before = _one(con, "SELECT count(*), coalesce(max(n), 0) FROM qb")
     n_after, max_after, total = _one(con, "SELECT count(*), coalesce(max(n), 0), coalesce(sum(n), 0) FROM qa")
     total = total or 1
@@ -192,6 +193,7 @@ def query_report(con, root: str, has_corpus: bool, top: int) -> dict:
         "head_share": head / total,
         "top": rows[:top], "bottom": rows[-top:],
         "count_curves": {"before": _log_ranks(con, "qb", n_before), "after": _log_ranks(con, "qa", n_after)},
+        "languages": card.get("languages"),  # worldwide curation: the data card's per-language table
     }
     if t:
         # entries the cap t bit (pool count >= t), and the corpus share of the tail entries kept whole
@@ -302,6 +304,11 @@ def render_html(report: dict, plots: list[str], gallery_html: str = "") -> str:
             parts.append(f"<p>t = {q['t']:,}: {q['entries_reaching_t']:,} entries reached it in the pool and were "
                          f"sampled down; the tail entries, kept whole, hold {100 * q['tail_share']:.1f}% of the "
                          "corpus's matches.</p>")
+        if q.get("languages"):
+            cols = ("pool", "matched_pairs", "entries", "entries_matched", "t", "kept_pairs")
+            parts.append("<table><tr><th>language</th>" + "".join(f"<th>{c.replace('_', ' ')}</th>" for c in cols)
+                         + "</tr>" + "".join(f"<tr><td>{e(lang)}</td>" + "".join(f"<td>{row[c]:,}</td>" for c in cols)
+                                             + "</tr>" for lang, row in q["languages"].items()) + "</table>")
         for which in ("top", "bottom"):
             parts.append(f"<table><tr><th>{which} entry</th><th>corpus</th><th>pool</th></tr>" + "".join(
                 f"<tr><td>{e(str(n))}</td><td>{a:,}</td><td>{b:,}</td></tr>" for n, a, b in q[which]) + "</table>")

@@ -85,7 +85,7 @@ def empty_manifest() -> pa.Table:
 # ---- Query-based curation (filters/: queries, curate match, curate balance) ----------------------------------
 
 # The query list: id is the position (0..n-1); source is one of QUERY_SOURCES; score is the source's own
-# strength (count, PMI, page views, synsets; null for user lists).
+# strength (count, PMI, page views, synsets; null for user lists); language is the entry's language.
 QUERY_SOURCES = ("extra", "wordnet", "unigram", "bigram", "title")
 QUERIES = pa.schema(
     [
@@ -93,6 +93,7 @@ QUERIES = pa.schema(
         pa.field("entry", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
         pa.field("score", pa.float64()),
+        pa.field("language", pa.string(), nullable=False),  # ISO 639-1 code (filters.languages); "en" before it
     ]
 )
 

@@ -40,8 +40,10 @@ def brute_force(entries: list[str], captions: list[str | None]) -> list[list[int
     return result
 
 
-def match(entries: list[str], captions: list[str | None]) -> list[list[int]]:
-    return match_captions(build_automaton(entries), pa.array(captions, pa.string()), len(entries)).to_pylist()
+def match(entries: list[str], captions: list[str | None], spacing: str = "ascii") -> list[list[int]]:
+    """The batch matcher; these tests hold the ascii rule (tests/test_curate_metaclip.py holds MetaCLIP's)."""
+    return match_captions(build_automaton(entries, spacing), pa.array(captions, pa.string()), len(entries),
+                          spacing).to_pylist()
 
 
 def test_whole_token_examples():
@@ -112,7 +114,7 @@ TEXT = st.text(
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.one_of(st.none(), TEXT), min_size=1, max_size=8))
 def test_vectorised_spacing_equals_definition(captions):
-    text = spaced_batch(pa.array(captions, pa.string()))
+    text = spaced_batch(pa.array(captions, pa.string()), "ascii")
     parts = text.split("\x00")
     assert len(parts) == len(captions)
     assert [p.split(" ") for p in [f" {q.strip(' ')} " for q in parts]] == [
@@ -142,6 +144,7 @@ def test_sliced_and_chunked_input():
     arr = pa.array(["x cat", "a dog", None, "cat dog"])
     automaton = build_automaton(["cat", "dog"])
     assert match_captions(automaton, arr.slice(1, 3), 2).to_pylist() == [[1], [], [0, 1]]
+    assert match_captions(automaton, arr.slice(1, 3), 2, "ascii").to_pylist() == [[1], [], [0, 1]]
     assert match_captions(automaton, arr.slice(0, 0), 2).to_pylist() == []
 
 
@@ -149,4 +152,4 @@ def test_duplicate_tokens_in_query_list_are_refused():
     from wit.shards.storage import WitError
 
     with pytest.raises(WitError, match="same tokens as query 0"):
-        build_automaton(["U.S.", "U. S."])
+        build_automaton(["U.S.", "U. S."], "ascii")
