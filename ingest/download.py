@@ -20,6 +20,16 @@ from tqdm import tqdm
 
 from wit.ingest.config import SHARD_DIGITS, DownloadConfig
 from wit.ingest.guard import GuardPolicy
+from wit.ingest.output import (
+    check_own_folder,
+    crawl_shard_names,
+    entries,
+    own_shard_file,
+    own_shards,
+    read_record,
+    run_record_url,
+    shard_name,
+)
 from wit.ingest.progress import ShardProgress
 from wit.ingest.summary import summarize
 from wit.shards.lists import find_lists, read_list
@@ -34,20 +44,21 @@ from wit.shards.storage import (
     write_atomic,
     write_json_atomic,
 )
-from wit.shards.verify import shard_names, verify_shard
+from wit.shards.verify import verify_shard
 
 
 def download(cfg: DownloadConfig) -> dict:
     """Crawl cfg.lists into cfg.out; a second call with the same arguments resumes. Returns the summary."""
     cfg = replace(cfg, out=absolute(cfg.out))
+    check_own_folder(cfg.out)  # before anything is written there
     check_writable(cfg.out)
     inputs = prepare_inputs(cfg)
-    expected = {f"{i:0{SHARD_DIGITS}d}" for i in range(expected_shards(inputs, cfg.shard_size))}
     done = resume_scan(cfg.out)
     start = time.time()
     run_engine(cfg, input_dir=join(cfg.out, "_wit", "input"), done=done, start_shard=0, total_rows=sum(inputs))
-    missing = sorted(expected - set(shard_names(cfg.out)))
-    new = set(shard_names(cfg.out)) - {f"{i:0{SHARD_DIGITS}d}" for i in done}
+    finished = {int(n) for n in crawl_shard_names(cfg.out)}
+    missing = [shard_name(i) for i in range(expected_shards(inputs, cfg.shard_size)) if i not in finished]
+    new = {shard_name(i) for i in finished - done}
     summary = summarize(cfg.out, started=start, new_shards=new)
     summary["missing_shards"] = missing
     write_json_atomic(join(cfg.out, "_wit", "summary.json"), summary)
@@ -65,19 +76,18 @@ def prepare_inputs(cfg: DownloadConfig) -> list[int]:
         counts.append(table.num_rows)
         tables.append(table)
     fingerprint = {"lists": files, "rows": counts, "uids_sha256": digest.hexdigest(), "shard_size": cfg.shard_size}
-    run_file = join(cfg.out, "_wit", "run.json")
-    if exists(run_file):
-        previous = read_json(run_file)
-        if {k: previous.get(k) for k in fingerprint} != fingerprint:
-            raise WitError(
-                f"{cfg.out}: holds a crawl of other lists or another shard size ({run_file}); "
-                "use a new output folder, or delete this one to start over"
-            )
+    run_file = run_record_url(cfg.out)
+    previous = read_json(run_file) if exists(run_file) else {}
+    if previous and {k: previous.get(k) for k in fingerprint} != fingerprint:
+        raise WitError(
+            f"{cfg.out}: holds a crawl of other lists or another shard size ({run_file}); "
+            "use a new output folder, or delete this one to start over"
+        )
     for i, table in enumerate(tables):
         sink = io.BytesIO()
         pq.write_table(table, sink)
         write_atomic(join(cfg.out, "_wit", "input", f"{i:05d}.parquet"), sink.getvalue())
-    write_json_atomic(run_file, fingerprint)
+    write_json_atomic(run_file, {**previous, **fingerprint})  # keeps the retries the record lists
     return counts
 
 
@@ -86,20 +96,20 @@ def expected_shards(counts: list[int], shard_size: int) -> int:
 
 
 def resume_scan(out: str) -> set[int]:
-    """Ids of shards that are complete and verified; every other shard file is removed so it gets redone."""
+    """Numbers of the crawl's shards that are complete and verified. The files of its other shards, and leftover
+    temporaries, are removed so those get redone; a name the run record does not list is never touched."""
     fs, root = fs_and_path(out)
+    shards = own_shards(read_record(out))
     done, bad = set(), []
-    for name in shard_names(out):
+    for name in crawl_shard_names(out, shards):  # another shard in the folder is neither trusted nor touched
         check = verify_shard(out, name)
         (done.add(int(name)) if check.ok else bad.append((name, check.problem)))
     for name, problem in bad:
         print(f"resume: redoing shard {name}: {problem}")
-    keep = {f"{i:0{SHARD_DIGITS}d}" for i in done}
-    for path in fs.glob(root.rstrip("/") + "/*"):
-        base = path.rsplit("/", 1)[-1]
-        stem = base.split("_")[0].split(".")[0]
-        if stem.isdigit() and stem not in keep:
-            fs.rm(path)
+    for base in entries(out):
+        own = own_shard_file(base, shards)
+        if own and (own[1] or own[0] not in done) and fs.isfile(join(root, base)):
+            fs.rm(join(root, base))
     for scratch in ("staging", "tmp"):
         with contextlib.suppress(FileNotFoundError):
             fs.rm(f"{root.rstrip('/')}/_wit/{scratch}", recursive=True)

@@ -7,6 +7,7 @@ supersedes what the finished retry shards already hold, so a row is never retrie
 from __future__ import annotations
 
 import io
+import math
 import time
 from dataclasses import replace
 
@@ -16,17 +17,17 @@ import pyarrow.parquet as pq
 
 from wit.ingest.config import DownloadConfig
 from wit.ingest.download import expected_shards, prepare_inputs, resume_scan, run_engine
+from wit.ingest.output import crawl_shard_names, read_record, run_record_url, shard_name
 from wit.ingest.reasons import is_transient
 from wit.ingest.summary import read_manifests, summarize
 from wit.shards.schema import FAILED, INPUT, SUPERSEDED
 from wit.shards.storage import WitError, absolute, check_writable, exists, join, write_atomic, write_json_atomic
-from wit.shards.verify import shard_names
 
 
 def retry_failed(cfg: DownloadConfig) -> dict:
     cfg = replace(cfg, out=absolute(cfg.out))
     check_writable(cfg.out)
-    if not exists(join(cfg.out, "_wit", "run.json")):
+    if not exists(run_record_url(cfg.out)):
         raise WitError(f"{cfg.out}: no crawl here to retry (run `wit download` first)")
     counts = prepare_inputs(cfg)  # the same lists, or a clear error
     done = resume_scan(cfg.out)
@@ -46,11 +47,14 @@ def retry_failed(cfg: DownloadConfig) -> dict:
         pq.write_table(todo, sink)
         write_atomic(join(batch, "00000.parquet"), sink.getvalue())
         print(f"retrying {todo.num_rows:,} rows that failed transiently, into shards from {first:05d}")
+        record = read_record(cfg.out)  # list the retry's shards first: a crawl deletes only shards it lists
+        retries = record.get("retries", []) + [[first, first + math.ceil(todo.num_rows / cfg.shard_size)]]
+        write_json_atomic(run_record_url(cfg.out), {**record, "retries": retries})
         run_engine(cfg, input_dir=batch, done=set(), start_shard=first, total_rows=todo.num_rows)
         supersede(cfg.out)
     else:
         print("no transient failures to retry")
-    summary = summarize(cfg.out, started=start, new_shards=set(shard_names(cfg.out)) - {f"{i:05d}" for i in done})
+    summary = summarize(cfg.out, started=start, new_shards=set(crawl_shard_names(cfg.out)) - {shard_name(i) for i in done})
     write_json_atomic(join(cfg.out, "_wit", "summary.json"), summary)
     return summary
 

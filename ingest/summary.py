@@ -8,12 +8,12 @@ from collections import Counter
 from wit.shards.schema import FAILED, OK, SUPERSEDED
 from wit.shards.storage import join, read_json
 from wit.shards.tables import read_parquet
-from wit.shards.verify import shard_names
+from wit.ingest.output import crawl_shard_names
 
 
 def read_manifests(out: str, columns: list[str] | None = None, names: list[str] | None = None):
     """Yield (shard name, manifest table) for every finished shard."""
-    for name in names if names is not None else shard_names(out):
+    for name in names if names is not None else crawl_shard_names(out):
         yield name, read_parquet(join(out, f"{name}.parquet"), columns)
 
 
@@ -28,7 +28,7 @@ def summarize(out: str, started: float | None = None, new_shards: set[str] | fro
     seconds = time.time() - started if started else None
     return {
         "output": out,
-        "shards": len(shard_names(out)),
+        "shards": len(crawl_shard_names(out)),
         "rows": status[OK] + status[FAILED],  # superseded rows were retried: their new row counts instead
         "ok": status[OK],
         "failed": status[FAILED],

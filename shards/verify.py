@@ -60,10 +60,10 @@ def verify_shard(folder: str, name: str) -> ShardCheck:
 
 
 def shard_names(folder: str) -> list[str]:
-    """Names of the shards that have a stats file (the last file a shard gets)."""
+    """Names of the shards that have a stats file (the last file a shard gets), in shard number order."""
     fs, path = fs_and_path(folder)
     fs.invalidate_cache(path)  # other processes write shards here; a cached listing would hide them
     if not fs.exists(path):
         return []
     names = [p.rsplit("/", 1)[-1].removesuffix("_stats.json") for p in fs.glob(path.rstrip("/") + "/*_stats.json")]
-    return sorted(n for n in names if n.isdigit())
+    return sorted((n for n in names if n.isdigit()), key=int)  # "100000" comes after "99999"

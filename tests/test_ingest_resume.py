@@ -64,12 +64,14 @@ def test_damaged_shard_is_redone(tmp_path, image_server, real_images):
     assert wit(*args).returncode == 0
     tar = out / "00001.tar"
     tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])  # cut short, as a crash of the disk would
-    (out / "00002.tar").write_bytes(b"orphan from a killed run")  # a tar with no stats: never trusted
+    (out / "00000_stats.json").unlink()  # a tar and manifest with no stats, as a kill leaves them: never trusted
+    (out / "00002.tar").write_bytes(b"not this crawl's")  # a shard the run record does not list: never touched
 
     r = wit(*args)
     assert r.returncode == 0, r.stderr
-    assert "redoing shard 00001" in r.stdout and "this run      1 shards" in r.stdout
-    assert not (out / "00002.tar").exists()
+    assert "redoing shard 00001" in r.stdout and "this run      2 shards" in r.stdout
+    assert (out / "00002.tar").read_bytes() == b"not this crawl's"
+    (out / "00002.tar").unlink()
     _check_complete(out, rows)
 
 
