@@ -5,8 +5,8 @@ match the manifest's `ok` rows all fail here and the shard is redone.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
-
 
 from wit.shards import fasttar
 from wit.shards.schema import OK
@@ -34,6 +34,23 @@ def tar_keys(url: str, ext: str = "jpg") -> list[str]:
     return keys
 
 
+def key_mismatch(tar: list[str], ok: set[str], shown: int = 5) -> str | None:
+    """None when the tar holds exactly the manifest's ok rows, each once; else which samples differ."""
+    repeated = sorted(k for k, n in Counter(tar).items() if n > 1)
+    only_tar, only_manifest = sorted(set(tar) - ok), sorted(ok - set(tar))
+    if not (repeated or only_tar or only_manifest):
+        return None
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+    parts = [f"tar holds {len(tar)} samples, the manifest {len(ok)} ok rows"]
+    parts += [f"{what}: {some(keys)}" for what, keys in (("in the tar but not ok in the manifest", only_tar),
+                                                          ("ok in the manifest but not in the tar", only_manifest),
+                                                          ("twice in the tar", repeated)) if keys]
+    return "; ".join(parts)
+
+
 def verify_shard(folder: str, name: str) -> ShardCheck:
     """Check `{name}.tar`, `{name}.parquet` and `{name}_stats.json` in `folder` against each other."""
     try:
@@ -54,8 +71,8 @@ def verify_shard(folder: str, name: str) -> ShardCheck:
         keys = tar_keys(join(folder, f"{name}.tar"))
     except Exception as err:
         return ShardCheck(name, False, f"tar unreadable to its end ({type(err).__name__}: {err})")
-    if len(keys) != len(set(keys)) or set(keys) != ok_keys:
-        return ShardCheck(name, False, f"tar holds {len(keys)} samples, manifest {len(ok_keys)}")
+    if problem := key_mismatch(keys, ok_keys):
+        return ShardCheck(name, False, problem)
     return ShardCheck(name, True, samples=len(keys))
 
 
