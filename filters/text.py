@@ -15,7 +15,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from wit.shards.lists import list_format, read_list
+from wit.shards.lists import list_format, only_once, read_list, text_values
 from wit.shards.manifests import write_table_atomic
 from wit.shards.schema import OK, VERDICT, pair_uid, row_uids
 from wit.shards.storage import WitError, absolute, expand, fs_and_path, join
@@ -136,19 +136,30 @@ URL_COLUMNS = ("url", "URL", "image_url", "img_url")
 CAPTION_COLUMNS = ("caption", "TEXT", "text", "alt", "title")
 
 
+def read_rows(src: str) -> tuple[list[dict], str, str]:
+    """The rows of a crawl manifest or pool (parquet with a uid column), or of a URL list in any format, read by
+    `read_list` with the crawl's own rules (column names, types, duplicate columns, invalid URLs)."""
+    source = open_parquet(src) if list_format(src, strict=False) == "parquet" else None
+    if source is None or "uid" not in source.schema_arrow.names:
+        return read_list(src).to_pylist(), "url", "caption"
+    names = source.schema_arrow.names
+    url_col = next((c for c in URL_COLUMNS if c in names), None)
+    cap_col = next((c for c in CAPTION_COLUMNS if c in names), None)
+    if url_col is None or cap_col is None:
+        raise WitError(f"{src}: no {'url' if url_col is None else 'caption'} column (columns: {names})")
+    for name in (url_col, cap_col, "uid"):
+        only_once(src, names, name)
+    extra = [c for c in ("uid", "status", "invalid") if c in names]
+    t = source.read(columns=[url_col, cap_col] + extra)
+    rows = t.select(extra).to_pylist()
+    for row, url, caption in zip(rows, text_values(t[url_col]), text_values(t[cap_col])):
+        row[url_col], row[cap_col] = url, caption
+    return rows, url_col, cap_col
+
+
 def judge_file(job: TextJob) -> int:
     """Per-row verdicts of one input file (before dedup), written to `rows_out`; returns the row count."""
-    if list_format(job.src, strict=False) != "parquet":  # a URL list in another format: read as the crawl reads it
-        t, url_col, cap_col = read_list(job.src).to_pylist(), "url", "caption"
-    else:
-        source = open_parquet(job.src)
-        names = source.schema_arrow.names
-        url_col = next((c for c in URL_COLUMNS if c in names), None)
-        cap_col = next((c for c in CAPTION_COLUMNS if c in names), None)
-        if url_col is None or cap_col is None:
-            raise WitError(f"{job.src}: no {'url' if url_col is None else 'caption'} column (columns: {names})")
-        extra = [c for c in ("uid", "status", "invalid") if c in names]
-        t = source.read(columns=[url_col, cap_col] + extra).to_pylist()
+    t, url_col, cap_col = read_rows(job.src)
     # a raw list has no uid yet: the ones ingest gives (a pair repeated across list files is counted per file here)
     fresh = row_uids((r[url_col], r[cap_col]) for r in t)
     out = []

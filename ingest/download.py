@@ -20,10 +20,12 @@ from tqdm import tqdm
 
 from wit.ingest.config import SHARD_DIGITS, DownloadConfig
 from wit.ingest.guard import GuardPolicy
+from wit.ingest.lock import crawl_lock
 from wit.ingest.output import (
     check_own_folder,
     crawl_shard_names,
     entries,
+    one_line_when_disk_full,
     own_shard_file,
     own_shards,
     read_record,
@@ -52,6 +54,11 @@ def download(cfg: DownloadConfig) -> dict:
     cfg = replace(cfg, out=absolute(cfg.out))
     check_own_folder(cfg.out)  # before anything is written there
     check_writable(cfg.out)
+    with crawl_lock(cfg.out), one_line_when_disk_full(cfg.out):
+        return _download(cfg)
+
+
+def _download(cfg: DownloadConfig) -> dict:
     inputs = prepare_inputs(cfg)
     done = resume_scan(cfg.out)
     start = time.time()

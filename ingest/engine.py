@@ -7,8 +7,10 @@ turns img2dataset's parquet into a wit manifest, checks the tar against it and m
 from __future__ import annotations
 
 import functools
+import gc
 import io
 import math
+import sys
 import traceback
 from collections import Counter
 
@@ -20,6 +22,7 @@ from img2dataset.resizer import Resizer
 from PIL import Image
 
 from wit.ingest import guard
+from wit.ingest.output import disk_full, disk_full_error
 from wit.ingest.reasons import reason_for
 from wit.shards.schema import FAILED, MANIFEST, OK, SCHEMA_VERSION
 from wit.shards.storage import fs_and_path, join, move, read_json, write_atomic, write_json_atomic
@@ -65,17 +68,34 @@ class WitDownloader(Downloader):
 
     def __call__(self, row):
         guard.install(self.policy)  # once per worker process
+        _quiet_disk_full_at_exit()
+        try:
+            return self._shard(row)
+        except (Exception, _DiskFullStop) as err:
+            if not disk_full(err):
+                raise
+        # Stop the crawl: the distributor hands this to the driver, which says it in one line. Raised out here, and
+        # after a collection, so that the failed shard's thread pool is gone (not held by a traceback) and does not
+        # leave its semaphores behind when the driver ends this process.
+        gc.collect()
+        raise disk_full_error(self.output)
+
+    def _shard(self, row):
         shard_id, shard_file = row
         name = f"{shard_id:0{self.oom_shard_count}d}"
         try:
             self.download_shard(row)
         except Exception as err:
+            if disk_full(err):
+                raise
             traceback.print_exc()
             print(f"shard {name} failed with error {err}")
             return False, row
         try:
             finish_shard(self.staging, self.output, name)
         except Exception as err:
+            if disk_full(err):
+                raise
             print(f"shard {name} failed verification: {err}")
             return False, row
         fs, path = fs_and_path(shard_file)
@@ -135,10 +155,35 @@ class RowKeyWriter:
 
     def write(self, img_str, key, caption, meta):
         key = meta["key"] = self.key(self.positions[int(key) - self.base])
-        self.writer.write(img_str, key, caption, meta)
+        try:
+            self.writer.write(img_str, key, caption, meta)
+        except OSError as err:
+            if disk_full(err):
+                raise _DiskFullStop() from err
+            raise
 
     def close(self):
         self.writer.close()
+
+
+class _DiskFullStop(BaseException):
+    """Ends a shard when the disk is full. Not an Exception, so img2dataset's per-sample `except Exception`
+    neither prints it once for every sample left nor goes on fetching them."""
+
+
+def _quiet_disk_full_at_exit() -> None:
+    """A tar stream that the full disk kept from flushing tries again when it is collected, and complains: the
+    same error, already reported."""
+    previous = sys.unraisablehook
+    if getattr(previous, "wit_quiet", False):
+        return
+
+    def hook(unraisable):
+        if not disk_full(unraisable.exc_value):
+            previous(unraisable)
+
+    hook.wit_quiet = True
+    sys.unraisablehook = hook
 
 
 def to_manifest(raw: pa.Table, shard: str) -> pa.Table:

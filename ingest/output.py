@@ -6,7 +6,10 @@ record lists (the crawl's shards and each retry's), never a name that merely sta
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
+import os
 import re
 
 from wit.shards.storage import WitError, fs_and_path, join, read_json
@@ -79,3 +82,38 @@ def crawl_shard_names(out: str, shards: list[range] | None = None) -> list[str]:
     if shards is None:
         shards = own_shards(read_record(out))
     return [n for n in shard_names(out) if any(int(n) in r for r in shards)]
+
+
+class DiskFull(OSError):
+    """A worker found the disk full: raised to the distributor, which stops the crawl (every shard would fail)."""
+
+
+def disk_full(err: BaseException | None) -> bool:
+    """Whether `err`, or an error it was raised from, says the disk (or the user's quota) is full."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, DiskFull) or (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)):
+            return True
+        if "No space left on device" in str(err):  # Ray and Spark hand a worker's error back as text
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+@contextlib.contextmanager
+def one_line_when_disk_full(out: str):
+    """A full disk, in the driver or reported by a worker, becomes one line that names the output folder."""
+    try:
+        yield
+    except WitError:
+        raise
+    except BaseException as err:
+        if disk_full(err):
+            raise WitError(f"{out}: no space left on device; the shards finished so far are kept: free some space "
+                           "and run the same command again") from None
+        raise
+
+
+def disk_full_error(out: str) -> DiskFull:
+    return DiskFull(errno.ENOSPC, os.strerror(errno.ENOSPC), out)

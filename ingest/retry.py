@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 
 from wit.ingest.config import DownloadConfig
 from wit.ingest.download import expected_shards, prepare_inputs, resume_scan, run_engine
-from wit.ingest.output import crawl_shard_names, read_record, run_record_url, shard_name
+from wit.ingest.lock import crawl_lock
+from wit.ingest.output import crawl_shard_names, one_line_when_disk_full, read_record, run_record_url, shard_name
 from wit.ingest.reasons import is_transient
 from wit.ingest.summary import read_manifests, summarize
 from wit.shards.schema import FAILED, INPUT, SUPERSEDED
@@ -29,6 +30,11 @@ def retry_failed(cfg: DownloadConfig) -> dict:
     check_writable(cfg.out)
     if not exists(run_record_url(cfg.out)):
         raise WitError(f"{cfg.out}: no crawl here to retry (run `wit download` first)")
+    with crawl_lock(cfg.out), one_line_when_disk_full(cfg.out):
+        return _retry_failed(cfg)
+
+
+def _retry_failed(cfg: DownloadConfig) -> dict:
     counts = prepare_inputs(cfg)  # the same lists, or a clear error
     done = resume_scan(cfg.out)
     crawl_shards = expected_shards(counts, cfg.shard_size)

@@ -72,8 +72,8 @@ def read_list(url: str, fmt: str | None = None, url_col: str | None = None, capt
         raise WitError(f"{url}: the list is empty")
     ucol = _pick_column(url, table, url_col, URL_COLUMNS, "URL", "--url-col")
     ccol = None if fmt == "txt" else _pick_column(url, table, caption_col, CAPTION_COLUMNS, "caption", "--caption-col")
-    urls = [_as_text(v) for v in table.column(ucol).to_pylist()]
-    captions = [""] * len(urls) if ccol is None else [_as_text(v) for v in table.column(ccol).to_pylist()]
+    urls = text_values(table.column(ucol))
+    captions = [""] * len(urls) if ccol is None else text_values(table.column(ccol))
     return pa.table(
         {
             "uid": row_uids(zip(urls, captions), seen),
@@ -103,6 +103,11 @@ def url_problem(url: str | None) -> str | None:
     return None
 
 
+def text_values(column: pa.ChunkedArray | pa.Array) -> list[str | None]:
+    """A column of any type as the crawl reads it: text as it is, bytes as UTF-8, anything else as `str`."""
+    return [_as_text(v) for v in column.to_pylist()]
+
+
 def _as_text(value) -> str | None:
     if value is None or isinstance(value, str):
         return value
@@ -116,13 +121,21 @@ def _pick_column(url, table, given, candidates, what, flag) -> str:
     if given:
         if given not in names:
             raise WitError(f"{url}: no column {given!r} (columns: {', '.join(names)})")
-        return given
+        return only_once(url, names, given)
     for name in candidates:
         if name in names:
-            return name
+            return only_once(url, names, name)
     raise WitError(
         f"{url}: no {what} column (looked for {', '.join(candidates)}; columns: {', '.join(names)}); name it with {flag}"
     )
+
+
+def only_once(url: str, names: list[str], name: str) -> str:
+    """`name`, when the file has exactly one column of that name (which of two would be a guess)."""
+    if names.count(name) > 1:
+        raise WitError(f"{url}: column {name!r} appears {names.count(name)} times (columns: {', '.join(names)}); "
+                       "give each column its own name")
+    return name
 
 
 def _read_table(url: str, fmt: str) -> pa.Table:

@@ -61,6 +61,7 @@ def _bad_input_cases(tmp_path):
     (tmp_path / "broken.jsonl").write_text('{"url": "http://a.example/1.jpg", "caption": "x"}\n{"url": oops}\n')
     (tmp_path / "ragged.csv").write_text("url,caption\nhttp://a.example/1.jpg,x,extra,fields\n")
     (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "dupcol.csv").write_text("url,url,caption\nhttp://a.example/1.jpg,http://a.example/2.jpg,x\n")
     good = write_csv(tmp_path / "good.csv", [("http://127.0.0.1:9/x.jpg", "x")])
     return [
         ([str(tmp_path / "missing.csv")], "missing.csv: no such file"),
@@ -70,6 +71,7 @@ def _bad_input_cases(tmp_path):
         ([str(tmp_path / "broken.jsonl")], "broken.jsonl:2: malformed jsonl"),
         ([str(tmp_path / "ragged.csv")], "ragged.csv:2: malformed csv (CSV parse error"),
         ([str(tmp_path / "part-{000..002.csv")], "bad brace pattern"),
+        ([str(tmp_path / "dupcol.csv")], "dupcol.csv: column 'url' appears 2 times (columns: url, url, caption)"),
         ([str(good), "--url-col", "nope"], "good.csv: no column 'nope'"),
         ([str(good), "--out", str(tmp_path / "afile" / "out")], "output is not writable"),
     ]
@@ -129,3 +131,19 @@ def test_albumentations_never_asks_pypi(tmp_path):
     r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
                        env={k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"})
     assert r.stdout.strip() == "['1']", r.stdout + r.stderr
+
+
+def test_every_command_that_reads_lists_refuses_a_duplicate_column_in_one_line(tmp_path):
+    lst = tmp_path / "dupcol.csv"
+    lst.write_text("url,url,caption\nhttp://a.example/1.jpg,http://a.example/2.jpg,a cat on a mat\n")
+    (tmp_path / "extra.txt").write_text("cat\n")
+    q = str(tmp_path / "q.parquet")
+    assert wit("queries", "build", "--out", q, "--extra", str(tmp_path / "extra.txt"), "--unigrams", "none",
+               "--bigrams", "none", "--wordnet", "none").returncode == 0
+    for args in (("download", str(lst), "--out", str(tmp_path / "raw"), "--no-progress"),
+                 ("filter", "text", str(lst), "--out", str(tmp_path / "text"), "--workers", "1"),
+                 ("curate", "match", str(lst), "--queries", q, "--out", str(tmp_path / "m"), "--workers", "1")):
+        r = wit(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, (args[:2], r.stderr)
+        assert "dupcol.csv: column 'url' appears 2 times" in lines[0], (args[:2], r.stderr)

@@ -66,3 +66,55 @@ def test_own_shard_file_knows_its_names():
     for name in ("00005.tar", "4.tar", "0004.tar", "000004.tar", "00004.png", "00004", "00004.tar.bak",
                  "2023", "099999.tar", "100002.tar"):
         assert own_shard_file(name, shards) is None, name
+
+
+def test_a_second_run_on_a_locked_output_is_refused_in_one_line(tmp_path):
+    from wit.ingest.lock import crawl_lock
+
+    lst = write_csv(tmp_path / "l.csv", [(f"{DEAD}/x.jpg", "cat")])
+    out = tmp_path / "out"
+    args = ["download", str(lst), "--out", str(out), "--allow-net", "127.0.0.1/32", *FAST]
+    assert wit(*args).returncode == 0  # the lock of a run that ended is free again
+    before = _tree(out)
+    with crawl_lock(str(out)):  # another run holds it (a real flock, seen across processes)
+        for extra in ((), ("--retry-failed",)):
+            r = wit(*args, *extra)
+            lines = r.stderr.strip().splitlines()
+            assert r.returncode == 2 and len(lines) == 1, r.stderr
+            assert "another wit download is writing here (pid " in lines[0] and str(out) in lines[0], r.stderr
+    assert {k: v for k, v in _tree(out).items() if k != "_wit/lock"} == {
+        k: v for k, v in before.items() if k != "_wit/lock"}  # the refused runs touched nothing
+
+
+def test_object_store_lock_is_a_conditional_put(s3_bucket):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import pytest
+    import s3fs
+
+    from wit.ingest.lock import crawl_lock
+    from wit.shards.storage import WitError
+
+    out = f"{s3_bucket}/raw"
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    with crawl_lock(out):
+        with pytest.raises(WitError, match="another wit download is writing here"):
+            with crawl_lock(out):
+                pass
+        assert json.loads(fs.cat_file(f"{out}/_wit/lock"))["pid"] == os.getpid()
+    assert not fs.exists(f"{out}/_wit/lock")  # removed when the run ends
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = {"pid": int(gone.stdout), "host": socket.gethostname(), "since": "then", "token": "x"}
+    fs.pipe_file(f"{out}/_wit/lock", json.dumps(dead).encode())  # left by a run killed on this host
+    with crawl_lock(out):
+        assert json.loads(fs.cat_file(f"{out}/_wit/lock"))["pid"] == os.getpid()  # taken over
+    elsewhere = {**dead, "host": "another-host"}
+    fs.pipe_file(f"{out}/_wit/lock", json.dumps(elsewhere).encode())  # a run elsewhere: it may still be writing
+    with pytest.raises(WitError, match=r"another-host.*delete s3://"):
+        with crawl_lock(out):
+            pass

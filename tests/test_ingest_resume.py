@@ -83,3 +83,49 @@ def test_rerun_with_other_lists_is_refused(tmp_path, image_server, real_images):
     assert wit("download", str(a), "--out", out, "--allow-net", "127.0.0.1/32", "--no-progress").returncode == 0
     r = wit("download", str(b), "--out", out, "--allow-net", "127.0.0.1/32", "--no-progress")
     assert r.returncode == 2 and "holds a crawl of other lists" in r.stderr
+
+
+def _private_tmpfs_shell(probe) -> list[str]:
+    """A shell in its own mount namespace, where it may mount a small tmpfs; skip when this machine allows none."""
+    import shutil
+
+    for cmd in (["unshare", "--mount", "--map-root-user"], ["unshare", "--mount"]):
+        if shutil.which("unshare") and subprocess.run(
+                [*cmd, "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {probe}"], capture_output=True).returncode == 0:
+            return [*cmd, "sh", "-c"]
+    import pytest
+
+    pytest.skip("needs a tmpfs that fills up: `unshare --mount` (a private mount namespace) is not allowed here")
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_finishes(tmp_path, image_server, real_images):
+    names = sorted(real_images)
+    rows = [(f"{image_server.url}/img/{names[i % len(names)]}", f"photo {i}") for i in range(200)]
+    lst = write_csv(tmp_path / "l.csv", rows)
+    disk, report = tmp_path / "disk", tmp_path / "report"
+    disk.mkdir()
+    report.mkdir()
+    crawl = (f"{sys.executable} -m wit download {lst} --out {disk}/out --allow-net 127.0.0.1/32 --shard-size 20 "
+             "--processes 2 --threads 8 --no-progress")
+    # all inside one private mount namespace: a 3 MB disk fills up after a few shards, then it grows and the same
+    # command runs again; the tmpfs (and the crawl on it) ends with the namespace, so it is checked in there
+    script = f"""
+        mount -t tmpfs -o size=3m tmpfs {disk} || exit 99
+        {crawl} > {report}/full.out 2> {report}/full.err; echo $? > {report}/full.rc
+        ls {disk}/out > {report}/full.ls
+        mount -o remount,size=256m {disk}
+        {crawl} > {report}/again.out 2> {report}/again.err; echo $? > {report}/again.rc
+        {sys.executable} -c "from wit.shards.verify import shard_names, verify_shard
+names = shard_names('{disk}/out'); print(len(names), all(verify_shard('{disk}/out', n).ok for n in names))" \
+            > {report}/verified
+    """
+    r = subprocess.run([*_private_tmpfs_shell(disk), script], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    full_err = (report / "full.err").read_text().strip().splitlines()
+    assert (report / "full.rc").read_text().strip() == "2"
+    assert len(full_err) == 1 and "no space left on device" in full_err[0] and f"{disk}/out" in full_err[0], full_err
+    assert "Traceback" not in (report / "full.out").read_text()
+    assert "_wit" in (report / "full.ls").read_text()
+    assert (report / "again.rc").read_text().strip() == "0", (report / "again.err").read_text()[-2000:]
+    assert "ok            200\n" in (report / "again.out").read_text()
+    assert (report / "verified").read_text().split() == ["10", "True"]
