@@ -7,9 +7,9 @@ turns img2dataset's parquet into a wit manifest, checks the tar against it and m
 from __future__ import annotations
 
 import functools
-import gc
 import io
 import math
+import multiprocessing
 import sys
 import traceback
 from collections import Counter
@@ -69,16 +69,17 @@ class WitDownloader(Downloader):
     def __call__(self, row):
         guard.install(self.policy)  # once per worker process
         _quiet_disk_full_at_exit()
+        # img2dataset's per-shard ThreadPool makes a multiprocessing queue; under spawn its semaphores get names,
+        # which the resource tracker must remove (and warns about) when the distributor ends this worker mid-shard.
+        # Anonymous ones (fork's) need no cleanup; nothing here starts a process.
+        multiprocessing.set_start_method("fork", force=True)
         try:
             return self._shard(row)
-        except (Exception, _DiskFullStop) as err:
+        except Exception as err:
             if not disk_full(err):
                 raise
-        # Stop the crawl: the distributor hands this to the driver, which says it in one line. Raised out here, and
-        # after a collection, so that the failed shard's thread pool is gone (not held by a traceback) and does not
-        # leave its semaphores behind when the driver ends this process.
-        gc.collect()
-        raise disk_full_error(self.output)
+            # stop the crawl: the distributor hands this to the driver, which says it in one line
+            raise disk_full_error(self.output) from None
 
     def _shard(self, row):
         shard_id, shard_file = row
@@ -145,6 +146,7 @@ class RowKeyWriter:
                  *, positions, withheld, withheld_positions, oom_sample_per_shard):
         self.writer = writer_class(shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format)
         self.positions = positions
+        self.disk_full: OSError | None = None
         self.base = 10**oom_sample_per_shard * shard_id
         self.key = functools.partial(compute_key, shard_id=shard_id, oom_sample_per_shard=oom_sample_per_shard,
                                      oom_shard_count=oom_shard_count)
@@ -155,20 +157,25 @@ class RowKeyWriter:
 
     def write(self, img_str, key, caption, meta):
         key = meta["key"] = self.key(self.positions[int(key) - self.base])
-        try:
-            self.writer.write(img_str, key, caption, meta)
-        except OSError as err:
-            if disk_full(err):
-                raise _DiskFullStop() from err
-            raise
+        if self.disk_full is None:
+            try:
+                self.writer.write(img_str, key, caption, meta)
+            except OSError as err:
+                if not disk_full(err):
+                    raise
+                # Write nothing more, quietly: raised here, it would be printed once for every sample left, and
+                # leaving img2dataset's loop early would hang its thread pool. `close` reports it.
+                self.disk_full = err
 
     def close(self):
-        self.writer.close()
-
-
-class _DiskFullStop(BaseException):
-    """Ends a shard when the disk is full. Not an Exception, so img2dataset's per-sample `except Exception`
-    neither prints it once for every sample left nor goes on fetching them."""
+        try:
+            self.writer.close()
+        except OSError as err:
+            if not disk_full(err):
+                raise
+            self.disk_full = self.disk_full or err
+        if self.disk_full is not None:
+            raise self.disk_full
 
 
 def _quiet_disk_full_at_exit() -> None:
