@@ -22,25 +22,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wit.filters import datacard
-from wit.filters.io import read_schema, read_table, write_table
-from wit.shards.runner import run_map
+from wit.filters.io import read_schema, read_table
+from wit.shards.options import opt
+from wit.shards.runner import EngineOptions, run_map
 from wit.shards.schema import DROPPED, NO_QUERY_MATCH, NOT_SELECTED, OK, SELECTED, SELECTION
 from wit.shards.storage import WitError, join
-from wit.shards.tables import open_parquet, read_parquet
+from wit.shards.tables import open_parquet, read_parquet, write_parquet
 
 NOT_IN_POOL = "not_in_pool"
 
 
-@dataclass(frozen=True)
-class BalanceConfig:
-    matches: tuple[str, ...]  # match files written by `wit curate match`
-    out: str  # folder: selection/, urls/, entry_counts.parquet, datacard.json, *.png
-    t: int = 20_000
-    seed: int = 0
-    verdicts: tuple[str, ...] = ()  # verdict folders (uid, keep) whose dropped rows are not in the pool
-    engine: str = "local"
-    workers: int | None = None
-    ray_address: str | None = None
+@dataclass(frozen=True, kw_only=True)
+class BalanceConfig(EngineOptions):
+    matches: tuple[str, ...] = opt(help="match files or folders from `wit curate match`", positional=True)
+    out: str = opt(help="output folder (local or s3://): selection/, urls/, entry_counts.parquet, datacard.json, "
+                        "PNG plots")
+    t: int = opt(20_000, "pairs per entry to aim for (before download use 2-4x)", minimum=1)
+    seed: int = opt(0, "seed of the per-uid draw")
+    verdicts: tuple[str, ...] = opt((), "verdict folders (wit filter text/images, wit dedup) with one file per match "
+                                        "file: pairs a filter dropped are not in the pool, neither counted nor "
+                                        "selected (not_in_pool); rows whose crawl status is not ok never are. Use "
+                                        "them to balance after the filters", metavar="DIR")
 
 
 @dataclass(frozen=True)
@@ -124,9 +126,9 @@ def select_file(task: SelectTask) -> dict:
             cols[extra] = table.column(extra)
             schema = schema.append(pa.field(extra, pa.string()))
     selection = pa.table(cols, schema=schema)
-    write_table(task.target, selection)
+    write_parquet(task.target, selection)
     if "url" in table.column_names:
-        write_table(task.urls, selection.filter(pa.array(keep)).select(
+        write_parquet(task.urls, selection.filter(pa.array(keep)).select(
             [c for c in ("uid", "url", "caption") if c in selection.column_names]))
     sel_ids = matched.filter(pa.array(keep)).flatten().to_numpy(zero_copy_only=False)
     return {

@@ -19,8 +19,9 @@ import numpy as np
 import pyarrow as pa
 
 from wit.filters.phash import bands
-from wit.shards.manifests import write_table_atomic
-from wit.shards.tables import parquet_files
+from wit.shards.options import opt
+from wit.shards.sql import SQLOptions
+from wit.shards.tables import parquet_files, write_parquet
 from wit.shards.schema import VERDICT
 from wit.shards.storage import WitError, join
 
@@ -36,15 +37,17 @@ DEDUP_VERDICT = pa.schema(
 )
 
 
-@dataclass(frozen=True)
-class DedupConfig:
-    images: str  # folder of image-stage verdicts (<shard>.parquet with uid, keep, reason, sha256, phash)
-    out: str  # folder for <shard>.parquet dedup verdicts
-    near_k: int = 2  # Hamming threshold for near duplicates; 0 = exact only
-    exact: str = "phash"  # exact key: phash (MetaCLIP) or sha256 (bytes only)
-    memory_limit: str | None = None  # DuckDB memory_limit, e.g. "8GB"; spills to disk beyond it
-    threads: int | None = None
-    after: tuple[str, ...] = ()  # verdict folders of earlier stages (text): rows they dropped do not compete
+@dataclass(frozen=True, kw_only=True)
+class DedupConfig(SQLOptions):
+    images: str = opt(help="verdict folder of `wit filter images` (local or s3://)", positional=True)
+    out: str = opt(help="verdict folder (local or s3://)")
+    near_k: int = opt(2, "Hamming threshold for near duplicates; 0 = exact only. Candidate pairs grow as "
+                         "N^2/2^(64/(k+1)): k <= 2 stays practical at 10M rows on one machine", minimum=0)
+    exact: str = opt("phash", "key of exact dedup: phash (MetaCLIP's way; covers equal bytes) or sha256 (bytes only)",
+                     choices=("phash", "sha256"))
+    after: tuple[str, ...] = opt((), "verdict folders of earlier stages (e.g. `wit filter text`): rows they dropped "
+                                     "keep that reason here and are never the copy that stays, so no group loses "
+                                     "every copy", metavar="DIR")
 
 
 def dedup_core(con: duckdb.DuckDBPyConnection, near_k: int, exact: str = "phash") -> dict:
@@ -148,11 +151,7 @@ def dedup(cfg: DedupConfig) -> dict:
     if not files:
         raise WitError(f"{cfg.images}: no <shard>.parquet verdict files (run `wit filter images` first)")
     names = [f.rsplit("/", 1)[-1].removesuffix(".parquet") for f in files]
-    con = duckdb.connect()
-    if cfg.memory_limit:
-        con.execute(f"SET memory_limit = '{cfg.memory_limit}'")
-    if cfg.threads:
-        con.execute(f"SET threads = {int(cfg.threads)}")
+    con = cfg.connect(output=cfg.out)
     if any("://" in f for f in files):
         from fsspec import filesystem
 
@@ -205,7 +204,7 @@ def _write_per_file(reader, names: list[str], files: list[str], out: str) -> Non
 
     def flush():
         if current is not None:
-            write_table_atomic(join(out, f"{current}.parquet"), pa.Table.from_batches(parts).cast(DEDUP_VERDICT))
+            write_parquet(join(out, f"{current}.parquet"), pa.Table.from_batches(parts).cast(DEDUP_VERDICT))
             done.add(current)
 
     for batch in reader:
@@ -221,4 +220,4 @@ def _write_per_file(reader, names: list[str], files: list[str], out: str) -> Non
             parts.append(body.slice(int(s), int(e - s)))
     flush()
     for name in set(names) - done:
-        write_table_atomic(join(out, f"{name}.parquet"), DEDUP_VERDICT.empty_table())  # a shard with no rows
+        write_parquet(join(out, f"{name}.parquet"), DEDUP_VERDICT.empty_table())  # a shard with no rows

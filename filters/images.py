@@ -15,13 +15,14 @@ from dataclasses import dataclass
 import pyarrow as pa
 from PIL import Image
 
-from wit.filters.leakage import IMAGE_EXTS, EvalIndex
+from wit.filters.leakage import EvalIndex
 from wit.filters.phash import gray32, phash_gray
 from wit.shards import fasttar
-from wit.shards.manifests import read_shard_table, write_table_atomic
+from wit.shards.options import opt
+from wit.shards.runner import EngineOptions
 from wit.shards.schema import OK, VERDICT
-from wit.shards.storage import fs_and_path, join
-from wit.shards.tables import read_parquet
+from wit.shards.storage import join
+from wit.shards.tables import read_manifest, read_parquet, write_parquet
 
 NOT_OK = "not_ok_in_ingest"
 IMAGE_VERDICT = pa.schema(
@@ -50,23 +51,17 @@ class ImageJob:
 
 def read_tar_images(url: str) -> tuple[dict[str, bytes | None], str | None]:
     """{key: image bytes, or None when the sample has no image}, and a problem when the tar could not be read
-    to its end (what was read before the problem is kept)."""
+    to its end (what was read before the problem is kept, down to the image of the sample it cut)."""
     out: dict[str, bytes | None] = {}
-    fs, path = fs_and_path(url)
-    key = None
     try:
-        with fs.open(path, "rb") as f:
-            for name, data in fasttar.iter_members(f):
-                key, _, ext = name.rsplit("/", 1)[-1].partition(".")
-                if ext.lower() in IMAGE_EXTS:
-                    out[key] = data
-                else:
-                    out.setdefault(key, None)
-    except FileNotFoundError:
+        for key, sample in fasttar.read_samples(url):
+            out[key] = fasttar.image_of(sample)
+    except fasttar.TarMissing:
         return out, "tar_missing"
-    except (fasttar.TarError, ValueError, UnicodeDecodeError, OSError) as err:
-        if key is not None and out.get(key) is None:
-            out.pop(key, None)  # the sample the cut went through: tar_unreadable, not no_image
+    except (fasttar.TarError, OSError) as err:
+        key, sample = getattr(err, "partial", None) or (None, {})
+        if fasttar.image_of(sample) is not None:  # its image was read whole; without it: tar_unreadable, not no_image
+            out[key] = fasttar.image_of(sample)
         return out, f"tar_unreadable: {err}"
     return out, None
 
@@ -111,7 +106,7 @@ def judge_image(data: bytes | None, orig: tuple[int | None, int | None], job: Im
 def filter_shard(job: ImageJob) -> dict:
     """Judge every row of one shard's manifest; write the verdict file; return counts by reason."""
     cols = ["uid", "status", "key", "original_width", "original_height"]
-    manifest = read_shard_table(job.raw, job.shard, cols).to_pylist()
+    manifest = read_manifest(join(job.raw, f"{job.shard}.parquet"), cols).to_pylist()
     images, tar_problem = ({}, None)
     if any(r["status"] == OK for r in manifest):
         images, tar_problem = read_tar_images(join(job.raw, f"{job.shard}.tar"))
@@ -129,22 +124,25 @@ def filter_shard(job: ImageJob) -> dict:
             row.update(extras)
         row["keep"], row["reason"] = reason is None, reason
         rows.append(row)
-    write_table_atomic(join(job.out, f"{job.shard}.parquet"), pa.Table.from_pylist(rows, schema=IMAGE_VERDICT))
+    write_parquet(join(job.out, f"{job.shard}.parquet"), pa.Table.from_pylist(rows, schema=IMAGE_VERDICT))
     reasons = Counter((r["reason"] or "kept").split(":", 1)[0] for r in rows)
     return {"shard": job.shard, "rows": len(rows), "kept": reasons.pop("kept", 0), "dropped": dict(reasons)}
 
 
-@dataclass(frozen=True)
-class ImagesConfig:
-    raw: str  # crawl output folder: <shard>.tar, <shard>.parquet, <shard>_stats.json
-    out: str
-    min_side: int = 200
-    max_aspect: float = 3.0
-    eval_sets: tuple[str, ...] = ()  # folders of images or tars
-    eval_k: int = 4
-    engine: str = "local"
-    workers: int | None = None
-    address: str | None = None
+@dataclass(frozen=True, kw_only=True)
+class ImagesConfig(EngineOptions):
+    raw: str = opt(help="crawl output folder from `wit download` (local or s3://)", positional=True)
+    out: str = opt(help="verdict folder (local or s3://)")
+    min_side: int = opt(200, "smallest short side of the ORIGINAL image, in pixels (manifest original_width/height; "
+                             "DataComp's basic filter)", minimum=0)
+    max_aspect: float = opt(3.0, "largest long side / short side ratio", minimum=1)
+    eval_sets: tuple[str, ...] = opt((), "evaluation images: a folder (searched recursively, tars in it too), a tar, "
+                                         "or a brace pattern of shards; repeatable. Pool images within --eval-k of "
+                                         "one of them are dropped as eval_leak:<name>", flag="--eval", many="append",
+                                     metavar="SET")
+    eval_k: int = opt(4, "Hamming distance (of 64 pHash bits) that counts as leakage. Crawled copies of CIFAR-10 test "
+                         "images (upscaled, re-encoded) land within 2; at 4 none of 1,000 Flickr8k photos matched any "
+                         "of CIFAR-10's 10,000 test images, at 8 one did", minimum=0)
 
 
 def run_images(cfg: ImagesConfig) -> dict:
@@ -165,7 +163,7 @@ def run_images(cfg: ImagesConfig) -> dict:
         index = join(out, "_wit", "eval_index.parquet")  # not *.parquet at the top: globs see verdicts only
         n_eval = write_eval_index([absolute(s) for s in cfg.eval_sets], index)
     jobs = [ImageJob(raw, out, n, cfg.min_side, cfg.max_aspect, index, cfg.eval_k) for n in names]
-    results = run_map(filter_shard, jobs, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.address)
+    results = run_map(filter_shard, jobs, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address)
     dropped: Counter = Counter()
     for r in results:
         dropped.update(r["dropped"])

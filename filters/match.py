@@ -26,7 +26,8 @@ from wit.filters import queries as querylist
 from wit.filters.io import make_parent
 from wit.filters.spacing import WS_CHARS, space
 from wit.shards.lists import list_format, read_list
-from wit.shards.runner import run_map
+from wit.shards.options import opt
+from wit.shards.runner import EngineOptions, run_map
 from wit.shards.schema import MATCHES
 from wit.shards.storage import WitError, fs_and_path, move, write_json_atomic
 from wit.shards.tables import open_parquet
@@ -36,17 +37,16 @@ _MATCH = np.dtype([("end", np.int64), ("id", np.int64)])  # one (end, id) tuple 
 CARRY_COLUMNS = ("url", "status")  # copied into the match file (with the caption) when the input has them
 
 
-@dataclass(frozen=True)
-class MatchConfig:
-    queries: str
-    inputs: tuple[str, ...]
-    out: str  # folder: one <index>.parquet per input plus match.json
-    engine: str = "local"
-    workers: int | None = None
-    ray_address: str | None = None
-    uid_column: str = "uid"
-    caption_column: str = "caption"
-    batch_rows: int = BATCH_ROWS
+@dataclass(frozen=True, kw_only=True)
+class MatchConfig(EngineOptions):
+    inputs: tuple[str, ...] = opt(help="crawl manifests or URL lists in any format the crawl reads (parquet files "
+                                       "with uid and caption columns, csv, tsv, jsonl): paths, globs, {a..b} patterns "
+                                       "or folders; local or s3://", positional=True)
+    queries: str = opt(help="query file from `wit queries build`")
+    out: str = opt(help="output folder (local or s3://): one <index>.parquet per input plus match.json")
+    caption_column: str = opt("caption", "caption column")
+    uid_column: str = opt("uid", "uid column")
+    batch_rows: int = opt(BATCH_ROWS, "captions scanned as one string", cli=False)
 
 
 @dataclass(frozen=True)
@@ -211,10 +211,7 @@ def _open_manifest(url: str, uid_column: str) -> pq.ParquetFile | None:
     """The input as a parquet manifest, or None when it is a URL list (another format, or no uid column)."""
     if list_format(url, strict=False) != "parquet":
         return None
-    try:
-        source = open_parquet(url)
-    except pa.ArrowInvalid as err:
-        raise WitError(f"{url}: not a readable parquet file ({err})") from None
+    source = open_parquet(url)  # a file that is not parquet: a WitError naming it
     return source if uid_column in source.schema_arrow.names else None
 
 

@@ -7,6 +7,7 @@ source, entries are ranked by score (count, PMI, views) so a budget keeps the st
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -17,30 +18,49 @@ from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 
-from wit.filters.io import read_table, write_json, write_table
+from wit.filters.io import read_table, write_json
 from wit.filters.spacing import space
+from wit.shards.options import opt
 from wit.shards.schema import QUERIES, QUERY_SOURCES
 from wit.shards.storage import WitError, fs_and_path
+from wit.shards.tables import write_parquet
 
 DEFAULT_WORDNET = "/usr/share/wordnet"  # Debian `wordnet-base`
 WORDSEGMENT = "wordsegment"  # the word counts shipped in the PyPI package `wordsegment`
 WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 
 
-@dataclass(frozen=True)
+def _none(value: str) -> str | None:
+    return None if value.lower() == "none" else value
+
+
+def _budget(item: str) -> tuple[str, int]:
+    name, _, n = item.partition("=")
+    if name not in QUERY_SOURCES or not n.isdigit():
+        raise argparse.ArgumentTypeError(f"{item!r}: expected SOURCE=N with SOURCE one of {', '.join(QUERY_SOURCES)}")
+    return name, int(n)
+
+
+@dataclass(frozen=True, kw_only=True)
 class QueryBuildConfig:
-    out: str  # the query parquet; the summary goes beside it as <out>.summary.json
-    unigrams: str | None = WORDSEGMENT  # `word count` lines; also the unigram counts that PMI needs
-    bigrams: str | None = WORDSEGMENT  # `word word count` lines
-    titles: str | None = None  # `title views` lines (underscores read as spaces)
-    wordnet: str | None = DEFAULT_WORDNET  # folder holding data.noun etc.
-    extra: tuple[str, ...] = ()  # user lists: one entry a line
-    min_count: int = 100  # MetaCLIP: Wikipedia unigrams with count >= 100
-    min_pmi: float = 3.0  # natural-log PMI; see pmi() for why not MetaCLIP's 30
-    min_views: int = 5000  # MetaCLIP: titles with >= 5,000 page views
-    budgets: tuple[tuple[str, int], ...] = ()  # (source, max entries) pairs
-    cap: int = 500_000
-    log: bool = True
+    out: str = opt("data/queries.parquet", "query file to write; the summary goes beside it as <out>.summary.json")
+    unigrams: str | None = opt(WORDSEGMENT, "`word count` file (also the counts PMI needs); 'wordsegment' = the "
+                                            "counts in the PyPI package; 'none' = skip", parse=_none)
+    bigrams: str | None = opt(WORDSEGMENT, "`word word count` file; PMI uses --unigrams counts; 'none' = skip",
+                              parse=_none)
+    titles: str | None = opt(None, "`title views` file (e.g. Wikipedia page views; underscores read as spaces); "
+                                   "'none' = skip", parse=_none)
+    wordnet: str | None = opt(DEFAULT_WORDNET, "folder with WordNet's data.noun/verb/adj/adv (Debian wordnet-base); "
+                                               "skipped with a message when missing; 'none' = skip", parse=_none)
+    extra: tuple[str, ...] = opt((), "a user list, one entry a line (repeatable); taken first", many="append")
+    min_count: int = opt(100, "unigram count threshold (MetaCLIP: Wikipedia unigrams with count >= 100)", minimum=0)
+    min_pmi: float = opt(3.0, "bigram threshold on ln(P(ab)/(P(a)P(b))) (see pmi() for why not MetaCLIP's 30)")
+    min_views: int = opt(5000, "title page-view threshold (MetaCLIP: 5,000)", minimum=0)
+    budgets: tuple[tuple[str, int], ...] = opt((), "at most N entries from SOURCE (extra, wordnet, unigram, bigram, "
+                                                   "title); repeatable", flag="--budget", many="append",
+                                               metavar="SOURCE=N", parse=_budget)
+    cap: int = opt(500_000, "total entries at most", minimum=1)
+    log: bool = opt(True, "print what each source gave", cli=False)
 
 
 @dataclass
@@ -211,7 +231,7 @@ def build(cfg: QueryBuildConfig) -> dict:
     )
     version = hashlib.sha256("\n".join(r[0] for r in rows).encode()).hexdigest()[:16]
     table = table.replace_schema_metadata({"wit.queries.version": version, "wit.config": json.dumps(asdict(cfg))})
-    write_table(cfg.out, table)
+    write_parquet(cfg.out, table)
     result = {
         "version": version,
         "entries": len(rows),

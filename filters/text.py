@@ -16,10 +16,11 @@ import numpy as np
 import pyarrow as pa
 
 from wit.shards.lists import list_format, only_once, read_list, text_values
-from wit.shards.manifests import write_table_atomic
+from wit.shards.options import opt
+from wit.shards.runner import EngineOptions
 from wit.shards.schema import OK, VERDICT, pair_uid, row_uids
 from wit.shards.storage import WitError, absolute, expand, fs_and_path, join
-from wit.shards.tables import open_parquet
+from wit.shards.tables import open_parquet, write_parquet
 
 NOT_OK = "not_ok_in_ingest"
 TEXT_VERDICT = pa.schema(list(VERDICT) + [pa.field("lang", pa.string()), pa.field("lang_prob", pa.float32())])
@@ -37,19 +38,20 @@ _BOILERPLATE = {"image", "photo", "picture", "untitled", "thumbnail", "no image"
                 "image not found", "placeholder", "logo", "icon", "click here", "loading"}
 
 
-@dataclass(frozen=True)
-class TextConfig:
-    inputs: tuple[str, ...]  # parquet files/folders/globs with url and caption (uid computed when absent)
-    out: str
-    min_chars: int = 5
-    max_chars: int = 1000
-    english: bool = True
-    lang_min_prob: float = 0.9  # drop only when another language wins with at least this probability
-    url_dedup: bool = True
-    pair_dedup: bool = True
-    engine: str = "local"
-    workers: int | None = None
-    address: str | None = None
+@dataclass(frozen=True, kw_only=True)
+class TextConfig(EngineOptions):
+    inputs: tuple[str, ...] = opt(help="parquet files, folders, globs or {a..b} patterns, or URL lists in any format "
+                                       "the crawl reads; local or s3://", positional=True)
+    out: str = opt(help="verdict folder (local or s3://)")
+    min_chars: int = opt(5, "shortest caption kept, in characters after stripping", minimum=0)
+    max_chars: int = opt(1000, "longest caption kept", minimum=1)
+    english: bool = opt(True, "language identification (langid.py, whose model ships in its PyPI package); "
+                              "--no-english skips it")
+    lang_min_prob: float = opt(0.9, "drop a caption when a language other than English wins with at least this "
+                                    "probability; short ambiguous captions stay")
+    url_dedup: bool = opt(True, "drop rows repeating a URL (normalised: lowercase scheme and host, no fragment, no "
+                                "default port); --no-url-dedup keeps them")
+    pair_dedup: bool = opt(True, "drop repeats of a (url, caption) pair; --no-pair-dedup keeps them")
 
 
 def normalize_url(url: str | None) -> str | None:
@@ -178,7 +180,7 @@ def judge_file(job: TextJob) -> int:
             o["lang"], o["lang_prob"] = lang, prob
             if lang != "en" and prob >= job.lang_min_prob:
                 o["reason"] = f"not_english:{lang}"
-    write_table_atomic(job.rows_out, pa.Table.from_pylist(out, schema=_ROWS))
+    write_parquet(job.rows_out, pa.Table.from_pylist(out, schema=_ROWS))
     return len(out)
 
 
@@ -214,7 +216,7 @@ def run_text(cfg: TextConfig) -> dict:
     rows_dir = join(out, "_wit", "text_rows")
     jobs = [TextJob(f, join(rows_dir, f"{s}.parquet"), cfg.min_chars, cfg.max_chars, cfg.english, cfg.lang_min_prob)
             for f, s in zip(files, stems)]
-    run_map(judge_file, jobs, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.address)
+    run_map(judge_file, jobs, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address)
     con = duckdb.connect()
     parts = [j.rows_out for j in jobs]
     con.execute(f"""CREATE TEMP TABLE r AS SELECT *, (row_number() OVER (ORDER BY f, row))::BIGINT AS rid FROM (
@@ -241,6 +243,6 @@ def run_text(cfg: TextConfig) -> dict:
     for i, stem in enumerate(stems, start=1):
         idx = np.flatnonzero(fcol == i)
         part = body.slice(int(idx[0]), len(idx)) if len(idx) else TEXT_VERDICT.empty_table()
-        write_table_atomic(join(out, f"{stem}.parquet"), part)
+        write_parquet(join(out, f"{stem}.parquet"), part)
     counts.update((r or "kept").split(":", 1)[0] for r in body["reason"].to_pylist())
     return {"files": len(files), "rows": body.num_rows, "kept": counts.pop("kept", 0), "dropped": dict(counts)}

@@ -1,32 +1,59 @@
-"""The typed configuration of `wit download` (kept light: `wit --help` imports it, not img2dataset)."""
+"""The typed configuration of `wit download`: every field is also its flag (kept light: `wit --help` imports it,
+not img2dataset)."""
 from __future__ import annotations
 
+import argparse
+import ipaddress
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from wit.shards.options import opt
 
 SHARD_DIGITS = 5  # img2dataset's `{shard:05d}.tar`
+HEADER_OPTOUTS = ("noai", "noimageai", "noindex", "noimageindex")  # X-Robots-Tag directives honoured
 
 
-@dataclass(frozen=True)
+def cidr(value: str) -> str:
+    """Validate an --allow-net value early, so a typo is a clear error and not a silent block."""
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an IP network (e.g. 127.0.0.1/32)") from None
+
+
+@dataclass(frozen=True, kw_only=True)
 class DownloadConfig:
-    lists: tuple[str, ...]
-    out: str = "data/raw"
-    input_format: str | None = None
-    url_col: str | None = None
-    caption_col: str | None = None
-    image_size: int = 256
-    resize_mode: str = "keep_ratio"  # short side to image_size, aspect kept
-    encode_quality: int = 95
-    processes: int = field(default_factory=lambda: os.cpu_count() or 1)
-    threads: int = 64
-    shard_size: int = 10_000
-    timeout: float = 10.0
-    retries: int = 0
-    distributor: str = "multiprocessing"  # or "pyspark", "ray"
-    ray_address: str | None = None
-    allow_net: tuple[str, ...] = ()
-    max_bytes: int = 20 * 2**20
-    max_pixels: int = 89_478_485
-    user_agent_token: str = "wit"
-    disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
-    progress: bool = True
+    lists: tuple[str, ...] = opt(help="list files or folders: parquet/csv/tsv/jsonl/txt, local, s3:// or https://; "
+                                      "brace patterns allowed (lists/part-{000..009}.parquet)", positional=True)
+    out: str = opt("data/raw", "output folder, local or s3://bucket/prefix (endpoint: AWS_ENDPOINT_URL)")
+    input_format: str | None = opt(None, "list format (default: from the file name)",
+                                   choices=("parquet", "csv", "tsv", "jsonl", "txt"))
+    url_col: str | None = opt(None, "URL column (default: first of url, URL, image_url, img_url, link)")
+    caption_col: str | None = opt(None, "caption column (default: first of caption, TEXT, text, alt, ALT, alt_text, "
+                                        "title)")
+    image_size: int = opt(256, "resize so the short side is this many pixels", minimum=1)
+    resize_mode: str = opt("keep_ratio", "img2dataset resize mode (keep_ratio: short side to --image-size, aspect "
+                                         "kept)", choices=("keep_ratio", "center_crop", "border", "no"))
+    encode_quality: int = opt(95, "JPEG quality of stored images", minimum=1)
+    processes: int = opt(help="download processes (default: one per core)", factory=lambda: os.cpu_count() or 1,
+                         minimum=1)
+    threads: int = opt(64, "download threads per process", minimum=1)
+    shard_size: int = opt(10_000, "input rows per shard", minimum=1)
+    timeout: float = opt(10.0, "seconds to wait for a server", minimum=0.001)
+    retries: int = opt(0, "immediate retries of a failed URL", minimum=0)
+    distributor: str = opt("multiprocessing", "how shards are spread over workers",
+                           choices=("multiprocessing", "pyspark", "ray"))
+    ray_address: str | None = opt(None, "Ray cluster address for --distributor ray (default: start Ray locally)")
+    allow_net: tuple[str, ...] = opt((), "reach this network even though it is loopback/private/link-local "
+                                         "(repeatable), e.g. 127.0.0.1/32", many="append", metavar="CIDR", parse=cidr)
+    max_bytes: int = opt(20 * 2**20, "largest response body accepted", minimum=1)
+    max_pixels: int = opt(89_478_485, "largest declared image size (decompression-bomb guard)", minimum=1)
+    user_agent_token: str = opt("wit", "token in the User-Agent, matched against X-Robots-Tag")
+    ignore_robots: bool = opt(False, "do not honour X-Robots-Tag opt-outs (" + ", ".join(HEADER_OPTOUTS) + ")")
+    retry_failed: bool = opt(False, "re-attempt rows that failed transiently (timeouts, 5xx, 429, resets) into new "
+                                    "shards; old rows become superseded")
+    progress: bool = opt(True, "a progress bar (off when CI is set)")
+
+    @property
+    def header_optouts(self) -> tuple[str, ...]:
+        return () if self.ignore_robots else HEADER_OPTOUTS

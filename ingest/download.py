@@ -9,13 +9,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import io
 import math
 import time
 from collections import Counter
 from dataclasses import replace
 
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from wit.ingest.config import SHARD_DIGITS, DownloadConfig
@@ -43,9 +41,9 @@ from wit.shards.storage import (
     fs_and_path,
     join,
     read_json,
-    write_atomic,
     write_json_atomic,
 )
+from wit.shards.tables import write_parquet
 from wit.shards.verify import verify_shard
 
 
@@ -91,9 +89,7 @@ def prepare_inputs(cfg: DownloadConfig) -> list[int]:
             "use a new output folder, or delete this one to start over"
         )
     for i, table in enumerate(tables):
-        sink = io.BytesIO()
-        pq.write_table(table, sink)
-        write_atomic(join(cfg.out, "_wit", "input", f"{i:05d}.parquet"), sink.getvalue())
+        write_parquet(join(cfg.out, "_wit", "input", f"{i:05d}.parquet"), table)
     write_json_atomic(run_file, {**previous, **fingerprint})  # keeps the retries the record lists
     return counts
 
@@ -155,7 +151,7 @@ def run_engine(cfg: DownloadConfig, input_dir: str, done: set[int], start_shard:
         number_sample_per_shard=cfg.shard_size, oom_shard_count=SHARD_DIGITS, compute_hash="sha256",
         verify_hash_type=None, encode_format="jpg", retries=cfg.retries,
         user_agent_token=cfg.user_agent_token,
-        disallowed_header_directives=list(cfg.disallowed_header_directives) or None,
+        disallowed_header_directives=list(cfg.header_optouts) or None,
     )
     if cfg.distributor == "multiprocessing":
         run = distributors.multiprocessing_distributor

@@ -69,17 +69,6 @@ def embedded_ipv4(addr) -> list:
     return [a for a in found if a is not None]
 
 
-def parse_nets(values: list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """Validate --allow-net values early, so a typo is a clear error and not a silent block."""
-    out = []
-    for v in values:
-        try:
-            out.append(str(ipaddress.ip_network(v, strict=False)))
-        except ValueError:
-            raise ValueError(f"--allow-net {v!r}: not an IP network (e.g. 127.0.0.1/32)") from None
-    return tuple(out)
-
-
 def _resolve_checked(policy: GuardPolicy, host: str, port: int) -> tuple:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     for *_, sockaddr in infos:  # every answer must pass: a mixed answer is how rebinding sneaks in

@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from wit.shards.options import opt  # noqa: E402
 from wit.shards.schema import OK  # noqa: E402
 from wit.shards.storage import (  # noqa: E402
     WitError, absolute, exists, fs_and_path, join, read_json, write_atomic, write_json_atomic,
@@ -27,11 +28,11 @@ from wit.shards.storage import (  # noqa: E402
 from wit.shards.tables import read_folder, read_parquet  # noqa: E402
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AuditConfig:
-    root: str
-    out: str | None = None
-    top: int = 20
+    root: str = opt(help="pipeline folder (holds raw/, corpus/, and the filter/curation outputs)", positional=True)
+    out: str | None = opt(None, "report folder (default: <root>/audit)")
+    top: int = opt(20, "rows in each top-N table (domains, entries)", minimum=1)
 
 
 # The pipeline's order of verdict stages; a stage's rows carry the earlier stages' drops, so it counts only its own.

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import json
 
-from wit.shards.helptext import DefaultsHelp
+from wit.shards.options import DefaultsHelp, add_arguments, from_args
 
 
 def register(sub) -> None:
+    from wit.shards.audit import AuditConfig
     from wit.shards.reshard import ReshardConfig
-    from wit.shards.runner import add_engine_args
 
-    d = ReshardConfig(raw="", out="")
     shards = sub.add_parser("shards", help="final training shards from the curated corpus")
     shards_sub = shards.add_subparsers(dest="shards_command", metavar="COMMAND", required=True)
     w = shards_sub.add_parser(
@@ -20,13 +19,7 @@ def register(sub) -> None:
                     "surviving pairs (image bytes unchanged) into evenly sized, globally shuffled shards with a "
                     "corpus manifest per shard and index.json. Running it again resumes.",
     )
-    w.add_argument("--raw", required=True, help="folder of crawled shards and their manifests (wit download --out)")
-    w.add_argument("--out", required=True, help="output folder, local or s3://")
-    w.add_argument("--verdicts", nargs="*", default=[], help="folders of filter verdicts (uid, keep, reason)")
-    w.add_argument("--selection", help="folder of balance selections (uid, status, matched), e.g. <balance out>/selection")
-    w.add_argument("--shard-size", type=int, default=d.shard_size, help="samples per output shard (the last may be short)")
-    w.add_argument("--seed", type=int, default=d.seed, help="seed of the global shuffle")
-    add_engine_args(w)
+    add_arguments(w, ReshardConfig)
     w.set_defaults(run=run_write)
 
     a = sub.add_parser(
@@ -35,18 +28,14 @@ def register(sub) -> None:
         description="Read the manifests of every stage found under a pipeline folder with DuckDB and write "
                     "report.html (with PNG plots, opens offline) and report.json.",
     )
-    a.add_argument("root", help="pipeline folder (holds raw/, corpus/, and the filter/curation outputs)")
-    a.add_argument("--out", help="report folder (default: <root>/audit)")
+    add_arguments(a, AuditConfig)
     a.set_defaults(run=run_audit)
 
 
 def run_write(args) -> int:
     from wit.shards.reshard import ReshardConfig, reshard
 
-    cfg = ReshardConfig(raw=args.raw, out=args.out, verdicts=tuple(args.verdicts), selection=args.selection,
-                        shard_size=args.shard_size, seed=args.seed, engine=args.engine, workers=args.workers,
-                        ray_address=args.ray_address)
-    summary = reshard(cfg)
+    summary = reshard(from_args(ReshardConfig, args))
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -54,6 +43,6 @@ def run_write(args) -> int:
 def run_audit(args) -> int:
     from wit.shards.audit import AuditConfig, audit
 
-    report = audit(AuditConfig(root=args.root, out=args.out))
+    report = audit(from_args(AuditConfig, args))
     print(f"audit report: {report}")
     return 0

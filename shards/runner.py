@@ -10,8 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Literal, TypeVar
+
+from wit.shards.options import opt
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -20,13 +23,13 @@ Engine = Literal["local", "ray"]
 ENGINES: tuple[str, ...] = ("local", "ray")
 
 
-def add_engine_args(parser) -> None:
+@dataclass(frozen=True, kw_only=True)
+class EngineOptions:
     """The options every per-shard command shares: which engine maps the work, and how wide."""
-    parser.add_argument("--engine", choices=ENGINES, default="local",
-                        help="per-shard work on a local process pool or on Ray (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
-    parser.add_argument("--ray-address", "--address", dest="ray_address", default=None,
-                        help="Ray cluster to join ('auto', 'ray://host:10001'); default: start a local Ray")
+    engine: str = opt("local", "per-shard work on a local process pool or on Ray", choices=ENGINES, group="engine")
+    workers: int | None = opt(None, "worker processes (default: one per core)", minimum=1, group="engine")
+    ray_address: str | None = opt(None, "Ray cluster to join ('auto', 'ray://host:10001'); default: start a local Ray",
+                                  group="engine")
 
 
 def default_workers() -> int:

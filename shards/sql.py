@@ -9,12 +9,27 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 
 import duckdb
 
+from wit.shards.options import opt
 from wit.shards.storage import WitError, is_local
 
 DEFAULT_MEMORY_SHARE = 0.5  # of the machine's RAM, when --memory-limit is not given
+
+
+@dataclass(frozen=True, kw_only=True)
+class SQLOptions:
+    """The options of every command with a global DuckDB step."""
+    memory_limit: str | None = opt(None, "DuckDB memory limit, e.g. 8GB; beyond it DuckDB spills to --temp-dir "
+                                         "(default: half the RAM)", group="DuckDB")
+    temp_dir: str | None = opt(None, "where DuckDB spills (default: <out>/_wit/duckdb_tmp, or $TMPDIR when the output "
+                                     "is not local); never the working directory", group="DuckDB")
+    threads: int | None = opt(None, "DuckDB threads (default: all cores)", minimum=1, group="DuckDB")
+
+    def connect(self, output: str | None = None) -> duckdb.DuckDBPyConnection:
+        return connect(self.memory_limit, self.temp_dir, self.threads, output)
 
 
 def default_memory_limit() -> str:

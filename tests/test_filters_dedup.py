@@ -145,6 +145,6 @@ def test_rows_an_earlier_stage_dropped_never_stand_for_their_group(tmp_path):
                              "phash": pa.array([7, 7, 7, 9], pa.int64())}), tmp_path / "images" / "00000.parquet")
     pq.write_table(pa.table({"uid": uids, "keep": [False, True, True, True],
                              "reason": ["caption_filename", None, None, None]}), tmp_path / "text" / "00000.parquet")
-    dedup(DedupConfig(str(tmp_path / "images"), str(tmp_path / "out"), near_k=0, after=(str(tmp_path / "text"),)))
+    dedup(DedupConfig(images=str(tmp_path / "images"), out=str(tmp_path / "out"), near_k=0, after=(str(tmp_path / "text"),)))
     got = {r["uid"]: (r["keep"], r["reason"]) for r in pq.read_table(tmp_path / "out" / "00000.parquet").to_pylist()}
     assert got == {"a": (False, "caption_filename"), "b": (True, None), "c": (False, "dup_of:b"), "d": (True, None)}

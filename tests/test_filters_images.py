@@ -47,7 +47,7 @@ def _crawl(tmp_path, photos):
 
 def test_thresholds_corrupt_input_and_funnel(tmp_path, photos):
     raw, expected = _crawl(tmp_path, photos)
-    summary = run_images(ImagesConfig(str(raw), str(tmp_path / "img"), workers=1))
+    summary = run_images(ImagesConfig(raw=str(raw), out=str(tmp_path / "img"), workers=1))
     v0 = pq.read_table(tmp_path / "img" / "00000.parquet").to_pylist()
     assert [r["reason"] for r in v0] == expected["00000"]
     assert all(r["keep"] == (r["reason"] is None) for r in v0)
@@ -96,9 +96,9 @@ def test_cli_images_then_dedup(tmp_path, photos, monkeypatch):
 def test_ray_engine_gives_the_same_verdicts(tmp_path, photos):
     ray = pytest.importorskip("ray")
     raw, _ = _crawl(tmp_path, photos)
-    run_images(ImagesConfig(str(raw), str(tmp_path / "local"), workers=2))
+    run_images(ImagesConfig(raw=str(raw), out=str(tmp_path / "local"), workers=2))
     try:
-        run_images(ImagesConfig(str(raw), str(tmp_path / "ray"), engine="ray", workers=2))
+        run_images(ImagesConfig(raw=str(raw), out=str(tmp_path / "ray"), engine="ray", workers=2))
     finally:
         ray.shutdown()
     for name in ("00000", "00001", "00002"):

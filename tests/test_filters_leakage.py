@@ -38,7 +38,7 @@ def test_planted_cifar10_test_images_are_exactly_the_ones_removed(tmp_path):
     raw = tmp_path / "raw"
     write_shard(raw, "00000", samples[:40])
     write_shard(raw, "00001", samples[40:])
-    summary = run_images(ImagesConfig(str(raw), str(tmp_path / "img"), eval_sets=(str(cifar),), workers=1))
+    summary = run_images(ImagesConfig(raw=str(raw), out=str(tmp_path / "img"), eval_sets=(str(cifar),), workers=1))
     rows = pq.read_table(tmp_path / "img" / "00000.parquet").to_pylist() + \
         pq.read_table(tmp_path / "img" / "00001.parquet").to_pylist()
     urls = [s["url"] for s in samples]

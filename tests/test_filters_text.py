@@ -67,7 +67,7 @@ def test_run_text_dedup_and_funnel(tmp_path):
     ]
     _write(tmp_path / "00000.parquet", a)
     _write(tmp_path / "00001.parquet", b)
-    summary = run_text(TextConfig((str(tmp_path / "0000*.parquet"),), str(tmp_path / "out"), workers=1))
+    summary = run_text(TextConfig(inputs=(str(tmp_path / "0000*.parquet"),), out=str(tmp_path / "out"), workers=1))
     va = pq.read_table(tmp_path / "out" / "00000.parquet").to_pylist()
     vb = pq.read_table(tmp_path / "out" / "00001.parquet").to_pylist()
     first, other = a[0]["uid"], a[2]["uid"]
@@ -101,7 +101,7 @@ def test_batched_language_id_matches_langid_and_raw_lists_work(tmp_path):
     assert max(abs(g[1] - w[1]) for g, w in zip(got, want)) < 1e-3
     assert len({g[0] for g in got}) > 3  # the sample really is multilingual
     pq.write_table(src.select(["URL", "TEXT"]), tmp_path / "part-000.parquet")
-    summary = run_text(TextConfig((str(tmp_path / "part-000.parquet"),), str(tmp_path / "out"), workers=1))
+    summary = run_text(TextConfig(inputs=(str(tmp_path / "part-000.parquet"),), out=str(tmp_path / "out"), workers=1))
     out = pq.read_table(tmp_path / "out" / "part-000.parquet")
     assert out["uid"].to_pylist() == [pair_uid(u, t) for u, t in zip(src["URL"].to_pylist(), src["TEXT"].to_pylist())]
     assert summary["rows"] == 400 == summary["kept"] + sum(summary["dropped"].values())
@@ -116,7 +116,7 @@ def test_text_filter_reads_url_lists_in_any_format_with_the_uids_ingest_gives(tm
     lst = write_csv(tmp_path / "pool.csv", [("http://h.com/1.jpg", "A dog runs on the beach"),
                                             ("http://h.com/1.jpg", "A dog runs on the beach"),
                                             ("http://h.com/2.jpg", "IMG_0001.jpg"), ("not a url", "A cat on a mat")])
-    run_text(TextConfig((str(lst),), str(tmp_path / "out"), english=False, workers=1))
+    run_text(TextConfig(inputs=(str(lst),), out=str(tmp_path / "out"), english=False, workers=1))
     got = pq.read_table(next((tmp_path / "out").glob("*.parquet"))).to_pylist()
     assert [r["uid"] for r in got] == read_list(str(lst))["uid"].to_pylist()
     reasons = [r["reason"] and r["reason"].split(":")[0] for r in got]
@@ -135,7 +135,7 @@ def test_text_filter_reads_parquet_lists_of_any_column_type_as_the_crawl_does(tm
     }
     for name, table in lists.items():
         pq.write_table(table, tmp_path / name)
-        run_text(TextConfig((str(tmp_path / name),), str(tmp_path / "out"), english=False, workers=1))
+        run_text(TextConfig(inputs=(str(tmp_path / name),), out=str(tmp_path / "out"), english=False, workers=1))
         got = pq.read_table(tmp_path / "out" / name).to_pylist()
         crawl = read_list(str(tmp_path / name))  # what `wit download` would crawl
         assert [r["uid"] for r in got] == crawl["uid"].to_pylist(), name

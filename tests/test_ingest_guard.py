@@ -55,4 +55,5 @@ def test_redirect_to_a_host_outside_the_allow_list_is_refused(tmp_path, image_se
 def test_bad_allow_net_is_a_clear_error(tmp_path):
     lst = write_csv(tmp_path / "l.csv", [("http://127.0.0.1:9/x.jpg", "x")])
     r = wit("download", str(lst), "--out", str(tmp_path / "o"), "--allow-net", "localhost", *FAST)
-    assert r.returncode == 2 and "--allow-net 'localhost': not an IP network" in r.stderr
+    assert r.returncode == 2 and "--allow-net: 'localhost' is not an IP network" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -9,6 +9,7 @@ import open_clip
 import pytest
 import torch
 
+from wit.shards.options import add_arguments, from_args, to_argv
 from wit.trainer.config import TrainConfig
 from wit.trainer.train import forward_backward, lr_at, param_groups  # also registers trainer/model_configs
 
@@ -57,8 +58,8 @@ def test_no_weight_decay_on_gains_biases_and_temperature():
 def test_config_round_trips_through_flags():
     cfg = TrainConfig(data="s3://b/{0..3}.tar", steps=7, lr=0.1, log_samples=True, accum=2)
     parser = argparse.ArgumentParser()
-    TrainConfig.add_arguments(parser)
-    assert TrainConfig.from_args(parser.parse_args(cfg.to_argv())) == cfg
+    add_arguments(parser, TrainConfig)
+    assert from_args(TrainConfig, parser.parse_args(to_argv(cfg))) == cfg
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.steps = 3
 

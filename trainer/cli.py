@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from wit.shards.helptext import DefaultsHelp
+from wit.shards.options import DefaultsHelp, add_arguments, from_args, to_argv
 from wit.trainer.config import TrainConfig
 
 
@@ -16,15 +16,15 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train CLIP (open_clip model) on WebDataset shards, local or s3://; resumable",
                        description=__doc__.splitlines()[0], formatter_class=DefaultsHelp)
     p.add_argument("--nproc", type=int, default=1, help="processes on this node (GPUs; on CPU, gloo ranks)")
-    TrainConfig.add_arguments(p)
+    add_arguments(p, TrainConfig)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    cfg = TrainConfig.from_args(args)
+    cfg = from_args(TrainConfig, args)
     if args.nproc > 1 and "RANK" not in os.environ:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
-               "-m", "wit.trainer.train", *cfg.to_argv()]
+               "-m", "wit.trainer.train", *to_argv(cfg)]
         return subprocess.call(cmd)
     from wit.trainer.train import train
     return train(cfg)

@@ -11,8 +11,15 @@ from wit.shards.storage import WitError
 WINGS = ["wit.ingest.cli", "wit.filters.clean_cli", "wit.filters.cli", "wit.shards.cli", "wit.trainer.cli", "wit.trainer.eval.cli"]
 
 
+class WitParser(argparse.ArgumentParser):
+    """Usage errors in one line (argparse prints the whole usage first); subcommands inherit the class."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = WitParser(
         prog="wit",
         description="wit: crawl URL-caption lists into WebDataset shards, curate, balance and train CLIP.",
     )

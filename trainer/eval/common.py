@@ -1,43 +1,38 @@
 """What every `wit eval` command shares: model options, the results file and the printed table."""
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
+from wit.shards.options import opt
 from wit.shards.storage import write_json_atomic
 
+DATA_HELP = ("labelled images: a folder of <class>/<image>, a tar of such folders (e.g. cifar10/test.tar), or "
+             "WebDataset shards with a class (.cls member or a .json field), brace patterns allowed")
+GROUP = "model and output"
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, kw_only=True)
 class ModelOptions:
-    model: str | None = None  # open_clip name or a config in trainer/model_configs; default: the checkpoint's
-    checkpoint: str | None = None
-    random_init: bool = False
-    device: str = "auto"
-    batch_size: int = 256
-    workers: int = 0  # image decoding threads (0: 1 on CPU, one per core up to 8 on CUDA)
-    precision: str = "fp32"
-    out: str | None = None
+    model: str | None = opt(None, "open_clip model name or a config in trainer/model_configs (wit-tiny, ViT-B-32, "
+                                  "...); default: the name the training checkpoint records", group=GROUP)
+    checkpoint: str | None = opt(None, "a checkpoint `make train` wrote (step_*.pt; a checkpoint folder means its "
+                                       "newest) or a model-only state_dict file; local path or s3://", group=GROUP)
+    random_init: bool = opt(False, "no checkpoint: random weights, a chance baseline", group=GROUP)
+    device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:1, ...", group=GROUP)
+    batch_size: int = opt(256, "images or texts per forward pass", minimum=1, group=GROUP)
+    workers: int = opt(0, "image decoding threads (0: 1 on CPU; on CUDA one per core, at most 8)", minimum=0,
+                       group=GROUP)
+    precision: str = opt("fp32", "bf16 runs under autocast", choices=("fp32", "bf16"), group=GROUP)
+    out: str | None = opt(None, "write the results as JSON here (local path or s3://)", group=GROUP)
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model and output")
-    g.add_argument("--model", help="open_clip model name or a config in trainer/model_configs (wit-tiny, "
-                                   "ViT-B-32, ...); default: the name the training checkpoint records")
-    g.add_argument("--checkpoint", help="a checkpoint `make train` wrote (step_*.pt; a checkpoint folder means "
-                                        "its newest) or a model-only state_dict file; local path or s3://")
-    g.add_argument("--random-init", action="store_true", help="no checkpoint: random weights, a chance baseline")
-    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    g.add_argument("--batch-size", type=int, default=256, help="images or texts per forward pass")
-    g.add_argument("--workers", type=int, default=0,
-                   help="image decoding threads (0: 1 on CPU; on CUDA one per core, at most 8)")
-    g.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16 runs under autocast")
-    g.add_argument("--out", help="write the results as JSON here (local path or s3://)")
-
-
-def options_of(cls, args: argparse.Namespace):
-    """Build a frozen config dataclass from the parsed flags of the same names."""
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+@dataclass(frozen=True, kw_only=True)
+class LabelledOptions:
+    format: str = opt("auto", "how the images are stored; auto looks at the path and the tar's members",
+                      choices=("auto", "folder", "tar", "shards"))
+    class_field: str = opt("label", "in shards without .cls members: the .json field holding the class (an index "
+                                    "or a name)")
 
 
 def load(cfg):

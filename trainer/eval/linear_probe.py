@@ -14,24 +14,23 @@ import numpy as np
 
 from wit.shards.storage import WitError
 from wit.trainer.eval import datasets
-from wit.trainer.eval.common import ModelOptions, finish, load
+from wit.shards.options import opt
+from wit.trainer.eval.common import DATA_HELP, LabelledOptions, ModelOptions, finish, load
 from wit.trainer.eval.features import encode_images
 
 
-@dataclass(frozen=True)
-class LinearProbeConfig(ModelOptions):
-    train: str = ""
-    test: str = ""
-    format: str = "auto"
-    class_field: str = "label"
-    limit_train: int = 0
-    limit_test: int = 0
-    val_fraction: float = 0.2
-    c_min: float = 1e-6
-    c_max: float = 1e6
-    c_steps: int = 13
-    max_iter: int = 1000
-    seed: int = 0
+@dataclass(frozen=True, kw_only=True)
+class LinearProbeConfig(ModelOptions, LabelledOptions):
+    train: str = opt(help="training images; " + DATA_HELP)
+    test: str = opt(help="test images, same forms as --train")
+    limit_train: int = opt(0, "at most this many training images (0: all)", minimum=0)
+    limit_test: int = opt(0, "at most this many test images (0: all)", minimum=0)
+    val_fraction: float = opt(0.2, "share of --train held out to choose C")
+    c_min: float = opt(1e-6, "smallest C (inverse L2 strength) in the sweep")
+    c_max: float = opt(1e6, "largest C in the sweep")
+    c_steps: int = opt(13, "log-spaced C values from --c-min to --c-max", minimum=1)
+    max_iter: int = opt(1000, "L-BFGS iterations per fit", minimum=1)
+    seed: int = opt(0, "seed of the validation split")
 
 
 def fit(x, y, c: float, max_iter: int):

@@ -7,16 +7,19 @@ from dataclasses import dataclass
 import torch
 
 from wit.trainer.eval import datasets
+from wit.shards.options import opt
 from wit.trainer.eval.common import ModelOptions, finish, load
 from wit.trainer.eval.features import encode_images, encode_texts
 from wit.trainer.eval.metrics import retrieval_recall
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RetrievalConfig(ModelOptions):
-    data: str = ""
-    captions: str | None = None
-    limit: int = 0
+    data: str = opt(help="a folder of images (with --captions), or WebDataset shards of .jpg + .txt samples, brace "
+                         "patterns allowed")
+    captions: str | None = opt(None, "CSV with columns image,caption (several rows per image allowed); image names "
+                                     "are relative to --data")
+    limit: int = opt(0, "at most this many images, with all their captions (0: all)", minimum=0)
 
 
 def run(cfg: RetrievalConfig) -> dict:

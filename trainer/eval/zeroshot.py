@@ -9,19 +9,21 @@ import torch
 
 from wit.shards.storage import WitError
 from wit.trainer.eval import datasets
-from wit.trainer.eval.common import ModelOptions, finish, load
+from wit.shards.options import opt
+from wit.trainer.eval.common import DATA_HELP, LabelledOptions, ModelOptions, finish, load
 from wit.trainer.eval.features import encode_images, encode_texts
 from wit.trainer.eval.metrics import class_embeddings, topk_accuracy
 from wit.trainer.eval.prompts import clean, prompt_set, prompts_for
 
 
-@dataclass(frozen=True)
-class ZeroShotConfig(ModelOptions):
-    data: str = ""
-    prompts: str = "cifar10"
-    format: str = "auto"
-    class_field: str = "label"
-    limit: int = 0
+@dataclass(frozen=True, kw_only=True)
+class ZeroShotConfig(ModelOptions, LabelledOptions):
+    data: str = opt(help=DATA_HELP)
+    prompts: str = opt("cifar10", "class names + templates: the CLIP paper's sets, or 'folders' (the dataset's folder "
+                                  "names with the 18 CIFAR templates)", choices=("cifar10", "cifar100", "imagenet",
+                                                                                 "folders"))
+    limit: int = opt(0, "at most this many images (0: all); from folders and tars spread evenly over the classes, "
+                        "from shards the first ones", minimum=0)
 
 
 WORDNET_ID = re.compile(r"n\d{8}")
