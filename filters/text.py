@@ -20,7 +20,7 @@ from wit.shards.options import opt
 from wit.shards.runner import EngineOptions
 from wit.shards.schema import OK, VERDICT, pair_uid, row_uids
 from wit.shards.storage import WitError, absolute, expand, fs_and_path, join
-from wit.shards.tables import open_parquet, write_parquet
+from wit.shards.tables import open_parquet, shard_order, write_parquet
 
 NOT_OK = "not_ok_in_ingest"
 TEXT_VERDICT = pa.schema(list(VERDICT) + [pa.field("lang", pa.string()), pa.field("lang_prob", pa.float32())])
@@ -191,7 +191,7 @@ def input_files(inputs: tuple[str, ...]) -> list[str]:
             fs, path = fs_and_path(url)
             proto = "" if "://" not in url else url.split("://", 1)[0] + "://"
             if fs.isdir(path):
-                files += [proto + p for p in sorted(fs.glob(path.rstrip("/") + "/*.parquet"))]
+                files += [proto + p for p in sorted(fs.glob(path.rstrip("/") + "/*.parquet"), key=shard_order)]
             elif any(ch in path for ch in "*?["):
                 files += [proto + p for p in sorted(fs.glob(path))]
             elif fs.exists(path):

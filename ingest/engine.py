@@ -25,7 +25,7 @@ from wit.ingest.reasons import reason_for
 from wit.shards.schema import FAILED, MANIFEST, OK
 from wit.shards.storage import fs_and_path, join, read_json, write_json_atomic
 from wit.shards.tables import read_parquet
-from wit.shards.verify import key_mismatch, publish_shard, tar_keys
+from wit.shards.verify import key_mismatch, mark_verified, publish_shard, tar_keys
 
 # Columns img2dataset carries through from our input into its parquet and each sample's json.
 CARRIED_COLUMNS = ["uid", "source_file", "source_row", "invalid"]
@@ -239,6 +239,7 @@ def finish_shard(staging: str, output: str, name: str) -> None:
     reasons = Counter(r for r in manifest["reason"].to_pylist() if r)
     stats["wit"] = {"reasons": dict(sorted(reasons.items()))}
     publish_shard(output, name, join(staging, f"{name}.tar"), manifest, stats)
+    mark_verified(output, name, len(keys))  # verified above: a resume need not read the tar again
     for suffix in (".parquet", "_stats.json"):
         fs.rm(fs_and_path(join(staging, name + suffix))[1])
 

@@ -11,6 +11,7 @@ import errno
 import math
 import os
 import re
+import shutil
 
 from wit.shards.storage import WitError, fs_and_path, join, read_json
 from wit.shards.verify import shard_names
@@ -117,3 +118,20 @@ def one_line_when_disk_full(out: str):
 
 def disk_full_error(out: str) -> DiskFull:
     return DiskFull(errno.ENOSPC, os.strerror(errno.ENOSPC), out)
+
+
+@contextlib.contextmanager
+def crawl_sql(out: str, memory_limit: str | None = None, temp_dir: str | None = None):
+    """A bounded DuckDB connection for the crawl's global steps, reading the output's store; its default spill
+    folder (the output's `_wit/duckdb_tmp`) is removed afterwards."""
+    from wit.shards.sql import connect, default_temp_dir, register_storage
+
+    temp = temp_dir or default_temp_dir(out)
+    con = connect(memory_limit, temp, output=out)
+    register_storage(con, out)
+    try:
+        yield con
+    finally:
+        con.close()
+        if temp_dir is None:
+            shutil.rmtree(temp, ignore_errors=True)

@@ -15,7 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from wit.shards.schema import INPUT, row_uids
+from wit.shards.schema import INPUT, pair_uid, row_uids
 from wit.shards.storage import WitError, expand, fs_and_path
 from wit.shards.tables import arrow_reader
 
@@ -61,10 +61,11 @@ def list_format(path: str, strict: bool = True) -> str | None:
 
 
 def read_list(url: str, fmt: str | None = None, url_col: str | None = None, caption_col: str | None = None,
-              seen: Counter | None = None) -> pa.Table:
+              seen: Counter | None = None, number_repeats: bool = True) -> pa.Table:
     """One list file -> a table in the INPUT schema, with a stable uid and the source row of every pair.
 
-    `seen` counts the pairs of the lists read before this one, so that a repeated pair gets its own uid.
+    `seen` counts the pairs of the lists read before this one, so that a repeated pair gets its own uid. Without
+    `number_repeats` every row gets its pair's uid, for a caller that numbers the repeats of many lists itself.
     """
     fmt = fmt or list_format(url)
     table = _read_table(url, fmt)
@@ -76,7 +77,7 @@ def read_list(url: str, fmt: str | None = None, url_col: str | None = None, capt
     captions = [""] * len(urls) if ccol is None else text_values(table.column(ccol))
     return pa.table(
         {
-            "uid": row_uids(zip(urls, captions), seen),
+            "uid": row_uids(zip(urls, captions), seen) if number_repeats else list(map(pair_uid, urls, captions)),
             "url": urls,
             "caption": captions,
             "source_file": [url] * len(urls),

@@ -7,6 +7,7 @@ SQL text as they are: identifiers are quoted with `ident`, paths are passed as p
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -68,6 +69,14 @@ def connect(memory_limit: str | None = None, temp_dir: str | None = None, thread
     return con
 
 
+def register_storage(con: duckdb.DuckDBPyConnection, url: str) -> None:
+    """Let DuckDB read `url`'s store (s3://, ...) through fsspec, as the rest of wit does; local paths need nothing."""
+    if not is_local(url):
+        import fsspec
+
+        con.register_filesystem(fsspec.filesystem(url.split("://", 1)[0]))
+
+
 def ident(name: str) -> str:
     """A quoted SQL identifier: `text-v2` or `a b` is a name, never SQL."""
     return '"' + name.replace('"', '""') + '"'
@@ -84,8 +93,16 @@ def first_line(err: BaseException) -> str:
 
 def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params=None, *, what: str, temp_dir: str | None = None):
     """Execute, turning DuckDB's out-of-memory and full-disk errors into one line that says what to change."""
-    try:
+    with sql_errors(what, temp_dir):
         return con.execute(sql, params) if params is not None else con.execute(sql)
+
+
+@contextlib.contextmanager
+def sql_errors(what: str, temp_dir: str | None = None):
+    """DuckDB's out-of-memory and full-disk errors inside the body (a query, or the reading of its result) as one
+    line that says what to change."""
+    try:
+        yield
     except duckdb.OutOfMemoryException as err:
         raise WitError(f"{what}: DuckDB ran out of memory ({first_line(err)}); raise --memory-limit or free "
                        "space in --temp-dir") from None

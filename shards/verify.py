@@ -2,7 +2,9 @@
 `verify_shard` checks it.
 
 Resume trusts nothing else: a tar cut short by a kill, a manifest without its tar or a tar whose samples do not
-match the manifest's `ok` rows all fail here and the shard is redone.
+match the manifest's `ok` rows all fail here and the shard is redone. Reading every tar to its end on every resume
+would re-read the whole crawl, so a verified shard gets a marker (`_wit/verified/<name>.json`) holding the size
+and mtime (or etag) of its three files; `check_shards` trusts a shard whose files still have them.
 """
 from __future__ import annotations
 
@@ -97,6 +99,50 @@ def verify_shard(folder: str, name: str) -> ShardCheck:
     if problem := key_mismatch(keys, ok_keys):
         return ShardCheck(name, False, problem)
     return ShardCheck(name, True, samples=len(keys))
+
+
+MARKERS = ("_wit", "verified")
+
+
+def file_stamps(folder: str, name: str) -> list:
+    """Size and mtime (local) or etag (object stores) of the shard's tar, manifest and stats."""
+    fs, _ = fs_and_path(folder)
+    stamps = []
+    for suffix in (".tar", ".parquet", "_stats.json"):
+        info = fs.info(fs_and_path(join(folder, name + suffix))[1])
+        stamps.append([info.get("size"), info.get("ETag") or info.get("mtime") or str(info.get("LastModified"))])
+    return stamps
+
+
+def mark_verified(folder: str, name: str, samples: int) -> None:
+    """Record that the shard, as its files are now, was verified."""
+    write_json_atomic(join(folder, *MARKERS, f"{name}.json"), {"files": file_stamps(folder, name), "samples": samples})
+
+
+def marked(folder: str, name: str) -> ShardCheck | None:
+    """The shard's check from its marker, when its files are as they were when it was verified; else None."""
+    try:
+        marker = read_json(join(folder, *MARKERS, f"{name}.json"))
+        if marker["files"] == file_stamps(folder, name):
+            return ShardCheck(name, True, samples=marker["samples"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def check_shards(task: tuple[str, list[str]]) -> list[ShardCheck]:
+    """(folder, names) -> each shard's check: trusted by its marker, or verified in full and then marked. A pure
+    per-shard function, for `shards.runner.run_map`."""
+    folder, names = task
+    checks = []
+    for name in names:
+        check = marked(folder, name)
+        if check is None:
+            check = verify_shard(folder, name)
+            if check.ok:
+                mark_verified(folder, name, check.samples)
+        checks.append(check)
+    return checks
 
 
 def shard_names(folder: str) -> list[str]:

@@ -130,3 +130,30 @@ names = shard_names('{disk}/out'); print(len(names), all(verify_shard('{disk}/ou
     assert (report / "again.rc").read_text().strip() == "0", (report / "again.err").read_text()[-2000:]
     assert "ok            200\n" in (report / "again.out").read_text()
     assert (report / "verified").read_text().split() == ["4", "True"]
+
+
+def test_a_resume_trusts_a_shards_verified_marker_until_its_files_change(tmp_path, image_server, real_images):
+    from wit.shards.verify import check_shards, verify_shard
+
+    rows = [(f"{image_server.url}/img/{n}", f"photo {i}") for i, n in enumerate(sorted(real_images)[:8])]
+    out = tmp_path / "out"
+    assert wit("download", str(write_csv(tmp_path / "l.csv", rows)), "--out", str(out), "--allow-net",
+               "127.0.0.1/32", "--shard-size", "4", "--processes", "1", "--no-progress").returncode == 0
+    markers = out / "_wit" / "verified"
+    assert sorted(p.name for p in markers.iterdir()) == ["00000.json", "00001.json"]  # written by finish_shard
+
+    tar = out / "00000.tar"
+    stat = tar.stat()
+    data = bytearray(tar.read_bytes())
+    data[0:8] = b"garbage!"  # the first header no longer sums to its checksum: unreadable
+    tar.write_bytes(bytes(data))
+    os.utime(tar, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same mtime
+    assert not verify_shard(str(out), "00000").ok
+    checks = check_shards((str(out), ["00000", "00001"]))
+    assert [(c.name, c.ok, c.samples) for c in checks] == [("00000", True, 4), ("00001", True, 4)]  # not read
+
+    os.utime(tar)  # the tar changed since it was verified: read in full, and refused
+    (markers / "00001.json").unlink()  # no marker: read in full, passed, and marked again
+    first, second = check_shards((str(out), ["00000", "00001"]))
+    assert not first.ok and "tar unreadable" in first.problem and "bad header checksum" in first.problem
+    assert second.ok and (markers / "00001.json").exists()
