@@ -20,13 +20,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from wit.shards.lists import list_format, read_list
+from wit.shards.lists import list_format, only_once, read_list, text_values
 from wit.shards.options import opt
 from wit.shards.runner import EngineOptions, imap, run_map
 from wit.shards.schema import OK, VERDICT, pair_uid, row_uids
 from wit.shards.sql import SQLOptions, literal, register_filesystem, run_sql
 from wit.shards.storage import WitError, absolute, expand, fs_and_path, join
-from wit.shards.tables import open_parquet, parquet_files, read_parquet, write_parquet
+from wit.shards.tables import open_parquet, parquet_files, read_parquet, shard_order, write_parquet
 
 NOT_OK = "not_ok_in_ingest"
 TEXT_VERDICT = pa.schema(list(VERDICT) + [pa.field("lang", pa.string()), pa.field("lang_prob", pa.float32())])
@@ -144,19 +144,30 @@ URL_COLUMNS = ("url", "URL", "image_url", "img_url")
 CAPTION_COLUMNS = ("caption", "TEXT", "text", "alt", "title")
 
 
+def read_rows(src: str) -> tuple[list[dict], str, str]:
+    """The rows of a crawl manifest or pool (parquet with a uid column), or of a URL list in any format, read by
+    `read_list` with the crawl's own rules (column names, types, duplicate columns, invalid URLs)."""
+    source = open_parquet(src) if list_format(src, strict=False) == "parquet" else None
+    if source is None or "uid" not in source.schema_arrow.names:
+        return read_list(src).to_pylist(), "url", "caption"
+    names = source.schema_arrow.names
+    url_col = next((c for c in URL_COLUMNS if c in names), None)
+    cap_col = next((c for c in CAPTION_COLUMNS if c in names), None)
+    if url_col is None or cap_col is None:
+        raise WitError(f"{src}: no {'url' if url_col is None else 'caption'} column (columns: {names})")
+    for name in (url_col, cap_col, "uid"):
+        only_once(src, names, name)
+    extra = [c for c in ("uid", "status", "invalid") if c in names]
+    t = source.read(columns=[url_col, cap_col] + extra)
+    rows = t.select(extra).to_pylist()
+    for row, url, caption in zip(rows, text_values(t[url_col]), text_values(t[cap_col])):
+        row[url_col], row[cap_col] = url, caption
+    return rows, url_col, cap_col
+
+
 def judge_file(job: TextJob) -> int:
     """Per-row verdicts of one input file (before dedup), written to `rows_out`; returns the row count."""
-    if list_format(job.src, strict=False) != "parquet":  # a URL list in another format: read as the crawl reads it
-        t, url_col, cap_col = read_list(job.src).to_pylist(), "url", "caption"
-    else:
-        source = open_parquet(job.src)
-        names = source.schema_arrow.names
-        url_col = next((c for c in URL_COLUMNS if c in names), None)
-        cap_col = next((c for c in CAPTION_COLUMNS if c in names), None)
-        if url_col is None or cap_col is None:
-            raise WitError(f"{job.src}: no {'url' if url_col is None else 'caption'} column (columns: {names})")
-        extra = [c for c in ("uid", "status", "invalid") if c in names]
-        t = source.read(columns=[url_col, cap_col] + extra).to_pylist()
+    t, url_col, cap_col = read_rows(job.src)
     # a raw list has no uid yet: the ones ingest gives (a pair repeated across list files is counted per file here)
     fresh = row_uids((r[url_col], r[cap_col]) for r in t) if any(not r.get("uid") for r in t) else None
     out = []
@@ -186,7 +197,7 @@ def input_files(inputs: tuple[str, ...]) -> list[str]:
             fs, path = fs_and_path(url)
             proto = "" if "://" not in url else url.split("://", 1)[0] + "://"
             if fs.isdir(path):
-                files += [proto + p for p in sorted(fs.glob(path.rstrip("/") + "/*.parquet"))]
+                files += [proto + p for p in sorted(fs.glob(path.rstrip("/") + "/*.parquet"), key=shard_order)]
             elif any(ch in path for ch in "*?["):
                 files += [proto + p for p in sorted(fs.glob(path))]
             elif fs.exists(path):

@@ -53,6 +53,11 @@ class DownloadConfig:
     retry_failed: bool = opt(False, "re-attempt rows that failed transiently (timeouts, 5xx, 429, resets) into new "
                                     "shards; old rows become superseded")
     progress: bool = opt(True, "a progress bar (off when CI is set)")
+    # the crawl's global steps (numbering repeated pairs, finding and superseding retried rows) run in DuckDB
+    memory_limit: str | None = opt(None, "DuckDB memory limit of the crawl's global steps, e.g. 8GB (default: half "
+                                         "the RAM)", group="DuckDB")
+    temp_dir: str | None = opt(None, "where those steps spill (default: <out>/_wit/duckdb_tmp, or $TMPDIR when the "
+                                     "output is not local)", group="DuckDB")
 
     @property
     def header_optouts(self) -> tuple[str, ...]:

@@ -8,94 +8,94 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import math
 import time
-from collections import Counter
 from dataclasses import replace
 
 from tqdm import tqdm
 
 from wit.ingest.config import SHARD_DIGITS, DownloadConfig
 from wit.ingest.guard import GuardPolicy
+from wit.ingest.inputs import prepare_inputs
+from wit.ingest.lock import crawl_lock
+from wit.ingest.output import (
+    check_own_folder,
+    crawl_shard_names,
+    entries,
+    one_line_when_disk_full,
+    own_shard_file,
+    own_shards,
+    read_record,
+    shard_name,
+)
 from wit.ingest.progress import ShardProgress
 from wit.ingest.summary import summarize
-from wit.shards.lists import find_lists, read_list
 from wit.shards.storage import (
     WitError,
     absolute,
     check_writable,
-    exists,
     fs_and_path,
     join,
-    read_json,
     write_json_atomic,
 )
-from wit.shards.tables import write_parquet
-from wit.shards.verify import shard_names, verify_shard
+from wit.shards.runner import run_map
+from wit.shards.verify import ShardCheck, check_shards
+
+CHECKS_PER_TASK = 64  # shards per resume task: most are trusted by their marker, a few stat calls each
 
 
 def download(cfg: DownloadConfig) -> dict:
     """Crawl cfg.lists into cfg.out; a second call with the same arguments resumes. Returns the summary."""
     cfg = replace(cfg, out=absolute(cfg.out))
+    check_own_folder(cfg.out)  # before anything is written there
     check_writable(cfg.out)
+    with crawl_lock(cfg.out), one_line_when_disk_full(cfg.out):
+        return _download(cfg)
+
+
+def _download(cfg: DownloadConfig) -> dict:
     inputs = prepare_inputs(cfg)
-    expected = {f"{i:0{SHARD_DIGITS}d}" for i in range(expected_shards(inputs, cfg.shard_size))}
-    done = resume_scan(cfg.out)
+    done = resume_scan(cfg)
     start = time.time()
     run_engine(cfg, input_dir=join(cfg.out, "_wit", "input"), done=done, start_shard=0, total_rows=sum(inputs))
-    missing = sorted(expected - set(shard_names(cfg.out)))
-    new = set(shard_names(cfg.out)) - {f"{i:0{SHARD_DIGITS}d}" for i in done}
+    finished = {int(n) for n in crawl_shard_names(cfg.out)}
+    missing = [shard_name(i) for i in range(expected_shards(inputs, cfg.shard_size)) if i not in finished]
+    new = {shard_name(i) for i in finished - done}
     summary = summarize(cfg.out, started=start, new_shards=new)
     summary["missing_shards"] = missing
     write_json_atomic(join(cfg.out, "_wit", "summary.json"), summary)
     return summary
 
 
-def prepare_inputs(cfg: DownloadConfig) -> list[int]:
-    """Normalise every list into `_wit/input/NNNNN.parquet`; refuse an output that holds other lists' crawl."""
-    files = find_lists(list(cfg.lists))
-    digest, counts, seen = hashlib.sha256(), [], Counter()
-    tables = []
-    for path in files:
-        table = read_list(path, cfg.input_format, cfg.url_col, cfg.caption_col, seen)
-        digest.update("\n".join(table["uid"].to_pylist()).encode())
-        counts.append(table.num_rows)
-        tables.append(table)
-    fingerprint = {"lists": files, "rows": counts, "uids_sha256": digest.hexdigest(), "shard_size": cfg.shard_size}
-    run_file = join(cfg.out, "_wit", "run.json")
-    if exists(run_file):
-        previous = read_json(run_file)
-        if {k: previous.get(k) for k in fingerprint} != fingerprint:
-            raise WitError(
-                f"{cfg.out}: holds a crawl of other lists or another shard size ({run_file}); "
-                "use a new output folder, or delete this one to start over"
-            )
-    for i, table in enumerate(tables):
-        write_parquet(join(cfg.out, "_wit", "input", f"{i:05d}.parquet"), table)
-    write_json_atomic(run_file, fingerprint)
-    return counts
-
-
 def expected_shards(counts: list[int], shard_size: int) -> int:
     return sum(math.ceil(n / shard_size) for n in counts)
 
 
-def resume_scan(out: str) -> set[int]:
-    """Ids of shards that are complete and verified; every other shard file is removed so it gets redone."""
-    fs, root = fs_and_path(out)
-    done, bad = set(), []
-    for name in shard_names(out):
-        check = verify_shard(out, name)
-        (done.add(int(name)) if check.ok else bad.append((name, check.problem)))
-    for name, problem in bad:
-        print(f"resume: redoing shard {name}: {problem}")
-    keep = {f"{i:0{SHARD_DIGITS}d}" for i in done}
-    for path in fs.glob(root.rstrip("/") + "/*"):
-        base = path.rsplit("/", 1)[-1]
-        stem = base.split("_")[0].split(".")[0]
-        if stem.isdigit() and stem not in keep:
-            fs.rm(path)
+def verify_shards(cfg: DownloadConfig, names: list[str]) -> list[ShardCheck]:
+    """Every shard's check, as a per-shard map: a shard whose verified marker still matches its files is trusted
+    without reading its tar; chunks of shards go to the process pool (or Ray), so that a few shards cost no pool."""
+    per_task = max(CHECKS_PER_TASK, math.ceil(len(names) / (cfg.processes * 64)))
+    chunks = [(cfg.out, names[i:i + per_task]) for i in range(0, len(names), per_task)]
+    engine = "ray" if cfg.distributor == "ray" else "local"
+    checks = run_map(check_shards, chunks, engine=engine, workers=cfg.processes, ray_address=cfg.ray_address)
+    return [check for chunk in checks for check in chunk]
+
+
+def resume_scan(cfg: DownloadConfig) -> set[int]:
+    """Numbers of the crawl's shards that are complete and verified. The files of its other shards, and leftover
+    temporaries, are removed so those get redone; a name the run record does not list is never touched."""
+    fs, root = fs_and_path(cfg.out)
+    shards = own_shards(read_record(cfg.out))
+    done = set()
+    for check in verify_shards(cfg, crawl_shard_names(cfg.out, shards)):  # another shard is neither trusted nor touched
+        if check.ok:
+            done.add(int(check.name))
+        else:
+            print(f"resume: redoing shard {check.name}: {check.problem}")
+    for base in entries(cfg.out):
+        own = own_shard_file(base, shards)
+        if own and (own[1] or own[0] not in done) and fs.isfile(join(root, base)):
+            fs.rm(join(root, base))
     for scratch in ("staging", "tmp"):
         with contextlib.suppress(FileNotFoundError):
             fs.rm(f"{root.rstrip('/')}/_wit/{scratch}", recursive=True)

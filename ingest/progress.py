@@ -6,13 +6,14 @@ import threading
 
 from wit.shards.progress import bar
 from wit.shards.storage import join, read_json
-from wit.shards.verify import shard_names
+from wit.ingest.output import crawl_shard_names, own_shards, read_record
 
 
 class ShardProgress:
     def __init__(self, out: str, total_rows: int, enabled: bool = True, every: float = 1.0):
         self.out, self.every = out, every
-        self.seen = set(shard_names(out))
+        self.shards = own_shards(read_record(out))
+        self.seen = set(crawl_shard_names(out, self.shards))
         self.bar = bar(total=total_rows, unit="pair", desc="download", disable=not enabled)
         self.ok = self.failed = 0
         for name in self.seen:
@@ -35,7 +36,7 @@ class ShardProgress:
             self._refresh()
 
     def _refresh(self) -> None:
-        for name in sorted(set(shard_names(self.out)) - self.seen):
+        for name in sorted(set(crawl_shard_names(self.out, self.shards)) - self.seen, key=int):
             self.seen.add(name)
             self._add(name)
 

@@ -1,4 +1,4 @@
-"""The funnel of a crawl, from its manifests: rows, ok, failures by reason, throughput."""
+"""The funnel of a crawl, from its manifests (one DuckDB group-by): rows, ok, failures by reason, throughput."""
 from __future__ import annotations
 
 import time
@@ -7,33 +7,34 @@ from collections import Counter
 
 from wit.shards.schema import FAILED, OK, SUPERSEDED
 from wit.shards.storage import join, read_json
-from wit.shards.tables import read_parquet
-from wit.shards.verify import shard_names
+from wit.ingest.output import crawl_shard_names, crawl_sql
 
 
-def read_manifests(out: str, columns: list[str] | None = None, names: list[str] | None = None):
-    """Yield (shard name, manifest table) for every finished shard."""
-    for name in names if names is not None else shard_names(out):
-        yield name, read_parquet(join(out, f"{name}.parquet"), columns)
+def manifest_files(out: str) -> list[str]:
+    """The manifest of every finished shard of the crawl, in shard order."""
+    return [join(out, f"{name}.parquet") for name in crawl_shard_names(out)]
 
 
 def summarize(out: str, started: float | None = None, new_shards: set[str] | frozenset = frozenset()) -> dict:
     status, reasons = Counter(), Counter()
-    for _, table in read_manifests(out, ["status", "reason"]):
-        for s, r in zip(table["status"].to_pylist(), table["reason"].to_pylist()):
-            status[s] += 1
-            if s == FAILED:
-                reasons[r] += 1
+    files = manifest_files(out)
+    if files:
+        with crawl_sql(out) as con:
+            counts = con.execute("SELECT status, reason, count(*) FROM read_parquet(?) GROUP BY ALL", [files])
+            for s, r, n in counts.fetchall():
+                status[s] += n
+                if s == FAILED:
+                    reasons[r] += n
     new_ok = sum(read_json(join(out, f"{n}_stats.json"))["wit"]["samples"] for n in new_shards)
     seconds = time.time() - started if started else None
     return {
         "output": out,
-        "shards": len(shard_names(out)),
+        "shards": len(files),
         "rows": status[OK] + status[FAILED],  # superseded rows were retried: their new row counts instead
         "ok": status[OK],
         "failed": status[FAILED],
         "superseded": status[SUPERSEDED],
-        "failures_by_reason": dict(reasons.most_common()),
+        "failures_by_reason": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0] or ""))),
         "this_run": {"shards": len(new_shards), "samples": new_ok, "seconds": seconds,
                      "samples_per_s": (new_ok / seconds) if seconds else None},
     }

@@ -15,7 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from wit.shards.schema import INPUT, row_uids
+from wit.shards.schema import INPUT, pair_uid, row_uids
 from wit.shards.storage import WitError, expand, fs_and_path
 from wit.shards.tables import arrow_reader
 
@@ -61,10 +61,11 @@ def list_format(path: str, strict: bool = True) -> str | None:
 
 
 def read_list(url: str, fmt: str | None = None, url_col: str | None = None, caption_col: str | None = None,
-              seen: Counter | None = None) -> pa.Table:
+              seen: Counter | None = None, number_repeats: bool = True) -> pa.Table:
     """One list file -> a table in the INPUT schema, with a stable uid and the source row of every pair.
 
-    `seen` counts the pairs of the lists read before this one, so that a repeated pair gets its own uid.
+    `seen` counts the pairs of the lists read before this one, so that a repeated pair gets its own uid. Without
+    `number_repeats` every row gets its pair's uid, for a caller that numbers the repeats of many lists itself.
     """
     fmt = fmt or list_format(url)
     table = _read_table(url, fmt)
@@ -72,11 +73,11 @@ def read_list(url: str, fmt: str | None = None, url_col: str | None = None, capt
         raise WitError(f"{url}: the list is empty")
     ucol = _pick_column(url, table, url_col, URL_COLUMNS, "URL", "--url-col")
     ccol = None if fmt == "txt" else _pick_column(url, table, caption_col, CAPTION_COLUMNS, "caption", "--caption-col")
-    urls = [_as_text(v) for v in table.column(ucol).to_pylist()]
-    captions = [""] * len(urls) if ccol is None else [_as_text(v) for v in table.column(ccol).to_pylist()]
+    urls = text_values(table.column(ucol))
+    captions = [""] * len(urls) if ccol is None else text_values(table.column(ccol))
     return pa.table(
         {
-            "uid": row_uids(zip(urls, captions), seen),
+            "uid": row_uids(zip(urls, captions), seen) if number_repeats else list(map(pair_uid, urls, captions)),
             "url": urls,
             "caption": captions,
             "source_file": [url] * len(urls),
@@ -103,6 +104,11 @@ def url_problem(url: str | None) -> str | None:
     return None
 
 
+def text_values(column: pa.ChunkedArray | pa.Array) -> list[str | None]:
+    """A column of any type as the crawl reads it: text as it is, bytes as UTF-8, anything else as `str`."""
+    return [_as_text(v) for v in column.to_pylist()]
+
+
 def _as_text(value) -> str | None:
     if value is None or isinstance(value, str):
         return value
@@ -116,13 +122,21 @@ def _pick_column(url, table, given, candidates, what, flag) -> str:
     if given:
         if given not in names:
             raise WitError(f"{url}: no column {given!r} (columns: {', '.join(names)})")
-        return given
+        return only_once(url, names, given)
     for name in candidates:
         if name in names:
-            return name
+            return only_once(url, names, name)
     raise WitError(
         f"{url}: no {what} column (looked for {', '.join(candidates)}; columns: {', '.join(names)}); name it with {flag}"
     )
+
+
+def only_once(url: str, names: list[str], name: str) -> str:
+    """`name`, when the file has exactly one column of that name (which of two would be a guess)."""
+    if names.count(name) > 1:
+        raise WitError(f"{url}: column {name!r} appears {names.count(name)} times (columns: {', '.join(names)}); "
+                       "give each column its own name")
+    return name
 
 
 def _read_table(url: str, fmt: str) -> pa.Table:
@@ -144,12 +158,7 @@ def _read_table(url: str, fmt: str) -> pa.Table:
         if fmt == "txt":
             lines = data.decode("utf-8").splitlines()
             return pa.table({"url": [line.strip() for line in lines if line.strip()]})
-        delimiter = "\t" if fmt == "tsv" else ","
-        return pacsv.read_csv(
-            arrow_reader(data),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(strings_can_be_null=False, column_types=None),
-        )
+        return _read_csv(url, data, "\t" if fmt == "tsv" else ",")
     except WitError:
         raise
     except pa.ArrowInvalid as err:
@@ -157,6 +166,42 @@ def _read_table(url: str, fmt: str) -> pa.Table:
         if "Empty CSV file" in msg:
             raise WitError(f"{url}: the list is empty") from None
         raise WitError(f"{url}{_line_of(data, msg)}: malformed {fmt} ({msg})") from None
+
+
+def _read_csv(url: str, data: bytes, delimiter: str) -> pa.Table:
+    table = _with_big_blocks(lambda block: pacsv.read_csv(
+        arrow_reader(data), read_options=pacsv.ReadOptions(block_size=block),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(strings_can_be_null=False, column_types=None),
+    ), len(data))
+    _check_quotes_closed(url, data, table)
+    return table
+
+
+def _with_big_blocks(read, size: int):
+    """Arrow parses in blocks of 1 MB and refuses a row larger than a block ("straddles two block boundaries"),
+    which a long caption is: read again with one block as large as the file (which is in memory already)."""
+    try:
+        return read(1 << 20)
+    except pa.ArrowInvalid as err:
+        if "straddles" not in str(err):
+            raise
+    return read(min(size + 1, 2**31 - 1))
+
+
+def _check_quotes_closed(url: str, data: bytes, table: pa.Table) -> None:
+    """Arrow reads a quote that is never closed as a last field running to the end of the file, and says nothing.
+    Only then does the file end with that field's text (quotes doubled) right after a quote: a field that was
+    closed ends with its closing quote, and an unquoted one starts after a delimiter or a line break."""
+    if not table.num_rows or not pa.types.is_string(table.schema.field(table.num_columns - 1).type):
+        return
+    last = table.column(table.num_columns - 1)[-1].as_py()
+    if last is None:
+        return
+    tail = b'"' + last.replace('"', '""').encode()
+    if data.endswith(tail) and not (last == "" and data.endswith(b'""')):
+        line = data.count(b"\n", 0, len(data) - len(tail)) + 1
+        raise WitError(f"{url}:{line}: malformed csv (a quote opened on this line is never closed)")
 
 
 def _line_of(data: bytes, msg: str) -> str:
@@ -179,14 +224,33 @@ def _check_utf8(url: str, data: bytes) -> None:
 
 def _read_jsonl(url: str, data: bytes) -> pa.Table:
     try:
-        return pajson.read_json(arrow_reader(data))
-    except pa.ArrowInvalid:
-        pass  # find the first bad line, for a message that names it
+        return _with_big_blocks(lambda block: pajson.read_json(
+            arrow_reader(data), read_options=pajson.ReadOptions(block_size=block)), len(data))
+    except pa.ArrowInvalid as err:
+        msg = str(err).splitlines()[0]  # find the first bad line, for a message that names it
+    kinds: dict[str, tuple[str, int]] = {}  # column -> (JSON type, line it was first seen on)
     for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
         if line.strip():
             try:
-                if not isinstance(json.loads(line), dict):
+                row = json.loads(line)
+                if not isinstance(row, dict):
                     raise ValueError("not a JSON object")
             except ValueError as err:
                 raise WitError(f"{url}:{number}: malformed jsonl ({err})") from None
-    raise WitError(f"{url}: malformed jsonl")
+            for column, value in row.items():
+                if value is None:
+                    continue
+                kind, first = kinds.setdefault(column, (_json_kind(value), number))
+                if kind != _json_kind(value):
+                    raise WitError(f"{url}:{number}: malformed jsonl ({column!r} is {_json_kind(value)} here but "
+                                   f"{kind} on line {first}; a column keeps one type)") from None
+    raise WitError(f"{url}: malformed jsonl ({msg})")
+
+
+def _json_kind(value) -> str:
+    """JSON's type names, as Arrow tells them apart (an integer may become a float, nothing else changes)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "an array", dict: "an object"}[type(value)]

@@ -72,10 +72,13 @@ def row_uids(pairs: Iterable[tuple[str | None, str | None]], seen: Counter | Non
     for url, caption in pairs:
         uid = pair_uid(url, caption)
         n, seen[uid] = seen[uid], seen[uid] + 1
-        if n:
-            uid = hashlib.blake2b(f"{uid}:{n}".encode(), digest_size=16, person=b"wit.repeat").hexdigest()
-        uids.append(uid)
+        uids.append(repeat_uid(uid, n) if n else uid)
     return uids
+
+
+def repeat_uid(uid: str, n: int) -> str:
+    """The uid of the n-th repeat (n >= 1) of the pair whose `pair_uid` is `uid`."""
+    return hashlib.blake2b(f"{uid}:{n}".encode(), digest_size=16, person=b"wit.repeat").hexdigest()
 
 
 def empty_manifest() -> pa.Table:

@@ -7,6 +7,7 @@ SQL text as they are: identifiers are quoted with `ident`, paths are passed as p
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -104,8 +105,16 @@ def first_line(err: BaseException) -> str:
 
 def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params=None, *, what: str):
     """Execute, turning DuckDB's out-of-memory and full-disk errors into one line that names what to change."""
-    try:
+    with sql_errors(con, what):
         return con.execute(sql, params) if params is not None else con.execute(sql)
+
+
+@contextlib.contextmanager
+def sql_errors(con: duckdb.DuckDBPyConnection, what: str):
+    """DuckDB's out-of-memory and full-disk errors inside the body (a query, or the reading of its result) as one
+    line that names what to change."""
+    try:
+        yield
     except (duckdb.OutOfMemoryException, duckdb.IOException) as err:
         text = str(err)
         temp = con.execute("SELECT current_setting('temp_directory')").fetchone()[0]

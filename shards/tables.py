@@ -8,11 +8,16 @@ own memory; files are written from Arrow's own buffers, atomically.
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+import uuid
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wit.shards.schema import MANIFEST
-from wit.shards.storage import WitError, fs_and_path, is_local, write_atomic
+from wit.shards.storage import WitError, fs_and_path, is_local, move, write_atomic
 
 
 def arrow_reader(data: bytes) -> pa.BufferReader:
@@ -75,13 +80,42 @@ def write_parquet(url: str, table: pa.Table) -> None:
     write_atomic(url, sink.getvalue().to_pybytes())
 
 
+def write_parquet_stream(url: str, schema: pa.Schema, batches) -> int:
+    """Record batches (a DuckDB result's reader) into one parquet file, never held whole; the row count. Written by
+    Arrow itself to a local file (a temporary beside a local target, else one uploaded), then renamed into place."""
+    fs, path = fs_and_path(url)
+    local = is_local(url)
+    if local:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    else:
+        fd, tmp = tempfile.mkstemp(suffix=".parquet")
+        os.close(fd)
+    rows = 0
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for batch in batches:
+                writer.write_batch(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
+                rows += batch.num_rows
+        if local:
+            os.replace(tmp, path)
+        else:
+            staged = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            fs.put_file(tmp, staged)
+            move(fs, staged, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+    return rows
+
+
 def parquet_files(folder: str) -> list[str]:
-    """Shard-named parquet files in a folder (`00012.parquet`), sorted; not `_wit/` scratch."""
+    """Shard-named parquet files in a folder (`00012.parquet`), in shard number order; not `_wit/` scratch."""
     fs, path = fs_and_path(folder)
     fs.invalidate_cache(path)
     if not fs.isdir(path):
         raise WitError(f"{folder}: no such folder")
-    files = sorted(p for p in fs.glob(path.rstrip("/") + "/*.parquet"))
+    files = sorted(fs.glob(path.rstrip("/") + "/*.parquet"), key=shard_order)
     return [fs.unstrip_protocol(p) if "://" in folder else p for p in files]
 
 
@@ -98,3 +132,9 @@ def read_folder(folder: str, required: tuple[str, ...] = (), columns: list[str] 
             raise WitError(f"{url}: no column {lacking[0]!r} (columns: {', '.join(t.column_names)})")
         tables.append(t)
     return pa.concat_tables(tables, promote_options="permissive")
+
+
+def shard_order(path: str) -> tuple:
+    """Sort key of a shard-named file: by number ("100000" after "99999"), other names after, by name."""
+    stem = path.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+    return (0, int(stem), path) if stem.isdigit() else (1, 0, path)

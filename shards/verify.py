@@ -2,10 +2,13 @@
 `verify_shard` checks it.
 
 Resume trusts nothing else: a tar cut short by a kill, a manifest without its tar or a tar whose samples do not
-match the manifest's `ok` rows all fail here and the shard is redone.
+match the manifest's `ok` rows all fail here and the shard is redone. Reading every tar to its end on every resume
+would re-read the whole crawl, so a verified shard gets a marker (`_wit/verified/<name>.json`) holding the size
+and mtime (or etag) of its three files; `check_shards` trusts a shard whose files still have them.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -33,6 +36,23 @@ def tar_keys(url: str, ext: str = "jpg") -> list[str]:
         if suffix == ext:
             keys.append(key)
     return keys
+
+
+def key_mismatch(tar: list[str], ok: set[str], shown: int = 5) -> str | None:
+    """None when the tar holds exactly the manifest's ok rows, each once; else which samples differ."""
+    repeated = sorted(k for k, n in Counter(tar).items() if n > 1)
+    only_tar, only_manifest = sorted(set(tar) - ok), sorted(ok - set(tar))
+    if not (repeated or only_tar or only_manifest):
+        return None
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+    parts = [f"tar holds {len(tar)} samples, the manifest {len(ok)} ok rows"]
+    parts += [f"{what}: {some(keys)}" for what, keys in (("in the tar but not ok in the manifest", only_tar),
+                                                          ("ok in the manifest but not in the tar", only_manifest),
+                                                          ("twice in the tar", repeated)) if keys]
+    return "; ".join(parts)
 
 
 def publish_shard(folder: str, name: str, tar: bytes | str, manifest: pa.Table, stats: dict | None = None) -> None:
@@ -76,16 +96,60 @@ def verify_shard(folder: str, name: str) -> ShardCheck:
         keys = tar_keys(join(folder, f"{name}.tar"))
     except Exception as err:
         return ShardCheck(name, False, f"tar unreadable to its end ({type(err).__name__}: {err})")
-    if len(keys) != len(set(keys)) or set(keys) != ok_keys:
-        return ShardCheck(name, False, f"tar holds {len(keys)} samples, manifest {len(ok_keys)}")
+    if problem := key_mismatch(keys, ok_keys):
+        return ShardCheck(name, False, problem)
     return ShardCheck(name, True, samples=len(keys))
 
 
+MARKERS = ("_wit", "verified")
+
+
+def file_stamps(folder: str, name: str) -> list:
+    """Size and mtime (local) or etag (object stores) of the shard's tar, manifest and stats."""
+    fs, _ = fs_and_path(folder)
+    stamps = []
+    for suffix in (".tar", ".parquet", "_stats.json"):
+        info = fs.info(fs_and_path(join(folder, name + suffix))[1])
+        stamps.append([info.get("size"), info.get("ETag") or info.get("mtime") or str(info.get("LastModified"))])
+    return stamps
+
+
+def mark_verified(folder: str, name: str, samples: int) -> None:
+    """Record that the shard, as its files are now, was verified."""
+    write_json_atomic(join(folder, *MARKERS, f"{name}.json"), {"files": file_stamps(folder, name), "samples": samples})
+
+
+def marked(folder: str, name: str) -> ShardCheck | None:
+    """The shard's check from its marker, when its files are as they were when it was verified; else None."""
+    try:
+        marker = read_json(join(folder, *MARKERS, f"{name}.json"))
+        if marker["files"] == file_stamps(folder, name):
+            return ShardCheck(name, True, samples=marker["samples"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def check_shards(task: tuple[str, list[str]]) -> list[ShardCheck]:
+    """(folder, names) -> each shard's check: trusted by its marker, or verified in full and then marked. A pure
+    per-shard function, for `shards.runner.run_map`."""
+    folder, names = task
+    checks = []
+    for name in names:
+        check = marked(folder, name)
+        if check is None:
+            check = verify_shard(folder, name)
+            if check.ok:
+                mark_verified(folder, name, check.samples)
+        checks.append(check)
+    return checks
+
+
 def shard_names(folder: str) -> list[str]:
-    """Names of the shards that have a stats file (the last file a shard gets)."""
+    """Names of the shards that have a stats file (the last file a shard gets), in shard number order."""
     fs, path = fs_and_path(folder)
     fs.invalidate_cache(path)  # other processes write shards here; a cached listing would hide them
     if not fs.exists(path):
         return []
     names = [p.rsplit("/", 1)[-1].removesuffix("_stats.json") for p in fs.glob(path.rstrip("/") + "/*_stats.json")]
-    return sorted(n for n in names if n.isdigit())
+    return sorted((n for n in names if n.isdigit()), key=int)  # "100000" comes after "99999"

@@ -145,3 +145,22 @@ def test_text_filter_on_s3(tmp_path, s3_bucket):
         with fs.open(f"{s3_bucket}/text/{name}", "rb") as f:
             assert pq.read_table(f).to_pylist() == pq.read_table(tmp_path / "out" / name).to_pylist()
     assert not fs.exists(f"{s3_bucket}/text/_wit/text_dups")  # scratch removed
+
+
+def test_text_filter_reads_parquet_lists_of_any_column_type_as_the_crawl_does(tmp_path):
+    from wit.shards.lists import read_list
+
+    lists = {
+        "int.parquet": pa.table({"url": pa.array([1, 2]), "caption": ["A dog runs on the beach", "A cat on a mat"]}),
+        "bin.parquet": pa.table({"url": pa.array([b"http://h.com/1.jpg", b"http://h.com/2.jpg"]),
+                                 "caption": ["A dog runs on the beach", "A cat on a mat"]}),
+        "struct.parquet": pa.table({"URL": ["http://h.com/3.jpg"], "TEXT": pa.array([{"en": "A dog", "n": 1}])}),
+    }
+    for name, table in lists.items():
+        pq.write_table(table, tmp_path / name)
+        run_text(TextConfig(inputs=(str(tmp_path / name),), out=str(tmp_path / "out"), english=False, workers=1))
+        got = pq.read_table(tmp_path / "out" / name).to_pylist()
+        crawl = read_list(str(tmp_path / name))  # what `wit download` would crawl
+        assert [r["uid"] for r in got] == crawl["uid"].to_pylist(), name
+        assert [r["reason"] == "not_ok_in_ingest" for r in got] == [v is not None for v in crawl["invalid"].to_pylist()]
+    assert [r["keep"] for r in pq.read_table(tmp_path / "out" / "bin.parquet").to_pylist()] == [True, True]

@@ -80,3 +80,50 @@ def test_uid_is_stable_across_runs_and_lists(tmp_path, image_server, real_images
         assert wit("download", str(lst), "--out", str(tmp_path / out), "--allow-net", "127.0.0.1/32", *FAST).returncode == 0
     ua, ub = (manifests(tmp_path / o)["uid"][0].as_py() for o in ("oa", "ob"))
     assert ua == ub
+
+
+def test_invalid_rows_are_never_fetched_and_the_shard_finishes(tmp_path, image_server, real_images):
+    names = sorted(real_images)
+    rows = [
+        (f"{image_server.url}/img/{names[0]}", "plain 0"),
+        (f"{image_server.url}/img/{names[1]}?p={'A' * 2100}", "too long"),  # over 2,048 characters
+        (f"{image_server.url}/img/{names[2]}", "plain 2"),
+        (f"  {image_server.url}/img/{names[3]}", "padded"),  # urllib would strip the spaces and fetch it
+        (f"{image_server.url}/img/{names[4]}", "plain 4"),
+    ]
+    lst = write_csv(tmp_path / "l.csv", rows)
+    out = tmp_path / "out"
+    args = ["download", str(lst), "--out", str(out), "--allow-net", "127.0.0.1/32", "--shard-size", "8", *FAST]
+    r = wit(*args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "INCOMPLETE" not in r.stdout and "ok            3\n" in r.stdout, r.stdout
+    fetched = {p.split("?")[0].rsplit("/", 1)[-1] for p in image_server.requests}
+    assert fetched == {names[0], names[2], names[4]}  # the invalid rows never reached the fetcher
+
+    m = manifests(out).to_pylist()
+    assert [row["source_row"] for row in m] == [0, 1, 2, 3, 4]  # every row, in input order
+    assert [row["key"] for row in m] == [f"{i:06d}" for i in range(5)]  # keyed by position in the shard (8 rows: 1 + 5 digits)
+    assert [(row["status"], row["reason"]) for row in m] == [
+        ("ok", None), ("failed", "invalid_url"), ("ok", None), ("failed", "invalid_url"), ("ok", None)]
+    samples = tar_samples(out)
+    assert set(samples) == {"000000", "000002", "000004"}
+    for row in m:
+        if row["status"] == "ok":
+            meta = json.loads(samples[row["key"]]["json"])
+            assert (meta["key"], meta["caption"], meta["source_row"]) == (row["key"], row["caption"], row["source_row"])
+    stats = json.loads((out / "00000_stats.json").read_text())
+    assert stats["count"] == 5 and stats["successes"] == 3 and stats["wit"]["rows"] == 5
+
+    again = wit(*args)  # the shard verifies: nothing is redone
+    assert again.returncode == 0 and "this run      0 shards" in again.stdout, again.stdout
+
+
+def test_a_verification_failure_names_the_samples_that_differ():
+    from wit.shards.verify import key_mismatch
+
+    assert key_mismatch(["a", "b"], {"b", "a"}) is None
+    problem = key_mismatch(["a", "b", "c", "c"], {"a", "d"})
+    assert problem == ("tar holds 4 samples, the manifest 2 ok rows; in the tar but not ok in the manifest: b, c; "
+                       "ok in the manifest but not in the tar: d; twice in the tar: c")
+    many = key_mismatch([f"{i:03d}" for i in range(8)], set())
+    assert many.endswith("000, 001, 002, 003, 004 and 3 more")

@@ -61,6 +61,11 @@ def _bad_input_cases(tmp_path):
     (tmp_path / "broken.jsonl").write_text('{"url": "http://a.example/1.jpg", "caption": "x"}\n{"url": oops}\n')
     (tmp_path / "ragged.csv").write_text("url,caption\nhttp://a.example/1.jpg,x,extra,fields\n")
     (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "unclosed.csv").write_text('url,caption\nhttp://a.example/1.jpg,cat\nhttp://a.example/2.jpg,"a cat\n')
+    (tmp_path / "types.jsonl").write_text('{"url": "http://a.example/1.jpg", "caption": 1}\n'
+                                          '{"url": "http://a.example/2.jpg", "caption": 2.5}\n\n'
+                                          '{"url": "http://a.example/3.jpg", "caption": "text"}\n')
+    (tmp_path / "dupcol.csv").write_text("url,url,caption\nhttp://a.example/1.jpg,http://a.example/2.jpg,x\n")
     good = write_csv(tmp_path / "good.csv", [("http://127.0.0.1:9/x.jpg", "x")])
     return [
         ([str(tmp_path / "missing.csv")], "missing.csv: no such file"),
@@ -70,6 +75,9 @@ def _bad_input_cases(tmp_path):
         ([str(tmp_path / "broken.jsonl")], "broken.jsonl:2: malformed jsonl"),
         ([str(tmp_path / "ragged.csv")], "ragged.csv:2: malformed csv (CSV parse error"),
         ([str(tmp_path / "part-{000..002.csv")], "bad brace pattern"),
+        ([str(tmp_path / "unclosed.csv")], "unclosed.csv:3: malformed csv (a quote opened on this line is never closed)"),
+        ([str(tmp_path / "types.jsonl")], "types.jsonl:4: malformed jsonl ('caption' is a string here but a number on line 1"),
+        ([str(tmp_path / "dupcol.csv")], "dupcol.csv: column 'url' appears 2 times (columns: url, url, caption)"),
         ([str(good), "--url-col", "nope"], "good.csv: no column 'nope'"),
         ([str(good), "--out", str(tmp_path / "afile" / "out")], "output is not writable"),
     ]
@@ -84,6 +92,21 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(tmp_path):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0] and lines[0].startswith("wit download: error: "), (args, r.stderr)
         assert not list(out.glob("*.tar")) and not (out / "_wit" / "run.json").exists()
+
+
+def test_legal_csv_and_jsonl_read_whatever_their_quotes_and_row_sizes(tmp_path):
+    huge = "x" * (3 << 20)  # a caption larger than Arrow's 1 MB parse block
+    cases = {
+        "huge.csv": (f"url,caption\nhttp://a.example/1.jpg,{huge}\nhttp://a.example/2.jpg,y\n", [huge, "y"]),
+        "huge.jsonl": (json.dumps({"url": "http://a.example/1.jpg", "caption": huge}) + "\n", [huge]),
+        "quoted.csv": ('url,caption\nhttp://a.example/1.jpg,"a ""b"", c"\nhttp://a.example/2.jpg,""\n', ['a "b", c', ""]),
+        "no-eol.csv": ('url,caption\nhttp://a.example/1.jpg,"a ""b"", c"', ['a "b", c']),
+        "inch.csv": ('url,caption\nhttp://a.example/1.jpg,5" screen\n', ['5" screen']),
+        "lines.csv": ('url,caption\nhttp://a.example/1.jpg,"line one\nline two"\n', ["line one\nline two"]),
+    }
+    for name, (text, captions) in cases.items():
+        (tmp_path / name).write_text(text)
+        assert [c or "" for c in read_list(str(tmp_path / name))["caption"].to_pylist()] == captions, name
 
 
 def test_read_list_errors_name_the_file(tmp_path):
@@ -129,3 +152,19 @@ def test_albumentations_never_asks_pypi(tmp_path):
     r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
                        env={k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"})
     assert r.stdout.strip() == "['1']", r.stdout + r.stderr
+
+
+def test_every_command_that_reads_lists_refuses_a_duplicate_column_in_one_line(tmp_path):
+    lst = tmp_path / "dupcol.csv"
+    lst.write_text("url,url,caption\nhttp://a.example/1.jpg,http://a.example/2.jpg,a cat on a mat\n")
+    (tmp_path / "extra.txt").write_text("cat\n")
+    q = str(tmp_path / "q.parquet")
+    assert wit("queries", "build", "--out", q, "--extra", str(tmp_path / "extra.txt"), "--unigrams", "none",
+               "--bigrams", "none", "--wordnet", "none").returncode == 0
+    for args in (("download", str(lst), "--out", str(tmp_path / "raw"), "--no-progress"),
+                 ("filter", "text", str(lst), "--out", str(tmp_path / "text"), "--workers", "1"),
+                 ("curate", "match", str(lst), "--queries", q, "--out", str(tmp_path / "m"), "--workers", "1")):
+        r = wit(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, (args[:2], r.stderr)
+        assert "dupcol.csv: column 'url' appears 2 times" in lines[0], (args[:2], r.stderr)

@@ -79,3 +79,33 @@ def test_retry_before_the_crawl_finished_loses_no_row(tmp_path, image_server, re
     live = [row for row in manifests(out).to_pylist() if row["status"] != "superseded"]
     assert sorted(row["source_row"] for row in live) == [0, 1, 2, 3]
     assert all(row["status"] == "ok" for row in live)
+
+
+def test_shard_numbers_past_99999_compare_as_numbers(tmp_path):
+    import json
+
+    import pyarrow as pa
+
+    from wit.ingest.config import DownloadConfig
+    from wit.ingest.retry import supersede, transient_failures
+    from wit.shards.schema import MANIFEST
+
+    out = tmp_path / "out"
+    (out / "_wit").mkdir(parents=True)
+    (out / "_wit" / "run.json").write_text(json.dumps({"rows": [], "shard_size": 2, "retries": [[99_999, 100_001]]}))
+    shards = {"99999": [(0, "failed", "timeout"), (1, "failed", "http_503")],  # row 0 was retried in 100000
+              "100000": [(0, "failed", "timeout"), (2, "failed", "http_429")]}
+    for name, rows in shards.items():
+        pq.write_table(pa.Table.from_pylist([
+            {"uid": f"u{row}-{name}", "url": f"http://h.example/{row}.jpg", "caption": "c", "status": status,
+             "reason": reason, "shard": name, "key": f"{name}{i:04d}", "source_file": "l.csv", "source_row": row}
+            for i, (row, status, reason) in enumerate(rows)], schema=MANIFEST), out / f"{name}.parquet")
+        (out / f"{name}.tar").write_bytes(bytes(1024))
+        (out / f"{name}_stats.json").write_text(json.dumps({"wit": {"verified": True, "rows": 2, "samples": 0}}))
+    cfg = DownloadConfig(lists=(), out=str(out))
+    assert supersede(cfg) == 1
+    old = pq.read_table(out / "99999.parquet").to_pylist()
+    assert [(r["status"], r["reason"]) for r in old] == [("superseded", "retried_in:100000"), ("failed", "http_503")]
+    assert transient_failures(cfg, str(tmp_path / "todo.parquet")) == 3
+    todo = pq.read_table(tmp_path / "todo.parquet")
+    assert todo["source_row"].to_pylist() == [1, 0, 2]  # shard 99999 before shard 100000
