@@ -73,10 +73,7 @@ def test_read_tar_images_on_garbage(tmp_path):
     assert images == {} and problem.startswith("tar_unreadable")
 
 
-def test_cli_images_then_dedup(tmp_path, photos, monkeypatch):
-    import wit.filters.dedup
-
-    monkeypatch.setattr(wit.filters.dedup, "BATCH_ROWS", 5)  # shards straddle streamed batches
+def test_cli_images_then_dedup(tmp_path, photos):
     raw, _ = _crawl(tmp_path, photos)
     assert wit_main(["filter", "images", str(raw), "--out", str(tmp_path / "img"), "--workers", "2"]) == 0
     assert wit_main(["dedup", str(tmp_path / "img"), "--out", str(tmp_path / "dd"), "--near-k", "4"]) == 0
