@@ -99,7 +99,9 @@ def test_text_dedup_balance_and_audit_under_a_64mb_limit(pool):
     entries = card["entries"]
     assert entries["entries_over_t"] > 0 and entries["head_share_after"] < entries["head_share_before"]
     # a 500K-long vector per file, kept for all 200 files, twice, peaked at 2.5 GB; sparse sums as they come: ~0.35
-    assert peak_mb < 1000, f"balance peaked at {peak_mb:.0f} MB"
+    # alone, but once 1.46 GB inside a full suite on a loaded machine (Arrow's allocator keeps freed pages a while):
+    # the bound sits between that and the old design's 2.5 GB, so it fails on the old design and not on the allocator
+    assert peak_mb < 2000, f"balance peaked at {peak_mb:.0f} MB"
 
     audit(AuditConfig(root=str(pool), memory_limit=LIMIT, threads=2, gallery=2))
     report = json.loads((pool / "audit" / "report.json").read_text())
