@@ -10,12 +10,13 @@ shards ?=
 out ?= data/raw
 args ?=
 
-.PHONY: venv test lint demo download clean help
+.PHONY: venv test test-spark lint demo download clean help
 # bench-% is a pattern rule: naming a bench target .PHONY would make make skip it (and silently do nothing)
 
 help:
 	@echo "make demo       run the main job end to end on the embedded default (offline)"
 	@echo "make test       run the test suite"
+	@echo "make test-spark the crawl on pyspark (installs the spark extra; needs Java)"
 	@echo "make lint       ruff (pyflakes rules) over the code"
 	@echo "make download shards=<lists> [out=<dir|s3://...>] [args='...']   crawl URL-caption lists into shards"
 	@echo "make bench-<name>   run bench/<name>.py against its anchor (see bench/README.md)"
@@ -36,7 +37,12 @@ lint: venv
 	$(PY) -m ruff check .
 
 test: venv
-	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q tests
+	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q -m "not spark" tests
+
+# the crawl on pyspark (local[2], Java 17): the `spark` extra, about 2 minutes on the shared 2 cores
+test-spark: venv
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,spark]'
+	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q -m spark tests
 
 demo: venv
 	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m wit.demo $(args)
