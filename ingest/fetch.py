@@ -121,14 +121,17 @@ class Fetcher:
         done: queue.SimpleQueue = queue.SimpleQueue()
         job = asyncio.run_coroutine_threadsafe(_new_job(stats, 2 * self.settings.concurrency), self.loop).result()
         running = asyncio.run_coroutine_threadsafe(self._fetch_all(rows, done.put, job), self.loop)
+        freed = 0  # memory slots to give back: in batches, each wakeup of the loop costs a thread switch
         try:
             for _ in rows:
+                if freed and (freed >= 16 or done.empty()):
+                    self.loop.call_soon_threadsafe(_release, job.buffers, freed)
+                    freed = 0
                 item = done.get()
                 if isinstance(item, BaseException):
                     raise item
                 yield item
-                if item[1] is not None:
-                    self.loop.call_soon_threadsafe(job.buffers.release)
+                freed += item[1] is not None
         finally:
             running.cancel()
 
@@ -414,6 +417,11 @@ def classify(err: BaseException) -> Failure:
     if isinstance(err, (aiohttp.ClientOSError, OSError)):
         return Failure("connection_error", str(err))
     return Failure("download_error", f"{type(err).__name__}: {err}")
+
+
+def _release(semaphore: asyncio.Semaphore, n: int) -> None:
+    for _ in range(n):
+        semaphore.release()
 
 
 async def _new_job(stats: FetchStats, buffers: int) -> _Job:
