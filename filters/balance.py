@@ -22,12 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wit.filters import datacard
-from wit.filters.io import read_schema, read_table, write_table
+from wit.filters.io import read_schema, read_table
 from wit.shards.options import opt
 from wit.shards.runner import EngineOptions, run_map
 from wit.shards.schema import DROPPED, NO_QUERY_MATCH, NOT_SELECTED, OK, SELECTED, SELECTION
 from wit.shards.storage import WitError, join
-from wit.shards.tables import open_parquet, read_parquet
+from wit.shards.tables import open_parquet, read_parquet, write_parquet
 
 NOT_IN_POOL = "not_in_pool"
 
@@ -126,9 +126,9 @@ def select_file(task: SelectTask) -> dict:
             cols[extra] = table.column(extra)
             schema = schema.append(pa.field(extra, pa.string()))
     selection = pa.table(cols, schema=schema)
-    write_table(task.target, selection)
+    write_parquet(task.target, selection)
     if "url" in table.column_names:
-        write_table(task.urls, selection.filter(pa.array(keep)).select(
+        write_parquet(task.urls, selection.filter(pa.array(keep)).select(
             [c for c in ("uid", "url", "caption") if c in selection.column_names]))
     sel_ids = matched.filter(pa.array(keep)).flatten().to_numpy(zero_copy_only=False)
     return {

@@ -11,8 +11,9 @@ import posixpath
 import numpy as np
 import pyarrow as pa
 
-from wit.filters.io import write_json, write_table
+from wit.filters.io import write_json
 from wit.shards.storage import WitError, write_atomic
+from wit.shards.tables import write_parquet
 
 TOP = 50
 
@@ -48,7 +49,7 @@ def summarise(counts: np.ndarray, after: np.ndarray, t: int) -> dict:
 def write(out: str, *, counts: np.ndarray, after: np.ndarray, t: int, seed: int, funnel: dict, queries: str,
           queries_version: str, config: dict) -> dict:
     entries = _entries(queries, len(counts))
-    write_table(posixpath.join(out, "entry_counts.parquet"), pa.table({
+    write_parquet(posixpath.join(out, "entry_counts.parquet"), pa.table({
         "id": pa.array(np.arange(len(counts)), pa.int32()),
         "entry": entries,
         "before": counts,

@@ -19,10 +19,9 @@ import numpy as np
 import pyarrow as pa
 
 from wit.filters.phash import bands
-from wit.shards.manifests import write_table_atomic
 from wit.shards.options import opt
 from wit.shards.sql import SQLOptions
-from wit.shards.tables import parquet_files
+from wit.shards.tables import parquet_files, write_parquet
 from wit.shards.schema import VERDICT
 from wit.shards.storage import WitError, join
 
@@ -205,7 +204,7 @@ def _write_per_file(reader, names: list[str], files: list[str], out: str) -> Non
 
     def flush():
         if current is not None:
-            write_table_atomic(join(out, f"{current}.parquet"), pa.Table.from_batches(parts).cast(DEDUP_VERDICT))
+            write_parquet(join(out, f"{current}.parquet"), pa.Table.from_batches(parts).cast(DEDUP_VERDICT))
             done.add(current)
 
     for batch in reader:
@@ -221,4 +220,4 @@ def _write_per_file(reader, names: list[str], files: list[str], out: str) -> Non
             parts.append(body.slice(int(s), int(e - s)))
     flush()
     for name in set(names) - done:
-        write_table_atomic(join(out, f"{name}.parquet"), DEDUP_VERDICT.empty_table())  # a shard with no rows
+        write_parquet(join(out, f"{name}.parquet"), DEDUP_VERDICT.empty_table())  # a shard with no rows

@@ -15,15 +15,14 @@ from dataclasses import dataclass
 import pyarrow as pa
 from PIL import Image
 
-from wit.filters.leakage import IMAGE_EXTS, EvalIndex
+from wit.filters.leakage import EvalIndex
 from wit.filters.phash import gray32, phash_gray
 from wit.shards import fasttar
-from wit.shards.manifests import read_shard_table, write_table_atomic
 from wit.shards.options import opt
 from wit.shards.runner import EngineOptions
 from wit.shards.schema import OK, VERDICT
-from wit.shards.storage import fs_and_path, join
-from wit.shards.tables import read_parquet
+from wit.shards.storage import join
+from wit.shards.tables import read_manifest, read_parquet, write_parquet
 
 NOT_OK = "not_ok_in_ingest"
 IMAGE_VERDICT = pa.schema(
@@ -52,23 +51,17 @@ class ImageJob:
 
 def read_tar_images(url: str) -> tuple[dict[str, bytes | None], str | None]:
     """{key: image bytes, or None when the sample has no image}, and a problem when the tar could not be read
-    to its end (what was read before the problem is kept)."""
+    to its end (what was read before the problem is kept, down to the image of the sample it cut)."""
     out: dict[str, bytes | None] = {}
-    fs, path = fs_and_path(url)
-    key = None
     try:
-        with fs.open(path, "rb") as f:
-            for name, data in fasttar.iter_members(f):
-                key, _, ext = name.rsplit("/", 1)[-1].partition(".")
-                if ext.lower() in IMAGE_EXTS:
-                    out[key] = data
-                else:
-                    out.setdefault(key, None)
-    except FileNotFoundError:
+        for key, sample in fasttar.read_samples(url):
+            out[key] = fasttar.image_of(sample)
+    except fasttar.TarMissing:
         return out, "tar_missing"
-    except (fasttar.TarError, ValueError, UnicodeDecodeError, OSError) as err:
-        if key is not None and out.get(key) is None:
-            out.pop(key, None)  # the sample the cut went through: tar_unreadable, not no_image
+    except (fasttar.TarError, OSError) as err:
+        key, sample = getattr(err, "partial", None) or (None, {})
+        if fasttar.image_of(sample) is not None:  # its image was read whole; without it: tar_unreadable, not no_image
+            out[key] = fasttar.image_of(sample)
         return out, f"tar_unreadable: {err}"
     return out, None
 
@@ -113,7 +106,7 @@ def judge_image(data: bytes | None, orig: tuple[int | None, int | None], job: Im
 def filter_shard(job: ImageJob) -> dict:
     """Judge every row of one shard's manifest; write the verdict file; return counts by reason."""
     cols = ["uid", "status", "key", "original_width", "original_height"]
-    manifest = read_shard_table(job.raw, job.shard, cols).to_pylist()
+    manifest = read_manifest(join(job.raw, f"{job.shard}.parquet"), cols).to_pylist()
     images, tar_problem = ({}, None)
     if any(r["status"] == OK for r in manifest):
         images, tar_problem = read_tar_images(join(job.raw, f"{job.shard}.tar"))
@@ -131,7 +124,7 @@ def filter_shard(job: ImageJob) -> dict:
             row.update(extras)
         row["keep"], row["reason"] = reason is None, reason
         rows.append(row)
-    write_table_atomic(join(job.out, f"{job.shard}.parquet"), pa.Table.from_pylist(rows, schema=IMAGE_VERDICT))
+    write_parquet(join(job.out, f"{job.shard}.parquet"), pa.Table.from_pylist(rows, schema=IMAGE_VERDICT))
     reasons = Counter((r["reason"] or "kept").split(":", 1)[0] for r in rows)
     return {"shard": job.shard, "rows": len(rows), "kept": reasons.pop("kept", 0), "dropped": dict(reasons)}
 

@@ -1,12 +1,12 @@
-"""Small parquet/JSON helpers over shards.storage: parent folders are made, every write is atomic."""
+"""Small parquet/JSON helpers over shards.storage: parent folders are made, every write is atomic (parquet files
+are written by `wit.shards.tables.write_parquet`)."""
 from __future__ import annotations
 
 import posixpath
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from wit.shards.storage import WitError, expand, fs_and_path, write_atomic, write_json_atomic
+from wit.shards.storage import WitError, expand, fs_and_path, write_json_atomic
 from wit.shards.tables import open_parquet, read_parquet
 
 
@@ -15,13 +15,6 @@ def make_parent(url: str) -> None:
     parent = posixpath.dirname(path)
     if parent:
         fs.makedirs(parent, exist_ok=True)  # a no-op on object stores
-
-
-def write_table(url: str, table: pa.Table) -> None:
-    make_parent(url)
-    buf = pa.BufferOutputStream()
-    pq.write_table(table, buf)
-    write_atomic(url, buf.getvalue().to_pybytes())
 
 
 def write_json(url: str, obj) -> None:

@@ -5,22 +5,17 @@ dict lookups plus a popcount per candidate: linear in the pool, whatever the siz
 """
 from __future__ import annotations
 
-import tarfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from wit.filters.phash import band_values, hamming, phash_bytes
-from wit.shards.manifests import write_table_atomic
+from wit.shards import fasttar
 from wit.shards.storage import WitError, expand, fs_and_path
+from wit.shards.tables import write_parquet
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
 EVAL_INDEX = pa.schema([pa.field("name", pa.string(), nullable=False), pa.field("phash", pa.int64(), nullable=False)])
-
-
-def _is_image(name: str) -> bool:
-    return name.rsplit(".", 1)[-1].lower() in IMAGE_EXTS
 
 
 def iter_eval_images(source: str):
@@ -31,25 +26,23 @@ def iter_eval_images(source: str):
         if not fs.exists(path):
             raise WitError(f"{url}: evaluation set not found")
         if not fs.isdir(path):
-            yield from _tar_images(fs, path, url, path.rstrip("/").rsplit("/", 1)[-1])
+            yield from _tar_images(url, path.rstrip("/").rsplit("/", 1)[-1])
             continue
         for p in sorted(fs.find(path)):
             name = p[len(path.rstrip("/")) + 1:]
-            if _is_image(p):
+            if fasttar.is_image_file(p):
                 yield name, fs.cat_file(p)
             elif p.endswith(".tar"):
-                yield from _tar_images(fs, p, url, name)
+                yield from _tar_images(fs.unstrip_protocol(p) if "://" in url else p, name)
 
 
-def _tar_images(fs, path: str, url: str, stem: str):
+def _tar_images(url: str, stem: str):
     try:
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            for m in tar:
-                if m.isfile() and _is_image(m.name):
-                    yield f"{stem}/{m.name}", tar.extractfile(m).read()
-                tar.members = []
-    except tarfile.TarError as err:
-        raise WitError(f"{url}: not a folder of images nor a readable tar ({err})") from None
+        for name, data in fasttar.read_members(url):
+            if fasttar.is_image_file(name):
+                yield f"{stem}/{name}", data
+    except fasttar.TarError as err:
+        raise WitError(f"not a folder of images nor a readable tar: {err}") from None
 
 
 def hash_eval_sets(sources: list[str]) -> pa.Table:
@@ -66,13 +59,13 @@ def hash_eval_sets(sources: list[str]) -> pa.Table:
             names.append(name)
         if not found:  # a leakage check against nothing would pass every pair
             raise WitError(f"{src}: no images in this evaluation set (looked in folders and tars for "
-                           f"{', '.join(sorted(IMAGE_EXTS))})")
+                           f"{', '.join(sorted(fasttar.IMAGE_EXTS))})")
     return pa.table({"name": names, "phash": pa.array(hashes, pa.int64())}, schema=EVAL_INDEX)
 
 
 def write_eval_index(sources: list[str], url: str) -> int:
     table = hash_eval_sets(sources)
-    write_table_atomic(url, table)
+    write_parquet(url, table)
     return table.num_rows
 
 

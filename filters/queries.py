@@ -18,11 +18,12 @@ from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 
-from wit.filters.io import read_table, write_json, write_table
+from wit.filters.io import read_table, write_json
 from wit.filters.spacing import space
 from wit.shards.options import opt
 from wit.shards.schema import QUERIES, QUERY_SOURCES
 from wit.shards.storage import WitError, fs_and_path
+from wit.shards.tables import write_parquet
 
 DEFAULT_WORDNET = "/usr/share/wordnet"  # Debian `wordnet-base`
 WORDSEGMENT = "wordsegment"  # the word counts shipped in the PyPI package `wordsegment`
@@ -230,7 +231,7 @@ def build(cfg: QueryBuildConfig) -> dict:
     )
     version = hashlib.sha256("\n".join(r[0] for r in rows).encode()).hexdigest()[:16]
     table = table.replace_schema_metadata({"wit.queries.version": version, "wit.config": json.dumps(asdict(cfg))})
-    write_table(cfg.out, table)
+    write_parquet(cfg.out, table)
     result = {
         "version": version,
         "entries": len(rows),

@@ -16,12 +16,11 @@ import numpy as np
 import pyarrow as pa
 
 from wit.shards.lists import list_format, read_list
-from wit.shards.manifests import write_table_atomic
 from wit.shards.options import opt
 from wit.shards.runner import EngineOptions
 from wit.shards.schema import OK, VERDICT, pair_uid, row_uids
 from wit.shards.storage import WitError, absolute, expand, fs_and_path, join
-from wit.shards.tables import open_parquet
+from wit.shards.tables import open_parquet, write_parquet
 
 NOT_OK = "not_ok_in_ingest"
 TEXT_VERDICT = pa.schema(list(VERDICT) + [pa.field("lang", pa.string()), pa.field("lang_prob", pa.float32())])
@@ -170,7 +169,7 @@ def judge_file(job: TextJob) -> int:
             o["lang"], o["lang_prob"] = lang, prob
             if lang != "en" and prob >= job.lang_min_prob:
                 o["reason"] = f"not_english:{lang}"
-    write_table_atomic(job.rows_out, pa.Table.from_pylist(out, schema=_ROWS))
+    write_parquet(job.rows_out, pa.Table.from_pylist(out, schema=_ROWS))
     return len(out)
 
 
@@ -233,6 +232,6 @@ def run_text(cfg: TextConfig) -> dict:
     for i, stem in enumerate(stems, start=1):
         idx = np.flatnonzero(fcol == i)
         part = body.slice(int(idx[0]), len(idx)) if len(idx) else TEXT_VERDICT.empty_table()
-        write_table_atomic(join(out, f"{stem}.parquet"), part)
+        write_parquet(join(out, f"{stem}.parquet"), part)
     counts.update((r or "kept").split(":", 1)[0] for r in body["reason"].to_pylist())
     return {"files": len(files), "rows": body.num_rows, "kept": counts.pop("kept", 0), "dropped": dict(counts)}

@@ -9,13 +9,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import io
 import math
 import time
 from collections import Counter
 from dataclasses import replace
 
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from wit.ingest.config import SHARD_DIGITS, DownloadConfig
@@ -30,9 +28,9 @@ from wit.shards.storage import (
     fs_and_path,
     join,
     read_json,
-    write_atomic,
     write_json_atomic,
 )
+from wit.shards.tables import write_parquet
 from wit.shards.verify import shard_names, verify_shard
 
 
@@ -73,9 +71,7 @@ def prepare_inputs(cfg: DownloadConfig) -> list[int]:
                 "use a new output folder, or delete this one to start over"
             )
     for i, table in enumerate(tables):
-        sink = io.BytesIO()
-        pq.write_table(table, sink)
-        write_atomic(join(cfg.out, "_wit", "input", f"{i:05d}.parquet"), sink.getvalue())
+        write_parquet(join(cfg.out, "_wit", "input", f"{i:05d}.parquet"), table)
     write_json_atomic(run_file, fingerprint)
     return counts
 

@@ -19,7 +19,6 @@ import cv2
 import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from img2dataset.downloader import compute_key
 from img2dataset.logger import CappedCounter, write_stats
 from img2dataset.resizer import Resizer, ResizeMode
@@ -28,10 +27,10 @@ from PIL import Image
 from wit.ingest.crawl_stats import FetchStats
 from wit.ingest.fetch import FetchSettings, fetcher
 from wit.ingest.reasons import reason_for
-from wit.shards.schema import FAILED, MANIFEST, OK, SCHEMA_VERSION
-from wit.shards.storage import fs_and_path, join, move, read_json, write_atomic, write_json_atomic
+from wit.shards.schema import FAILED, MANIFEST, OK
+from wit.shards.storage import fs_and_path, join, read_json, write_json_atomic
 from wit.shards.tables import read_parquet
-from wit.shards.verify import tar_keys
+from wit.shards.verify import publish_shard, tar_keys
 
 # Columns img2dataset carries through from our input into its parquet and each sample's json.
 CARRIED_COLUMNS = ["uid", "source_file", "source_row", "invalid"]
@@ -284,18 +283,8 @@ def finish_shard(staging: str, output: str, name: str) -> None:
         raise ValueError(f"tar holds {len(keys)} samples but the manifest has {len(ok_keys)} ok rows")
     stats = read_json(join(staging, f"{name}_stats.json"))
     reasons = Counter(r for r in manifest["reason"].to_pylist() if r)
-    stats["wit"] = {
-        "verified": True,
-        "schema_version": SCHEMA_VERSION,
-        "rows": manifest.num_rows,
-        "samples": len(keys),
-        "reasons": dict(sorted(reasons.items())),
-    }
-    sink = io.BytesIO()
-    pq.write_table(manifest, sink)
-    move(fs, fs_and_path(join(staging, f"{name}.tar"))[1], fs_and_path(join(output, f"{name}.tar"))[1])
-    write_atomic(join(output, f"{name}.parquet"), sink.getvalue())
-    write_json_atomic(join(output, f"{name}_stats.json"), stats)
+    stats["wit"] = {"reasons": dict(sorted(reasons.items()))}
+    publish_shard(output, name, join(staging, f"{name}.tar"), manifest, stats)
     for suffix in (".parquet", "_stats.json"):
         fs.rm(fs_and_path(join(staging, name + suffix))[1])
 

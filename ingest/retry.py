@@ -6,20 +6,19 @@ supersedes what the finished retry shards already hold, so a row is never retrie
 """
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from wit.ingest.config import DownloadConfig
 from wit.ingest.download import expected_shards, prepare_inputs, resume_scan, run_engine
 from wit.ingest.reasons import is_transient
 from wit.ingest.summary import read_manifests, summarize
 from wit.shards.schema import FAILED, INPUT, SUPERSEDED
-from wit.shards.storage import WitError, absolute, check_writable, exists, join, write_atomic, write_json_atomic
+from wit.shards.storage import WitError, absolute, check_writable, exists, join, write_json_atomic
+from wit.shards.tables import write_parquet
 from wit.shards.verify import shard_names
 
 
@@ -42,9 +41,7 @@ def retry_failed(cfg: DownloadConfig) -> dict:
         # crawl shard that a later run still has to write
         first = max(max(done, default=-1) + 1, crawl_shards)
         batch = join(cfg.out, "_wit", f"retry-{first:05d}")
-        sink = io.BytesIO()
-        pq.write_table(todo, sink)
-        write_atomic(join(batch, "00000.parquet"), sink.getvalue())
+        write_parquet(join(batch, "00000.parquet"), todo)
         print(f"retrying {todo.num_rows:,} rows that failed transiently, into shards from {first:05d}")
         run_engine(cfg, input_dir=batch, done=set(), start_shard=first, total_rows=todo.num_rows)
         supersede(cfg.out)
@@ -88,8 +85,6 @@ def supersede(out: str) -> int:
             for col, values in (("status", status), ("reason", reason)):
                 i = t.schema.get_field_index(col)
                 t = t.set_column(i, t.schema.field(i), pa.array(values, pa.string()))
-            sink = io.BytesIO()
-            pq.write_table(t, sink)
-            write_atomic(join(out, f"{name}.parquet"), sink.getvalue())
+            write_parquet(join(out, f"{name}.parquet"), t)
             changed += hits
     return changed

@@ -1,95 +1,334 @@
-"""A lean tar reader and writer for shards: Python's tarfile parses every header field of every member, which
-costs more than copying the bytes. Reading handles ustar, pax (`x`/`g`) and GNU long names (`L`), which is what
-webdataset, img2dataset and tarfile write; writing emits plain ustar members that every tar reader accepts.
+"""The shard format, read and written in one place: img2dataset's WebDataset layout (`KEY.jpg`, `KEY.txt`, ...).
+
+A member's key is its base name up to the first dot (keys contain no dots) and its extension the rest, lower-cased;
+a sample is a run of consecutive members sharing a key, as `{ext: bytes}`; its image is its first member whose
+extension is in IMAGE_EXTS. Every reader of shards in wit goes through this module:
+  - the strict stream (`read_samples`, `read_members`; `iter_samples` over an open file) reads a tar to its
+    end-of-archive marker, and anything else (a cut, a bad header) raises TarError;
+  - the seekable reader for the trainer (`count_samples`, `slice_samples`, `open_tar`) reads headers only to skip
+    samples, and a damaged tar yields what its headers list before the damage.
+Both parse ustar, pax (`x`/`g`) and GNU long names (`L`/`K`), which is what webdataset, img2dataset and tarfile
+write; only regular files are members (a link or a folder in place of an image holds no data). A declared size is
+never trusted: data is read only when the file still holds it, so a member claiming 2^80 bytes is a TarError, not a
+huge allocation. Python's tarfile parses every header field of every member, which costs more than copying the
+bytes. Writing emits plain ustar members that every tar reader accepts.
 """
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
-from typing import BinaryIO
+import struct
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import BinaryIO, NamedTuple
+
+from wit.shards.storage import fs_and_path, is_local
 
 BLOCK = 512
 _ZERO = bytes(BLOCK)
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")  # in order of preference within one sample
+_REGULAR = frozenset((b"0", b"\0", b"7"))
+_NO_DATA = frozenset((b"1", b"2", b"3", b"4", b"5", b"6"))  # links, devices, folders, fifos: size is not data
+_META = frozenset((b"x", b"g", b"L", b"K"))  # pax headers and GNU long names: data about the next member
+_META_MAX = 1 << 20  # a pax header or long name longer than this is not one
+_CHUNK = 1 << 20
 
 
 class TarError(ValueError):
-    pass
+    """A tar that is not a whole, well-formed shard; the message says where (and, from the URL readers, which).
+
+    From the strict sample readers, `partial` is the sample in progress where reading stopped, (key, {ext: bytes})
+    with only its members that were read whole, or None: it is not yielded, as it may lack members."""
+
+    partial: tuple[str, dict[str, bytes]] | None = None
 
 
-def _octal(field: bytes) -> int:
-    if field[:1] and field[0] & 0x80:  # GNU base-256 for sizes over 8 GiB
-        return int.from_bytes(field[1:], "big")
-    text = field.split(b"\0", 1)[0].strip()
-    return int(text, 8) if text else 0
+class TarMissing(TarError):
+    """The tar does not exist."""
 
 
-def _pax(data: bytes) -> dict[bytes, bytes]:
-    records, pos = {}, 0
-    while pos < len(data) and data[pos:pos + 1] != b"\0":
-        length = int(data[pos:data.index(b" ", pos)])
-        key, _, value = data[data.index(b" ", pos) + 1:pos + length - 1].partition(b"=")
-        records[key] = value
-        pos += length
-    return records
+class Truncated(TarError):
+    """The tar's headers stop before its end-of-archive marker; `count` samples were listed before that point."""
+
+    def __init__(self, message: str, count: int):
+        super().__init__(message)
+        self.count = count
 
 
-def iter_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of every regular file, in order. Raises TarError on a bad header or a tar cut short.
-
-    A tar ends with a zero block; one that simply stops after a member was cut at a member boundary (tarfile
-    would end quietly there), so it is an error too.
-    """
-    long_name = size_override = None
-    while True:
-        header = f.read(BLOCK)
-        if header == _ZERO:
-            return
-        if not header:
-            raise TarError("no end-of-archive marker (truncated)")
-        if len(header) < BLOCK:
-            raise TarError("tar ends inside a header")
-        stored = _octal(header[148:156])
-        if stored != sum(header[:148]) + 256 + sum(header[156:]):
-            raise TarError("bad header checksum")
-        size = size_override if size_override is not None else _octal(header[124:136])
-        kind = header[156:157]
-        data = f.read(size)
-        if len(data) < size or len(f.read(-size % BLOCK)) < -size % BLOCK:
-            raise TarError("tar ends inside a member")
-        if kind == b"x":
-            pax = _pax(data)
-            long_name = pax[b"path"].decode() if b"path" in pax else long_name
-            size_override = int(pax[b"size"]) if b"size" in pax else None
-            continue
-        if kind == b"L":
-            long_name = data.rstrip(b"\0").decode()
-            continue
-        if kind in (b"g",):
-            continue
-        name = long_name
-        if name is None:
-            name = header[:100].split(b"\0", 1)[0].decode()
-            if header[257:262] == b"ustar" and header[345:346] != b"\0":
-                name = header[345:500].split(b"\0", 1)[0].decode() + "/" + name
-        long_name = size_override = None
-        if kind in (b"0", b"\0", b"7"):
-            yield name, data
+# ---------------------------------------------------------------------------------------------- names and samples
+def split_name(name: str) -> tuple[str, str]:
+    """`dir/000012.seg.png` -> (`000012`, `seg.png`): the key and the extension of a member."""
+    key, _, ext = name.rpartition("/")[2].partition(".")
+    return key, ext.lower()
 
 
-def iter_samples(f: BinaryIO) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Consecutive members sharing a key (the base name up to its first dot) as one sample."""
+def image_of(sample: dict[str, bytes]) -> bytes | None:
+    """The image of a sample, or None when it has none."""
+    for ext in IMAGE_EXTS:
+        if ext in sample:
+            return sample[ext]
+    return None
+
+
+def is_image_file(name: str) -> bool:
+    """Is a loose file (in a folder of images, or a tar of class folders) an image, by its last suffix?"""
+    return name.rpartition(".")[2].lower() in IMAGE_EXTS
+
+
+def _samples(members: Iterator[tuple[str, object]]) -> Iterator[tuple[str, dict[str, object]]]:
     key, sample = None, {}
-    for name, data in iter_members(f):
-        k, _, ext = name.rsplit("/", 1)[-1].partition(".")
-        if k != key and sample:
-            yield key, sample
-            sample = {}
-        key = k
-        sample[ext] = data
+    try:
+        for name, value in members:
+            k, ext = split_name(name)
+            if k != key and sample:
+                yield key, sample
+                sample = {}
+            key = k
+            sample[ext] = value
+    except TarError as err:
+        err.partial = (key, sample) if sample else None
+        raise
     if sample:
         yield key, sample
 
 
+# ---------------------------------------------------------------------------------------------- headers
+class Member(NamedTuple):
+    name: str
+    offset: int  # of its data in the file
+    size: int
+
+
+def _number(field: bytes, what: str, at: int) -> int:
+    if field[0] == 0x80:  # GNU base-256, for sizes of 8 GiB and more
+        return int.from_bytes(field[1:], "big")
+    try:
+        text = field.split(b"\0", 1)[0].strip()
+        return int(text, 8) if text else 0
+    except ValueError:
+        raise TarError(f"bad {what} field in the header at byte {at}") from None
+
+
+def _text(raw: bytes, at: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TarError(f"member name at byte {at} is not UTF-8") from None
+
+
+def _pax(data: bytes, at: int) -> dict[bytes, bytes]:
+    """`%d key=value\\n` records; a malformed one is an error, never a loop or a guess."""
+    records, pos = {}, 0
+    try:
+        while pos < len(data) and data[pos] != 0:
+            space = data.index(b" ", pos)
+            length = int(data[pos:space])
+            end = pos + length
+            if length <= space - pos + 1 or end > len(data) or data[end - 1] != 0x0A:
+                raise ValueError
+            key, eq, value = data[space + 1:end - 1].partition(b"=")
+            if not eq:
+                raise ValueError
+            records[key] = value
+            pos = end
+    except ValueError:
+        raise TarError(f"bad pax header at byte {at}") from None
+    return records
+
+
+def _read(f: BinaryIO, size: int, room: int | None) -> bytes | None:
+    """`size` bytes, or None when the file ends first; never asks for more than the `room` the file still holds."""
+    if room is not None:
+        if size > room:
+            return None
+        data = f.read(size)
+        return data if len(data) == size else None
+    parts, need = [], size  # a stream of unknown length: read in bounded chunks until it ends
+    while need:
+        chunk = f.read(min(need, _CHUNK))
+        if not chunk:
+            return None
+        parts.append(chunk)
+        need -= len(chunk)
+    return b"".join(parts)
+
+
+def _walk(f: BinaryIO, end: int | None, data: bool) -> Iterator[tuple[str, bytes | Member]]:
+    """(name, its data or where it is) of every regular member from the file's start. With `data` the data is read,
+    in order; without, a Member says where it is and it is skipped by seeking (the file must be seekable, and may
+    be read elsewhere between steps). Raises TarError where the tar is damaged or ends without its end-of-archive
+    marker; without `data`, a member whose data is cut is yielded first (reading it fails), so the headers list
+    everything the file holds."""
+    pos, long_name, pax_size = 0, None, None
+    while True:
+        if not data:
+            f.seek(pos)
+        header = f.read(BLOCK)
+        if header == _ZERO:
+            return
+        if len(header) < BLOCK:
+            raise TarError(f"no end-of-archive marker (the tar ends at byte {pos + len(header)})")
+        stored = _number(header[148:156], "checksum", pos)
+        if stored != sum(header[:148]) + 256 + sum(header[156:]) and \
+                stored != sum(struct.unpack("148b8x356b", header)) + 256:  # some old tars sum signed bytes
+            raise TarError(f"bad header checksum at byte {pos}")
+        kind = header[156:157]
+        size = 0 if kind in _NO_DATA else pax_size if pax_size is not None else _number(header[124:136], "size", pos)
+        at, pos = pos, pos + BLOCK
+        room = None if end is None else end - pos  # what the file still holds
+        pad = -size % BLOCK
+        if kind in _META:
+            body = _read(f, size, room) if size <= _META_MAX else None
+            if body is None or (data and len(f.read(pad)) != pad):
+                raise TarError(f"extended header at byte {at} declares {size} bytes; bad, or the tar ends first")
+            pos += size + pad
+            if kind == b"x":
+                pax = _pax(body, at)
+                long_name = _text(pax[b"path"], at) if b"path" in pax else long_name
+                if b"size" in pax:
+                    pax_size = int(pax[b"size"]) if pax[b"size"].isdigit() else -1
+                    if pax_size < 0:
+                        raise TarError(f"bad pax size at byte {at}")
+            elif kind == b"L":
+                long_name = _text(body.rstrip(b"\0"), at)
+            continue
+        name = long_name
+        if name is None:
+            name = _text(header[:100].split(b"\0", 1)[0], at)
+            if header[257:262] == b"ustar" and header[345:346] != b"\0":
+                name = _text(header[345:500].split(b"\0", 1)[0], at) + "/" + name
+        long_name = pax_size = None
+        regular = kind in _REGULAR and not name.endswith("/")
+        if data:
+            body = _read(f, size, room)
+            if body is None or len(f.read(pad)) != pad:
+                raise TarError(f"member {name} at byte {at} declares {size} bytes; the tar ends before them")
+            if regular:
+                yield name, body
+        elif regular:
+            yield name, Member(name, pos, size)
+        pos += size + pad
+        if not data and end is not None and pos > end:
+            raise TarError(f"member {name} at byte {at} declares {size} bytes; the tar ends before them")
+
+
+def _size(f: BinaryIO) -> int | None:
+    try:
+        if not f.seekable():
+            return None
+        here = f.tell()
+        end = f.seek(0, io.SEEK_END)
+        f.seek(here)
+        return end
+    except (AttributeError, OSError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- the strict stream
+def iter_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
+    """(name, data) of every regular member of an open tar, from its current position to its end-of-archive
+    marker; raises TarError on a bad header or a tar cut short (even at a member boundary, where tarfile would end
+    quietly)."""
+    end = _size(f)
+    return _walk(f, None if end is None else end - f.tell(), data=True)
+
+
+def iter_samples(f: BinaryIO) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """The samples of an open tar, read to its end (see iter_members)."""
+    return _samples(iter_members(f))
+
+
+@contextmanager
+def _opened(url: str):
+    fs, path = fs_and_path(url)
+    try:
+        f = open(path, "rb") if is_local(url) else fs.open(path, "rb")  # fsspec's local wrapper costs 20% here
+    except FileNotFoundError:
+        raise TarMissing(f"{url}: no such tar") from None
+    with f:
+        try:
+            yield f
+        except TarError as err:
+            raise TarError(f"{url}: {err}") from None
+
+
+def read_members(url: str) -> Iterator[tuple[str, bytes]]:
+    """(name, data) of every regular member of the tar at `url`, read to its end; TarError names the file."""
+    with _opened(url) as f:
+        yield from iter_members(f)
+
+
+def read_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """The samples of the tar at `url`, read to its end; TarError (TarMissing when absent) names the file."""
+    return _samples(read_members(url))
+
+
+# ---------------------------------------------------------------------------------------------- the seekable reader
+class SeekableTar:
+    """Headers and members of one open tar, read by seeking: listing skips all data."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.end = f, _size(f)
+
+    def members(self, on_damage: Callable[[TarError], None] | None = None) -> Iterator[Member]:
+        """Every regular member's name and place. A damaged tar raises TarError where its headers stop, or, with
+        `on_damage`, calls it with that error and ends there."""
+        try:
+            for _, where in _walk(self.f, self.end, data=False):
+                yield where
+        except TarError as err:
+            if on_damage is None:
+                raise
+            on_damage(err)
+
+    def samples(self, on_damage=None) -> Iterator[tuple[str, dict[str, Member]]]:
+        return _samples((m.name, m) for m in self.members(on_damage))
+
+    def read(self, member: Member) -> bytes:
+        if self.end is not None and member.offset + member.size > self.end:
+            raise TarError(f"member {member.name} declares {member.size} bytes; the tar ends before them")
+        self.f.seek(member.offset)
+        data = self.f.read(member.size)
+        if len(data) < member.size:
+            raise TarError(f"member {member.name} is cut short")
+        return data
+
+
+@contextmanager
+def open_tar(url: str):
+    """A SeekableTar over the tar at `url` (TarMissing when absent); its TarErrors name the file."""
+    with _opened(url) as f:
+        yield SeekableTar(f)
+
+
+def count_samples(url: str, strict: bool = False) -> int:
+    """Number of samples in a tar, from its headers. With `strict`, a tar whose headers stop early (truncated, or a
+    damaged header) raises Truncated with the count it could list, instead of returning that count."""
+    damage: list[TarError] = []
+    with open_tar(url) as tar:
+        n = sum(1 for _ in tar.samples(damage.append))
+    if strict and damage:
+        raise Truncated(f"{url}: tar headers stop after {n} samples ({damage[0]})", n)
+    return n
+
+
+def slice_samples(url: str, start: int = 0, stop: int | None = None
+                  ) -> Iterator[tuple[str, dict[str, bytes] | Exception]]:
+    """(key, {ext: bytes}) for samples [start, stop) of a tar, reading data only for those; a damaged tar ends
+    where its headers stop. A sample whose bytes cannot be read yields (key, the error) instead, and reading goes
+    on when it can."""
+    with open_tar(url) as tar:
+        for i, (key, members) in enumerate(tar.samples(on_damage=lambda err: None)):
+            if stop is not None and i >= stop:
+                return
+            if i < start:
+                continue
+            try:
+                yield key, {ext: tar.read(m) for ext, m in members.items()}
+            except (TarError, OSError, EOFError) as err:
+                yield key, err
+
+
+# ---------------------------------------------------------------------------------------------- writing
 def member(name: str, data: bytes) -> bytes:
     """One ustar member (header + data + padding); fixed owner, mode and time, so equal input gives equal bytes."""
     raw = name.encode()

@@ -1,16 +1,18 @@
-"""Read parquet files (manifests, verdicts, selections, lists) from any fsspec URL, one at a time or a folder whole.
+"""Read and write parquet files (manifests, verdicts, selections, lists) on any fsspec URL; read a folder whole.
 
-Every parquet read in wit goes through here, because Arrow must never be handed a Python file object: its worker
-threads then hold Python buffers, and freeing one at interpreter exit needs the GIL, which aborts the process
-(SIGABRT, "terminate called without an active exception") after the command has finished. Local files are read by
-Arrow natively; remote ones are fetched whole and parsed from a copy in Arrow's own memory.
+Every parquet read and every whole-file parquet write in wit goes through here, because Arrow must never be handed
+a Python file object: its worker threads then hold Python buffers, and freeing one at interpreter exit needs the
+GIL, which aborts the process (SIGABRT, "terminate called without an active exception") after the command has
+finished. Local files are read by Arrow natively; remote ones are fetched whole and parsed from a copy in Arrow's
+own memory; files are written from Arrow's own buffers, atomically.
 """
 from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wit.shards.storage import WitError, fs_and_path, is_local
+from wit.shards.schema import MANIFEST
+from wit.shards.storage import WitError, fs_and_path, is_local, write_atomic
 
 
 def arrow_reader(data: bytes) -> pa.BufferReader:
@@ -21,16 +23,44 @@ def arrow_reader(data: bytes) -> pa.BufferReader:
 
 
 def open_parquet(url: str) -> pq.ParquetFile:
-    """A parquet file to read whole, by columns or in batches."""
+    """A parquet file to read whole, by columns or in batches; a file that is not parquet is a WitError naming it."""
     fs, path = fs_and_path(url)
-    if is_local(url):
-        return pq.ParquetFile(path)
-    with fs.open(path, "rb") as f:
-        return pq.ParquetFile(arrow_reader(f.read()))
+    try:
+        if is_local(url):
+            return pq.ParquetFile(path)
+        with fs.open(path, "rb") as f:
+            return pq.ParquetFile(arrow_reader(f.read()))
+    except pa.ArrowInvalid as err:
+        raise WitError(f"{url}: not a readable parquet file ({err})") from None
 
 
 def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
-    return open_parquet(url).read(columns=columns)
+    try:
+        return open_parquet(url).read(columns=columns)
+    except pa.ArrowInvalid as err:  # a damaged column chunk
+        raise WitError(f"{url}: not a readable parquet file ({err})") from None
+
+
+def read_manifest(url: str, columns: list[str]) -> pa.Table:
+    """Columns of a shard's manifest, each checked against the manifest schema: a missing column or one of another
+    type is a WitError naming the file, not a surprise further on."""
+    table = read_parquet(url, columns)
+    for name in columns:
+        if name not in table.column_names:
+            raise WitError(f"{url}: no column {name!r} (columns: {', '.join(open_parquet(url).schema_arrow.names)})")
+        want, got = MANIFEST.field(name).type, table.schema.field(name).type
+        if got != want and not (pa.types.is_integer(want) and pa.types.is_integer(got)) \
+                and not (pa.types.is_string(want) and pa.types.is_large_string(got)) and not pa.types.is_null(got):
+            raise WitError(f"{url}: column {name!r} is {got}, the manifest schema has {want}")
+    return table
+
+
+def write_parquet(url: str, table: pa.Table) -> None:
+    """One parquet file, written whole under a temporary name and renamed (the parent folder is made on local
+    disks), so a reader never sees half of it."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_atomic(url, sink.getvalue().to_pybytes())
 
 
 def parquet_files(folder: str) -> list[str]:

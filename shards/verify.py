@@ -1,4 +1,5 @@
-"""Is a shard done? Only when its tar, manifest and stats all exist and agree.
+"""A shard is done only when its tar, manifest and stats all exist and agree: `publish_shard` writes them so,
+`verify_shard` checks it.
 
 Resume trusts nothing else: a tar cut short by a kill, a manifest without its tar or a tar whose samples do not
 match the manifest's `ok` rows all fail here and the shard is redone.
@@ -7,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from wit.shards import fasttar
-from wit.shards.schema import OK
-from wit.shards.storage import fs_and_path, join, read_json
-from wit.shards.tables import read_parquet
+from wit.shards.schema import OK, SCHEMA_VERSION
+from wit.shards.storage import fs_and_path, join, move, read_json, write_atomic, write_json_atomic
+from wit.shards.tables import read_parquet, write_parquet
 
 
 @dataclass(frozen=True)
@@ -24,14 +27,33 @@ class ShardCheck:
 
 def tar_keys(url: str, ext: str = "jpg") -> list[str]:
     """Keys of the members with extension `ext`; reads the tar to its end, so truncation raises."""
-    fs, path = fs_and_path(url)
     keys = []
-    with fs.open(path, "rb") as f:
-        for name, _ in fasttar.iter_members(f):
-            stem, _, suffix = name.rpartition("/")[-1].partition(".")
-            if suffix == ext:
-                keys.append(stem)
+    for name, _ in fasttar.read_members(url):
+        key, suffix = fasttar.split_name(name)
+        if suffix == ext:
+            keys.append(key)
     return keys
+
+
+def publish_shard(folder: str, name: str, tar: bytes | str, manifest: pa.Table, stats: dict | None = None) -> None:
+    """Make `name` a finished shard of `folder`: the tar, then the manifest, then the stats (the done marker) last,
+    each written atomically, so a kill at any point leaves nothing that `verify_shard` would pass.
+
+    `tar` is the tar's bytes, or the URL of a tar staged on the same filesystem, which is moved into place. `stats`
+    (e.g. img2dataset's) gets the `wit` block that verify_shard checks against the manifest and the tar; the
+    caller has checked that the tar holds exactly the manifest's `ok` rows.
+    """
+    stats = dict(stats or {})
+    stats["wit"] = {**stats.get("wit", {}), "verified": True, "schema_version": SCHEMA_VERSION,
+                    "rows": manifest.num_rows, "samples": pc.sum(pc.equal(manifest["status"], OK)).as_py() or 0}
+    target = join(folder, f"{name}.tar")
+    if isinstance(tar, str):
+        fs, staged = fs_and_path(tar)
+        move(fs, staged, fs_and_path(target)[1])
+    else:
+        write_atomic(target, tar)
+    write_parquet(join(folder, f"{name}.parquet"), manifest)
+    write_json_atomic(join(folder, f"{name}_stats.json"), stats)
 
 
 def verify_shard(folder: str, name: str) -> ShardCheck:

@@ -97,3 +97,4 @@ def test_bad_allow_net_is_a_clear_error(tmp_path):
     lst = write_csv(tmp_path / "l.csv", [("http://127.0.0.1:9/x.jpg", "x")])
     r = wit("download", str(lst), "--out", str(tmp_path / "o"), "--allow-net", "localhost", *FAST)
     assert r.returncode == 2 and "--allow-net: 'localhost' is not an IP network" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -49,3 +49,23 @@ def test_truncated_or_corrupt_tar_raises(cut):
     corrupt[10] ^= 0xFF  # a flipped byte in the first header
     with pytest.raises(fasttar.TarError, match="checksum"):
         list(fasttar.iter_members(io.BytesIO(bytes(corrupt))))
+
+
+def test_seekable_reader_agrees_with_the_strict_one_and_reads_only_its_slice(tmp_path):
+    buf = io.BytesIO()
+    with wds.TarWriter(buf) as sink:  # pax headers before every member
+        for key, s in _samples():
+            sink.write({"__key__": key, **s})
+    for name, data in (("wds.tar", buf.getvalue()), ("lean.tar", fasttar.write_samples(iter(_samples())))):
+        path = str(tmp_path / name)
+        (tmp_path / name).write_bytes(data)
+        assert list(fasttar.read_samples(path)) == _samples() == list(fasttar.slice_samples(path))
+        assert fasttar.count_samples(path, strict=True) == 20
+        assert list(fasttar.slice_samples(path, 5, 8)) == _samples()[5:8]
+
+
+def test_one_key_rule_and_one_image_rule():
+    assert fasttar.split_name("shard/000012.seg.PNG") == ("000012", "seg.png")  # key: base name to its first dot
+    assert fasttar.image_of({"txt": b"t", "png": b"p", "jpg": b"j"}) == b"j"  # jpg first, then the others
+    assert fasttar.image_of({"txt": b"t", "seg.png": b"s"}) is None
+    assert fasttar.is_image_file("test/cat/0001.v2.JPEG") and not fasttar.is_image_file("a.jpg.txt")

@@ -17,7 +17,8 @@ class TrainConfig:
     resume: str = opt("", "\"latest\" (newest checkpoint in --ckpt, if any) or a checkpoint URL")
     steps: int = opt(1000, "optimizer steps in all (epochs follow from the data size)", minimum=1)
     batch_size: int = opt(64, "per rank; the global batch is batch_size x ranks", minimum=1)
-    workers: int = opt(2, "loader worker processes per rank (part of the data order: keep it when resuming)", minimum=1)
+    workers: int = opt(2, "loader worker processes per rank (0: in the training process; part of the data order: "
+                          "keep it when resuming)", minimum=0)
     window: int = opt(1000, "samples per shuffle window in each worker", minimum=1)
     resampled: bool = opt(False, "draw whole shards with replacement per worker (open_clip's --dataset-resampled)")
     seed: int = opt(0, "seed of the data order, augmentation and initialisation")

@@ -29,10 +29,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from wit.shards import tario
+from wit.shards import fasttar
 from wit.shards.storage import WitError, expand, join, read_json
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 SCALE, RATIO = (0.9, 1.0), (3 / 4, 4 / 3)  # open_clip's training RandomResizedCrop
 
 
@@ -58,12 +57,12 @@ def resolve_shards(spec: str) -> tuple[list[str], list[int]]:
 def _count_or_zero(url: str) -> int:
     for attempt in range(3):
         try:
-            return tario.count_samples(url, strict=True)
-        except FileNotFoundError:
+            return fasttar.count_samples(url, strict=True)
+        except fasttar.TarMissing:
             raise WitError(f"{url}: shard not found") from None
-        except tario.Truncated as err:  # the samples it lists are used; the rest are reported, not silently gone
+        except fasttar.Truncated as err:  # the samples it lists are used; the rest are reported, not silently gone
             print(f"wit train: warning: {err}; the samples after that are not in the epoch", file=sys.stderr)
-            return tario.count_samples(url)
+            return err.count
         except Exception as err:  # unreadable shard: reported, counted as empty
             if attempt == 2:
                 print(f"wit train: warning: {url}: unreadable shard, 0 samples ({type(err).__name__}: {err})",
@@ -252,7 +251,7 @@ class EpochStream(torch.utils.data.IterableDataset):
             try:
                 state = self._readers.get(worker)
                 if state is None or state[:2] != (shard, lo + len(got)):
-                    state = (shard, lo + len(got), tario.iter_samples(self.urls[shard], lo + len(got)))
+                    state = (shard, lo + len(got), fasttar.slice_samples(self.urls[shard], lo + len(got)))
                 reader = state[2]
                 while lo + len(got) < hi:
                     item = next(reader, None)
@@ -276,11 +275,11 @@ class EpochStream(torch.utils.data.IterableDataset):
             try:
                 if isinstance(sample, Exception):
                     raise sample
-                ext = next((e for e in IMAGE_EXTS if e in sample), None)
-                if ext is None:
+                image = fasttar.image_of(sample)
+                if image is None:
                     raise ValueError("missing image")
                 text = caption_of(sample)
-                decode_image(sample[ext], size, rng, out=images[n])
+                decode_image(image, size, rng, out=images[n])
                 texts.append(text), keys.append(key), valid.append(True)
             except Exception as err:
                 texts.append(""), keys.append(key), valid.append(False)

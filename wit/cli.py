@@ -11,6 +11,13 @@ from wit.shards.storage import WitError
 WINGS = ["wit.ingest.cli", "wit.filters.clean_cli", "wit.filters.cli", "wit.shards.cli", "wit.trainer.cli", "wit.trainer.eval.cli"]
 
 
+class WitParser(argparse.ArgumentParser):
+    """Usage errors in one line (argparse prints the whole usage first); subcommands inherit the class."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 # The wing of each command: a command is parsed with its own wing alone, since importing every wing's configs loads
 # torch and matplotlib (seconds) before, say, a crawl can start.
 COMMANDS = {"download": "wit.ingest.cli", "filter": "wit.filters.clean_cli", "dedup": "wit.filters.clean_cli",
@@ -20,7 +27,7 @@ COMMANDS = {"download": "wit.ingest.cli", "filter": "wit.filters.clean_cli", "de
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole command line, or (given a command) just what that command needs."""
-    parser = argparse.ArgumentParser(
+    parser = WitParser(
         prog="wit",
         description="wit: crawl URL-caption lists into WebDataset shards, curate, balance and train CLIP.",
     )

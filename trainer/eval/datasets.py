@@ -10,13 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import tarfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import islice
 
+from wit.shards import fasttar
 from wit.shards.storage import WitError, expand, fs_and_path
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,13 @@ class Source:
     classes: list[str] | None = None
 
 
-def split_ext(name: str) -> tuple[str, str]:
-    """`dir/000123.jpg` -> (`dir/000123`, `jpg`): WebDataset's key is the name up to its first dot."""
-    head, _, base = name.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (f"{head}/{stem}" if head else stem), ext.lower()
+@contextmanager
+def tar_errors():
+    """A missing, truncated or damaged tar is a one-line error naming it (fasttar's messages do)."""
+    try:
+        yield
+    except fasttar.TarError as err:
+        raise WitError(str(err)) from None
 
 
 def evenly(items: list, limit: int) -> list:
@@ -51,12 +53,10 @@ def detect(url: str) -> str:
         raise WitError(f"{url}: no such file or folder")
     if len(urls) > 1:
         return "shards"
-    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tf:
-        for n, member in enumerate(tf):  # WebDataset samples have sibling members such as .cls/.json/.txt
-            if member.isfile() and split_ext(member.name)[1] not in IMAGE_EXTS:
-                return "shards"
-            if n > 20:
-                break
+    with tar_errors(), fasttar.open_tar(urls[0]) as tar:
+        # WebDataset samples have sibling members such as .cls/.json/.txt
+        if any(not fasttar.is_image_file(m.name) for m in islice(tar.members(), 21)):
+            return "shards"
     return "tar"
 
 
@@ -74,7 +74,7 @@ def labelled(url: str, fmt: str = "auto", class_field: str = "label", limit: int
 
 def _class_of(name: str) -> str | None:
     parts = name.strip("/").split("/")
-    return parts[-2] if len(parts) >= 2 and split_ext(name)[1] in IMAGE_EXTS else None
+    return parts[-2] if len(parts) >= 2 and fasttar.is_image_file(name) else None
 
 
 def _folder(url: str, limit: int) -> Source:
@@ -92,45 +92,32 @@ def _folder(url: str, limit: int) -> Source:
 
 
 def _class_tar(url: str, limit: int) -> Source:
-    fs, path = fs_and_path(url)
-    with fs.open(path, "rb") as f, tarfile.open(fileobj=f) as tf:
-        members = [m for m in tf.getmembers() if m.isfile() and _class_of(m.name)]
+    with tar_errors(), fasttar.open_tar(url) as tar:  # headers only: a truncated tar fails here, before any work
+        members = [m for m in tar.members() if _class_of(m.name)]
     if not members:
         raise WitError(f"{url}: no images in <class>/<image> folders inside the tar")
     picked = evenly(members, limit)
 
     def items():
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f) as tf:
+        with tar_errors(), fasttar.open_tar(url) as tar:
             for m in picked:
-                yield m.name, tf.extractfile(m).read(), _class_of(m.name)
+                yield m.name, tar.read(m), _class_of(m.name)
     return Source(items, len(picked), sorted({_class_of(m.name) for m in members}))
 
 
 def shard_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     """WebDataset samples in order: (key, {ext: bytes}); consecutive members with one key form a sample."""
     for shard in expand(url):
-        fs, path = fs_and_path(shard)
-        if not fs.exists(path):
-            raise WitError(f"{shard}: no such shard")
-        key, sample = None, {}
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                k, ext = split_ext(m.name)
-                if k != key and sample:
-                    yield f"{shard}:{key}", sample
-                    sample = {}
-                key, sample[ext] = k, tf.extractfile(m).read()
-        if sample:
-            yield f"{shard}:{key}", sample
+        with tar_errors():  # read to its end: a truncated shard is an error, not a smaller evaluation set
+            for key, sample in fasttar.read_samples(shard):
+                yield f"{shard}:{key}", sample
 
 
 def _image_of(key: str, sample: dict) -> bytes:
-    ext = next((e for e in IMAGE_EXTS if e in sample), None)
-    if ext is None:
+    image = fasttar.image_of(sample)
+    if image is None:
         raise WitError(f"{key}: sample has no image member ({', '.join(sorted(sample))})")
-    return sample[ext]
+    return image
 
 
 def _labelled_shards(url: str, class_field: str, limit: int):
