@@ -103,11 +103,12 @@ def resume_scan(out: str) -> set[int]:
 
 def run_engine(cfg: DownloadConfig, input_dir: str, done: set[int], start_shard: int, total_rows: int) -> None:
     """Shard the normalised input with img2dataset's Reader and map WitDownloader over it."""
-    # img2dataset takes seconds to import: only a run that downloads pays for it, not a bad-input error.
+    # img2dataset takes seconds to import: only a run that downloads pays for it, not a bad-input error. The engine
+    # first: it loads img2dataset without torch.
+    from wit.ingest.engine import CARRIED_COLUMNS, build_downloader  # isort: skip
+
     from img2dataset import distributor as distributors
     from img2dataset.reader import Reader
-
-    from wit.ingest.engine import CARRIED_COLUMNS, build_downloader
 
     staging, tmp = join(cfg.out, "_wit", "staging"), join(cfg.out, "_wit", "tmp")
     fs, _ = fs_and_path(cfg.out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import sys
 import time
 import traceback
 from collections import Counter
@@ -19,10 +20,21 @@ import cv2
 import fsspec
 import numpy as np
 import pyarrow as pa
-from img2dataset.downloader import compute_key
-from img2dataset.logger import CappedCounter, write_stats
-from img2dataset.resizer import Resizer, ResizeMode
 from PIL import Image
+
+# A crawl never uses torch, yet img2dataset's writer imports webdataset, which imports torch for its DataLoader
+# stand-ins: about 3 s of CPU in every crawl process (the driver and each spawned worker). Keep it out while
+# img2dataset loads, unless this process has it already (webdataset then keeps its stand-ins in this process).
+_keep_torch_out = "torch" not in sys.modules
+if _keep_torch_out:
+    sys.modules["torch"] = None  # `import torch` now raises ModuleNotFoundError, which webdataset handles
+try:
+    from img2dataset.downloader import compute_key
+    from img2dataset.logger import CappedCounter, write_stats
+    from img2dataset.resizer import Resizer, ResizeMode
+finally:
+    if _keep_torch_out:
+        del sys.modules["torch"]
 
 from wit.ingest.crawl_stats import FetchStats
 from wit.ingest.fetch import FetchSettings, fetcher

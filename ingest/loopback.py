@@ -28,6 +28,7 @@ from __future__ import annotations
 import select
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import Counter
@@ -38,6 +39,11 @@ from urllib.parse import parse_qs, urlsplit
 class _Server(ThreadingHTTPServer):
     request_queue_size = 1024  # the default backlog of 5 drops connections from a crawler's hundreds of threads
     daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # a client that drops an idle kept-alive connection (a crawler exiting) is not the server's error
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _loopback(host: str) -> None:
