@@ -3,7 +3,8 @@
 The URLs of ../shared/data/url_lists/img2dataset_test_10000.parquet are rewritten to a loopback server over real
 photos (Flickr8k from ../shared/data, else the photos PyPI wheels ship). Both crawlers get the same processes,
 threads, shard size and resize (short side 256, JPEG, WebDataset); ours adds the guard, manifests and
-verification. Each runs twice, alternating; the better run of each counts.
+verification. One loopback host stands in for the list's many hosts, so wit's per-host politeness is set to its
+thread count (its default, 8, would give it an eighth of img2dataset's concurrency on this one host). Each runs twice, alternating; the better run of each counts.
 Before that, one core's CPU per image of wit's resizer (JPEGs at least twice the target decoded at reduced size)
 and img2dataset's, in process, on the photos whose short side is at least twice `--decode-size` (128 px).
 Last line: RESULT ingest_ratio=<wit samples/s / img2dataset samples/s> target>=1.0
@@ -104,7 +105,7 @@ def main() -> None:
         common = dict(processes=str(args.processes), threads=str(args.threads), shard=str(args.shard_size))
         wit_cmd = [sys.executable, "-m", "wit", "download", str(lst), "--out", str(work / "wit"),
                    "--allow-net", "127.0.0.1/32", "--processes", common["processes"], "--threads", common["threads"],
-                   "--shard-size", common["shard"], "--no-progress"]
+                   "--shard-size", common["shard"], "--per-host", common["threads"], "--no-progress"]
         i2d_cmd = [*IMG2DATASET, "--url_list", str(lst), "--input_format", "parquet",
                    "--url_col", "URL", "--caption_col", "TEXT", "--output_folder", str(work / "i2d"),
                    "--output_format", "webdataset", "--resize_mode", "keep_ratio", "--image_size", "256",
