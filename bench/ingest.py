@@ -4,7 +4,8 @@ The URLs of ../shared/data/url_lists/img2dataset_test_10000.parquet are rewritte
 photos (Flickr8k from ../shared/data, else the photos PyPI wheels ship). Both crawlers get the same processes,
 threads, shard size and resize (short side 256, JPEG, WebDataset); ours adds the guard, manifests and
 verification. One loopback host stands in for the list's many hosts, so wit's per-host politeness is set to its
-thread count (its default, 8, would give it an eighth of img2dataset's concurrency on this one host). Each runs twice, alternating; the better run of each counts.
+thread count (its default, 8, would give it an eighth of img2dataset's concurrency on this one host).
+Each runs twice, alternating; the better run of each counts.
 Before that, one core's CPU per image of wit's resizer (JPEGs at least twice the target decoded at reduced size)
 and img2dataset's, in process, on the photos whose short side is at least twice `--decode-size` (128 px).
 Last line: RESULT ingest_ratio=<wit samples/s / img2dataset samples/s> target>=1.0
