@@ -12,13 +12,14 @@ args ?=
 # make corpus config=<pipeline.toml> [args="--plan" | args="--from balance" | args="--set balance.t=40000"]
 config ?=
 
-.PHONY: venv test test-fallback lint demo corpus download clean help
+.PHONY: venv test test-spark test-fallback lint demo corpus download clean help
 # bench-% is a pattern rule: naming a bench target .PHONY would make make skip it (and silently do nothing)
 
 help:
 	@echo "make demo       run the main job end to end on the embedded default (offline): wit pipeline wit/demo.toml"
 	@echo "make corpus config=<pipeline.toml> [args='--plan']   lists -> shards -> audit (-> train), resumable"
 	@echo "make test       run the test suite"
+	@echo "make test-spark the crawl on pyspark (installs the spark extra; needs Java)"
 	@echo "make test-fallback   the tests whose data falls back without ../shared/data, run that way (CI)"
 	@echo "make lint       ruff (pyflakes rules) over the code"
 	@echo "make download shards=<lists> [out=<dir|s3://...>] [args='...']   crawl URL-caption lists into shards"
@@ -40,11 +41,16 @@ lint: venv
 	$(PY) -m ruff check .
 
 test: venv
-	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q tests
+	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q -m "not spark" tests
+
+# the crawl on pyspark (local[2], Java 17): the `spark` extra, about 2 minutes on the shared 2 cores
+test-spark: venv
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,spark]'
+	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q -m spark tests
 
 # The tests marked data_fallback (tests/conftest.py) as a fresh clone with no ../shared/data runs them
 test-fallback: venv
-	WIT_SHARED_DATA=/nonexistent NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q -m data_fallback tests
+	WIT_SHARED_DATA=/nonexistent NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q -m "data_fallback and not spark" tests
 
 demo: venv
 	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m wit.demo $(args)

@@ -37,10 +37,21 @@ class DownloadConfig:
     encode_quality: int = opt(95, "JPEG quality of stored images", minimum=1)
     processes: int = opt(help="download processes (default: one per core)", factory=lambda: os.cpu_count() or 1,
                          minimum=1)
-    threads: int = opt(64, "download threads per process", minimum=1)
+    threads: int = opt(64, "requests in flight per process (img2dataset's download threads; wit carries them on one "
+                           "event loop)", minimum=1)
     shard_size: int = opt(10_000, "input rows per shard", minimum=1)
-    timeout: float = opt(10.0, "seconds to wait for a server", minimum=0.001)
-    retries: int = opt(0, "immediate retries of a failed URL", minimum=0)
+    timeout: float = opt(10.0, "seconds to wait for a server: connect and response headers together, and the longest "
+                               "silence inside a body", minimum=0.001)
+    deadline: float | None = opt(None, "seconds one row may take in all: connect, headers, body, redirects, retries "
+                                       "and their backoff (default: 2 x --timeout)", minimum=0.001)
+    min_rate: float = opt(1024.0, "bytes/s a body must keep up over every 3 s once it started, or it is dropped as "
+                                  "too_slow (0: no floor)", minimum=0)
+    retries: int = opt(0, "retries of a transient failure (timeout, reset, 5xx, 429, too_slow) within the deadline, "
+                          "after an exponential backoff with jitter", minimum=0)
+    per_host: int = opt(8, "requests in flight per host, per worker process", minimum=1)
+    per_host_rate: float = opt(0.0, "requests per second per host, per worker process (0: no limit)", minimum=0)
+    host_failures: int = opt(5, "consecutive connect failures or timeouts after which a host's remaining rows fail "
+                                "fast as host_unreachable (0: never)", minimum=0)
     distributor: str = opt("multiprocessing", "how shards are spread over workers",
                            choices=("multiprocessing", "pyspark", "ray"))
     ray_address: str | None = opt(None, "Ray cluster address for --distributor ray (default: start Ray locally)")
@@ -48,8 +59,10 @@ class DownloadConfig:
                                          "(repeatable), e.g. 127.0.0.1/32", many="append", metavar="CIDR", parse=cidr)
     max_bytes: int = opt(20 * 2**20, "largest response body accepted", minimum=1)
     max_pixels: int = opt(89_478_485, "largest declared image size (decompression-bomb guard)", minimum=1)
-    user_agent_token: str = opt("wit", "token in the User-Agent, matched against X-Robots-Tag")
-    ignore_robots: bool = opt(False, "do not honour X-Robots-Tag opt-outs (" + ", ".join(HEADER_OPTOUTS) + ")")
+    allow_userinfo: bool = opt(False, "fetch URLs that carry user:password@ (refused as invalid_url otherwise)")
+    user_agent_token: str = opt("wit", "token in the User-Agent, matched against robots.txt and X-Robots-Tag")
+    ignore_robots: bool = opt(False, "do not honour robots.txt, the TDMRep header tdm-reservation: 1, nor X-Robots-Tag "
+                                     "opt-outs (" + ", ".join(HEADER_OPTOUTS) + ")")
     retry_failed: bool = opt(False, "re-attempt rows that failed transiently (timeouts, 5xx, 429, resets) into new "
                                     "shards; old rows become superseded")
     progress: bool = opt(True, "a progress bar (off when CI is set)")

@@ -14,8 +14,7 @@ from dataclasses import replace
 
 from tqdm import tqdm
 
-from wit.ingest.config import SHARD_DIGITS, DownloadConfig
-from wit.ingest.guard import GuardPolicy
+from wit.ingest.config import DownloadConfig
 from wit.ingest.inputs import prepare_inputs
 from wit.ingest.lock import crawl_lock
 from wit.ingest.output import (
@@ -104,12 +103,12 @@ def resume_scan(cfg: DownloadConfig) -> set[int]:
 
 def run_engine(cfg: DownloadConfig, input_dir: str, done: set[int], start_shard: int, total_rows: int) -> None:
     """Shard the normalised input with img2dataset's Reader and map WitDownloader over it."""
-    # img2dataset takes seconds to import: only a run that downloads pays for it, not a bad-input error.
+    # img2dataset takes seconds to import: only a run that downloads pays for it, not a bad-input error. The engine
+    # first: it loads img2dataset without torch.
+    from wit.ingest.engine import CARRIED_COLUMNS, build_downloader  # isort: skip
+
     from img2dataset import distributor as distributors
     from img2dataset.reader import Reader
-    from img2dataset.writer import WebDatasetSampleWriter
-
-    from wit.ingest.engine import CARRIED_COLUMNS, SafeResizer, WitDownloader
 
     staging, tmp = join(cfg.out, "_wit", "staging"), join(cfg.out, "_wit", "tmp")
     fs, _ = fs_and_path(cfg.out)
@@ -119,23 +118,7 @@ def run_engine(cfg: DownloadConfig, input_dir: str, done: set[int], start_shard:
         input_dir, "parquet", "url", "caption", None, None, CARRIED_COLUMNS,
         cfg.shard_size, done, tmp, start_shard,
     )
-    resizer = SafeResizer(
-        image_size=cfg.image_size, resize_mode=cfg.resize_mode, resize_only_if_bigger=False,
-        upscale_interpolation="lanczos", downscale_interpolation="area", encode_quality=cfg.encode_quality,
-        encode_format="jpg", skip_reencode=False, disable_all_reencoding=False, min_image_size=0,
-        max_image_area=float("inf"), max_aspect_ratio=float("inf"),
-    )
-    resizer.max_pixels = cfg.max_pixels
-    downloader = WitDownloader(
-        policy=GuardPolicy(allow_nets=cfg.allow_net, max_bytes=cfg.max_bytes, max_seconds=max(60.0, 6 * cfg.timeout)),
-        staging=staging, output=cfg.out,
-        sample_writer_class=WebDatasetSampleWriter, resizer=resizer, thread_count=cfg.threads,
-        save_caption=True, extract_exif=False, column_list=reader.column_list, timeout=cfg.timeout,
-        number_sample_per_shard=cfg.shard_size, oom_shard_count=SHARD_DIGITS, compute_hash="sha256",
-        verify_hash_type=None, encode_format="jpg", retries=cfg.retries,
-        user_agent_token=cfg.user_agent_token,
-        disallowed_header_directives=list(cfg.header_optouts) or None,
-    )
+    downloader = build_downloader(cfg, reader.column_list, staging)
     if cfg.distributor == "multiprocessing":
         run = distributors.multiprocessing_distributor
     elif cfg.distributor == "pyspark":

@@ -1,25 +1,43 @@
-"""img2dataset's parts, with what wit adds: the network guard, a bomb check, and a verified, atomic finish.
+"""img2dataset's parts, with what wit adds: its own fetcher, a safer and cheaper resizer, and a verified, atomic finish.
 
-Every img2dataset worker downloads a shard into a staging folder; then, still in the worker, `finish_shard`
-turns img2dataset's parquet into a wit manifest, checks the tar against it and moves tar, manifest and stats
-(last) into the output. A shard whose stats file is in the output is therefore complete and verified.
+Every img2dataset worker downloads a shard into a staging folder: wit's fetcher (`fetch.py`) feeds img2dataset's
+resizer (behind `SafeResizer`) and WebDataset writer; then, still in the worker, `finish_shard` turns the
+shard's parquet into a wit manifest, checks the tar against it and moves tar, manifest and stats (last) into the
+output. A shard whose stats file is in the output is therefore complete and verified.
 """
 from __future__ import annotations
 
-import functools
+import hashlib
+import io
 import math
-import multiprocessing
 import sys
+import time
 import traceback
 from collections import Counter
 
+import albumentations as A
+import cv2
+import fsspec
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-from img2dataset.downloader import Downloader, compute_key
-from img2dataset.resizer import Resizer
 from PIL import Image
 
-from wit.ingest import guard
+# A crawl never uses torch, yet img2dataset's writer imports webdataset, which imports torch for its DataLoader
+# stand-ins: about 3 s of CPU in every crawl process (the driver and each spawned worker). Keep it out while
+# img2dataset loads, unless this process has it already (webdataset then keeps its stand-ins in this process).
+_keep_torch_out = "torch" not in sys.modules
+if _keep_torch_out:
+    sys.modules["torch"] = None  # `import torch` now raises ModuleNotFoundError, which webdataset handles
+try:
+    from img2dataset.downloader import compute_key
+    from img2dataset.logger import CappedCounter, write_stats
+    from img2dataset.resizer import Resizer, ResizeMode
+finally:
+    if _keep_torch_out:
+        del sys.modules["torch"]
+
+from wit.ingest.crawl_stats import FetchStats
+from wit.ingest.fetch import FetchSettings, fetcher
 from wit.ingest.output import disk_full, disk_full_error
 from wit.ingest.reasons import reason_for
 from wit.shards.schema import FAILED, MANIFEST, OK
@@ -30,150 +48,211 @@ from wit.shards.verify import key_mismatch, mark_verified, publish_shard, tar_ke
 # Columns img2dataset carries through from our input into its parquet and each sample's json.
 CARRIED_COLUMNS = ["uid", "source_file", "source_row", "invalid"]
 
+# Formats whose header PIL reads and sizes, and that the decoders below handle; anything else is refused before
+# a decoder runs (OpenCV decodes more, e.g. Radiance HDR, whose size nothing checks first).
+FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+_REDUCED = {  # libjpeg's DCT scaling: decode at 1/2, 1/4, 1/8 of the size
+    (2, True): cv2.IMREAD_REDUCED_COLOR_2, (4, True): cv2.IMREAD_REDUCED_COLOR_4, (8, True): cv2.IMREAD_REDUCED_COLOR_8,
+    (2, False): cv2.IMREAD_REDUCED_GRAYSCALE_2, (4, False): cv2.IMREAD_REDUCED_GRAYSCALE_4,
+    (8, False): cv2.IMREAD_REDUCED_GRAYSCALE_8,
+}
+
+
+def image_header(data: bytes) -> tuple[str, int, int, str]:
+    """(format, width, height, mode) from the header alone, or ValueError whose text starts with the reason."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, (width, height), mode = img.format, img.size, img.mode
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"decompression_bomb: {err}") from None
+    except Exception as err:  # noqa: BLE001 - PIL raises many kinds for a header it cannot read
+        looks_supported = data.startswith(SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+        reason = "decode_error" if looks_supported else "unsupported_format"
+        raise ValueError(f"{reason}: {type(err).__name__}: {err}") from None
+    if fmt not in FORMATS:
+        raise ValueError(f"unsupported_format: {fmt} is not one of {', '.join(sorted(FORMATS))}")
+    return fmt, width, height, mode
+
 
 class SafeResizer(Resizer):
-    """img2dataset's resizer behind a header check: refuse images whose declared size is a decompression bomb."""
+    """img2dataset's resizer behind a header check, cheaper on JPEGs.
+
+    Refused before any decoding: a header PIL cannot read or a format outside FORMATS (`unsupported_format`), a
+    declared size over `max_pixels` (`decompression_bomb`). A JPEG at least twice the target is decoded at 1/2,
+    1/4 or 1/8 of its size by libjpeg's DCT scaling (OpenCV's IMREAD_REDUCED, measured cheaper here than PIL's
+    `draft`), then resized to exactly the size img2dataset would give it; a JPEG that already has the target size is
+    decoded (to know it decodes) and stored as it came, not re-encoded. Everything else is img2dataset's path.
+    """
 
     max_pixels: int = 89_478_485  # PIL's own default limit
 
     def __call__(self, img_stream, blurring_bbox_list=None):
+        data = img_stream.getvalue() if isinstance(img_stream, io.BytesIO) else img_stream.read()
         try:
-            width, height = Image.open(img_stream).size  # parses the header only
-        except Image.DecompressionBombError as err:
-            return None, None, None, None, None, f"decompression_bomb: {err}"
-        except Exception:
-            width = height = 0  # not an image PIL knows: let img2dataset's decoder give the verdict
+            fmt, width, height, mode = image_header(data)
+        except ValueError as err:
+            return None, None, None, None, None, str(err)
         if width * height > self.max_pixels:
             return None, None, None, None, None, f"decompression_bomb: {width}x{height} pixels"
-        img_stream.seek(0)
-        return super().__call__(img_stream, blurring_bbox_list)
+        if fmt == "JPEG" and blurring_bbox_list is None and self.resize_mode in _SIZES:
+            try:
+                return self._jpeg(data, width, height, mode)
+            except Exception as err:  # noqa: BLE001 - as img2dataset's resizer: the error is the row's verdict
+                return None, None, None, None, None, str(err)
+        return super().__call__(io.BytesIO(data), blurring_bbox_list)
+
+    def _jpeg(self, data: bytes, width: int, height: int, mode: str):
+        size = self.image_size
+        new_w, new_h = _SIZES[self.resize_mode](width, height, size)
+        if self.resize_only_if_bigger and min(new_w / width, new_h / height) > 1:
+            new_w, new_h = width, height
+        flags = _REDUCED.get((reduction(width, height, new_w, new_h), mode != "L"), cv2.IMREAD_UNCHANGED)
+        flags |= cv2.IMREAD_IGNORE_ORIENTATION  # as img2dataset's IMREAD_UNCHANGED: EXIF orientation not applied
+        cv2.setNumThreads(1)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        if img is None:
+            return None, None, None, None, None, "decode_error: Image decoding error"
+        if (new_w, new_h) == (width, height) and self.resize_mode in (ResizeMode.keep_ratio, ResizeMode.no):
+            return data, width, height, width, height, None  # already the target: keep the bytes as they came
+        if img.shape[:2] != (new_h, new_w):
+            downscale = new_w * new_h < width * height
+            interpolation = self.downscale_interpolation if downscale else self.upscale_interpolation
+            img = cv2.resize(img, (new_w, new_h), interpolation=interpolation)
+        if self.resize_mode == ResizeMode.center_crop:
+            img = A.CenterCrop(height=size, width=size)(image=img)["image"]
+        elif self.resize_mode == ResizeMode.border:
+            img = A.PadIfNeeded(min_height=size, min_width=size, border_mode=cv2.BORDER_CONSTANT,
+                                fill=[255, 255, 255], p=1.0)(image=img)["image"]
+        out_h, out_w = img.shape[:2]
+        encoded = cv2.imencode(f".{self.encode_format}", img, params=self.encode_params)[1].tobytes()
+        return encoded, out_w, out_h, width, height, None
 
 
-class WitDownloader(Downloader):
-    """img2dataset's downloader, run behind the guard, finishing each shard into the output atomically.
+def reduction(width: int, height: int, new_w: int, new_h: int) -> int:
+    """The libjpeg scale (1, 2, 4 or 8) to decode at: the largest that keeps both sides at least the target's."""
+    return next((f for f in (8, 4, 2) if width >= f * new_w and height >= f * new_h), 1)
 
-    Rows that ingest marked `invalid` never reach the fetcher: img2dataset gets the shard's valid rows only, and
-    `RowKeyWriter` gives each sample the key of its row in the whole shard and writes the invalid rows as failed
-    rows, so the shard's manifest still has every input row, in order.
-    """
 
-    def __init__(self, *, policy: guard.GuardPolicy, staging: str, output: str, **kwargs):
-        super().__init__(output_folder=staging, **kwargs)
-        self.policy = policy
-        self.staging = staging
-        self.output = output
-        self.writer_class = self.sample_writer_class
+def _smallest_side(width: int, height: int, size: int) -> tuple[int, int]:
+    scale = size / min(width, height)  # albumentations' SmallestMaxSize, as img2dataset calls it
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _longest_side(width: int, height: int, size: int) -> tuple[int, int]:
+    scale = size / max(width, height)  # albumentations' LongestMaxSize
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+_SIZES = {
+    ResizeMode.keep_ratio: _smallest_side, ResizeMode.center_crop: _smallest_side,
+    ResizeMode.border: _longest_side, ResizeMode.no: lambda w, h, size: (w, h),
+}
+
+
+class WitDownloader:
+    """Called by img2dataset's distributors with (shard id, input shard file): fetch, resize, write, finish."""
+
+    def __init__(self, *, fetch: FetchSettings, resizer: SafeResizer, sample_writer_class, column_list: list[str],
+                 staging: str, output: str, number_sample_per_shard: int, oom_shard_count: int):
+        self.fetch, self.resizer, self.sample_writer_class = fetch, resizer, sample_writer_class
+        self.column_list, self.staging, self.output = column_list, staging, output
+        self.number_sample_per_shard, self.oom_shard_count = number_sample_per_shard, oom_shard_count
 
     def __call__(self, row):
-        guard.install(self.policy)  # once per worker process
         _quiet_disk_full_at_exit()
-        # img2dataset's per-shard ThreadPool makes a multiprocessing queue; under spawn its semaphores get names,
-        # which the resource tracker must remove (and warns about) when the distributor ends this worker mid-shard.
-        # Anonymous ones (fork's) need no cleanup; nothing here starts a process.
-        multiprocessing.set_start_method("fork", force=True)
-        try:
-            return self._shard(row)
-        except Exception as err:
-            if not disk_full(err):
-                raise
-            # stop the crawl: the distributor hands this to the driver, which says it in one line
-            raise disk_full_error(self.output) from None
-
-    def _shard(self, row):
-        shard_id, shard_file = row
-        name = f"{shard_id:0{self.oom_shard_count}d}"
+        name = f"{row[0]:0{self.oom_shard_count}d}"
         try:
             self.download_shard(row)
-        except Exception as err:
-            if disk_full(err):
-                raise
-            traceback.print_exc()
-            print(f"shard {name} failed with error {err}")
-            return False, row
-        try:
             finish_shard(self.staging, self.output, name)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - img2dataset's distributors retry a shard that returns False
             if disk_full(err):
-                raise
-            print(f"shard {name} failed verification: {err}")
+                # stop the crawl: the distributor hands this to the driver, which says it in one line
+                raise disk_full_error(self.output) from None
+            traceback.print_exc()
+            print(f"shard {name} failed: {err}")
             return False, row
-        fs, path = fs_and_path(shard_file)
+        fs, path = fs_and_path(row[1])
         fs.rm(path)  # kept until now, so that img2dataset's retry of a failed shard can read it again
         return True, row
 
-    def download_shard(self, row):
+    def download_shard(self, row) -> None:
+        """img2dataset's download_shard with wit's fetcher: same staging files (tar, parquet, stats)."""
         shard_id, shard_file = row
-        fs, path = fs_and_path(shard_file)
-        with fs.open(path, "rb") as f:
-            shard = pa.ipc.open_file(f).read_all()
-        valid = pc.is_null(shard["invalid"])
-        fetch_file = f"{shard_file.removesuffix('.feather')}.fetch.feather"  # img2dataset deletes what it read
-        with fs.open(fs_and_path(fetch_file)[1], "wb") as f, pa.ipc.new_file(f, shard.schema) as writer:
-            writer.write_table(shard.filter(valid))
-        self.sample_writer_class = functools.partial(
-            RowKeyWriter, self.writer_class, positions=pc.indices_nonzero(valid).to_pylist(),
-            withheld=shard.filter(pc.invert(valid)).select(self.column_list).to_pylist(),
-            withheld_positions=pc.indices_nonzero(pc.invert(valid)).to_pylist(),
-            oom_sample_per_shard=math.ceil(math.log10(self.number_sample_per_shard)),
-        )
-        try:
-            super().download_shard((shard_id, fetch_file))
-        finally:
-            self.sample_writer_class = self.writer_class
-        withheld = shard.num_rows - len(pc.indices_nonzero(valid))
-        if withheld:  # img2dataset's stats counted the rows it saw; the shard has the withheld ones too
-            stats_url = join(self.staging, f"{shard_id:0{self.oom_shard_count}d}_stats.json")
-            stats = read_json(stats_url)
-            stats["count"] += withheld
-            stats["failed_to_download"] += withheld
-            stats["status_dict"][NOT_FETCHED] = stats["status_dict"].get(NOT_FETCHED, 0) + withheld
-            write_json_atomic(stats_url, stats)
+        start = time.time()
+        fs, shard_path = fsspec.core.url_to_fs(shard_file)
+        with fs.open(shard_path, "rb") as f:
+            table = pa.ipc.open_file(f).read_all()
+        schema = table.schema
+        for name, kind in (("key", pa.string()), ("status", pa.string()), ("error_message", pa.string()),
+                           ("width", pa.int32()), ("height", pa.int32()), ("original_width", pa.int32()),
+                           ("original_height", pa.int32()), ("sha256", pa.string())):
+            schema = schema.append(pa.field(name, kind))
+        columns = table.select(self.column_list).to_pydict()
+        rows = list(zip(*(columns[c] for c in self.column_list)))
+        del table, columns
+        url_at, caption_at = self.column_list.index("url"), self.column_list.index("caption")
+        invalid_at = self.column_list.index("invalid")
+        writer = self.sample_writer_class(shard_id, self.staging, True, self.oom_shard_count, schema, "jpg")
+        digits = math.ceil(math.log10(self.number_sample_per_shard))
+        counts, errors, stats = Counter(), CappedCounter(), FetchStats()
+
+        def write(i: int, image, error: str | None, sizes=(None, None, None, None), sha256=None, status=None):
+            meta = {**dict(zip(self.column_list, rows[i])), "key": compute_key(i, shard_id, digits, self.oom_shard_count),
+                    "status": status or ("success" if error is None else "failed_to_download"),
+                    "error_message": error, "width": sizes[0], "height": sizes[1], "original_width": sizes[2],
+                    "original_height": sizes[3], "sha256": sha256}
+            counts[meta["status"]] += 1
+            errors.increment(error or "success")
+            writer.write(image, meta["key"], rows[i][caption_at], meta)
+
+        # a row the list reader marked invalid never reaches the fetcher
+        todo = []
+        for i, r in enumerate(rows):
+            if r[invalid_at]:
+                write(i, None, r[invalid_at])
+            else:
+                todo.append((i, r[url_at]))
+        for i, body, error in fetcher(self.fetch).fetch_rows(todo, stats):
+            if error is not None:
+                write(i, None, error)
+                continue
+            image, width, height, original_width, original_height, error = self.resizer(io.BytesIO(body))
+            if error is not None:
+                write(i, None, error, status="failed_to_resize")
+            else:
+                write(i, image, None, (width, height, original_width, original_height), hashlib.sha256(body).hexdigest())
+        writer.close()
+        write_stats(self.staging, shard_id, len(rows), counts["success"], counts["failed_to_download"],
+                    counts["failed_to_resize"], start, time.time(), errors, self.oom_shard_count)
+        stats_file = join(self.staging, f"{shard_id:0{self.oom_shard_count}d}_stats.json")
+        write_json_atomic(stats_file, {**read_json(stats_file), "fetch": stats.to_json()})
 
 
-NOT_FETCHED = "not fetched: invalid URL"
+def build_downloader(cfg, column_list: list[str], staging: str) -> WitDownloader:
+    """The worker's callable for a `wit download` config (ingest/config.py)."""
+    from img2dataset.writer import WebDatasetSampleWriter
 
+    from wit.ingest.config import SHARD_DIGITS
+    from wit.ingest.guard import GuardPolicy
 
-class RowKeyWriter:
-    """img2dataset's sample writer for a shard of which only some rows were fetched.
-
-    img2dataset keys a sample by its position among the rows it was given; this puts back the position in the
-    whole shard, and writes each withheld row as a failed row (no image), as img2dataset writes a failed fetch.
-    """
-
-    def __init__(self, writer_class, shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format,
-                 *, positions, withheld, withheld_positions, oom_sample_per_shard):
-        self.writer = writer_class(shard_id, output_folder, save_caption, oom_shard_count, schema, encode_format)
-        self.positions = positions
-        self.disk_full: OSError | None = None
-        self.base = 10**oom_sample_per_shard * shard_id
-        self.key = functools.partial(compute_key, shard_id=shard_id, oom_sample_per_shard=oom_sample_per_shard,
-                                     oom_shard_count=oom_shard_count)
-        for position, values in zip(withheld_positions, withheld):
-            meta = {**dict.fromkeys(schema.names), **values, "key": self.key(position),
-                    "status": "failed_to_download", "error_message": NOT_FETCHED}
-            self.writer.write(None, meta["key"], values.get("caption"), meta)
-
-    def write(self, img_str, key, caption, meta):
-        key = meta["key"] = self.key(self.positions[int(key) - self.base])
-        if self.disk_full is None:
-            try:
-                self.writer.write(img_str, key, caption, meta)
-            except OSError as err:
-                if not disk_full(err):
-                    raise
-                # Write nothing more, quietly: raised here, it would be printed once for every sample left, and
-                # leaving img2dataset's loop early would hang its thread pool. `close` reports it.
-                self.disk_full = err
-
-    def close(self):
-        try:
-            self.writer.close()
-        except OSError as err:
-            if not disk_full(err):
-                raise
-            self.disk_full = self.disk_full or err
-        if self.disk_full is not None:
-            raise self.disk_full
+    resizer = SafeResizer(
+        image_size=cfg.image_size, resize_mode=cfg.resize_mode, resize_only_if_bigger=False,
+        upscale_interpolation="lanczos", downscale_interpolation="area", encode_quality=cfg.encode_quality,
+        encode_format="jpg", skip_reencode=False, disable_all_reencoding=False, min_image_size=0,
+        max_image_area=float("inf"), max_aspect_ratio=float("inf"),
+    )
+    resizer.max_pixels = cfg.max_pixels
+    fetch = FetchSettings(
+        policy=GuardPolicy(allow_nets=cfg.allow_net, allow_userinfo=cfg.allow_userinfo), timeout=cfg.timeout,
+        deadline=cfg.deadline or 2 * cfg.timeout, min_rate=cfg.min_rate, concurrency=cfg.threads,
+        per_host=cfg.per_host, per_host_rate=cfg.per_host_rate, host_failures=cfg.host_failures,
+        retries=cfg.retries, max_bytes=cfg.max_bytes, user_agent_token=cfg.user_agent_token,
+        header_optouts=cfg.header_optouts, robots=not cfg.ignore_robots,
+    )
+    return WitDownloader(fetch=fetch, resizer=resizer, sample_writer_class=WebDatasetSampleWriter,
+                         column_list=column_list, staging=staging, output=cfg.out,
+                         number_sample_per_shard=cfg.shard_size, oom_shard_count=SHARD_DIGITS)
 
 
 def _quiet_disk_full_at_exit() -> None:

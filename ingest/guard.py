@@ -1,47 +1,55 @@
-"""Network guard for the crawler, installed into every img2dataset worker process.
+"""The crawler's network guard: which URLs may be fetched and which addresses may be reached.
 
-img2dataset fetches with `urllib.request.urlopen`, i.e. the process-wide opener. We install an opener whose
-connections check the *resolved* address before connecting (and connect to that checked address, so a DNS
-answer cannot change between check and connect), which covers redirects too because every hop goes through
-the same opener. It also caps the response size and the total time spent on one body, and speaks only
-http and https (no file://, ftp://, data:).
+Three pure checks and a resolver, used by the fetcher (`fetch.py`) on every request and every redirect hop:
+- `parse_target` reads the host and port of a URL as urllib does and refuses what is not http(s), carries
+  userinfo (`user:pass@`, unless allowed), or names something that is not a host name (`127.0.0.1:80` from a
+  doubled port, `0x7f.1`, `2130706433`): such a string is never handed to DNS.
+- `GuardPolicy.check` refuses every address that is not public (loopback, private, link-local, CGNAT, NAT64 of a
+  private address, deprecated IPv6 forms that carry an IPv4 address, ...) unless an `--allow-net` network holds it.
+- `Resolver` resolves a host name once per process (answers cached), checks every address of the answer, and is
+  what aiohttp connects with: the socket goes to the address that was checked, so DNS cannot change it in between.
+No proxies are used (a proxy would make the checked address the proxy's, not the target's).
 """
 from __future__ import annotations
 
-import http.client
+import asyncio
 import ipaddress
+import re
 import socket
-import ssl
 import time
-import urllib.request
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 # Everything a crawler must not reach by default: loopback, private, link-local (cloud metadata lives at
-# 169.254.169.254), carrier-grade NAT, multicast, reserved and unspecified ranges; `check` also refuses whatever
-# else the IANA registries mark not global (documentation, benchmarking, ...).
+# 169.254.169.254), carrier-grade NAT, multicast, reserved and unspecified ranges, and the IPv6 forms that carry
+# an IPv4 address a router may translate (IPv4-compatible ::/96, mapped, SIIT, local-use NAT64) or that are
+# deprecated (site-local); `check` also refuses whatever else the IANA registries mark not global.
 BLOCKED_NETS = tuple(
     ipaddress.ip_network(n)
     for n in (
         "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
         "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
-        "::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8", "::ffff:0:0/96",
+        "::/96", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8", "::ffff:0:0/96", "::ffff:0:0:0/96",
+        "64:ff9b:1::/48",
     )
 )
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 
 
 class Blocked(OSError):
     """Raised instead of connecting; its text starts with the manifest reason."""
 
 
-class TooLarge(OSError):
-    pass
+class InvalidURL(ValueError):
+    """A URL the crawler will not fetch; its text starts with the manifest reason (`invalid_url`)."""
 
 
 @dataclass(frozen=True)
 class GuardPolicy:
     allow_nets: tuple[str, ...] = ()  # CIDRs that may be reached even if in BLOCKED_NETS
-    max_bytes: int = 20 * 2**20  # response body cap
-    max_seconds: float = 60.0  # total time for one body (a trickling server never times out per read)
+    allow_userinfo: bool = False  # fetch URLs that carry `user:password@`
     _allow: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -56,9 +64,6 @@ class GuardPolicy:
                 raise Blocked(f"ssrf_blocked: {addr} is not a public address (allow it with --allow-net)")
 
 
-NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
 def embedded_ipv4(addr) -> list:
     """The IPv4 addresses an IPv6 address carries (mapped, 6to4, Teredo, NAT64): each must be public too."""
     if addr.version != 6:
@@ -69,87 +74,113 @@ def embedded_ipv4(addr) -> list:
     return [a for a in found if a is not None]
 
 
-def _resolve_checked(policy: GuardPolicy, host: str, port: int) -> tuple:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    for *_, sockaddr in infos:  # every answer must pass: a mixed answer is how rebinding sneaks in
-        policy.check(sockaddr[0])
-    return infos[0]
+@dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str  # lower case; an IPv6 literal without brackets
+    port: int
+
+    @property
+    def key(self) -> str:
+        """The host as politeness, the breaker and robots.txt see it."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_ip(self) -> bool:
+        return _ip_literal(self.host)
 
 
-class _CappedResponse(http.client.HTTPResponse):
-    policy: GuardPolicy
-
-    def read(self, amt=None):
-        if amt is not None:
-            return super().read(amt)
-        length = self.getheader("Content-Length")
-        if length and length.isdigit() and int(length) > self.policy.max_bytes:
-            raise TooLarge(f"too_large: Content-Length {length} over {self.policy.max_bytes} bytes")
-        chunks, size, start = [], 0, time.monotonic()
-        while True:
-            chunk = super().read(min(65536, self.policy.max_bytes + 1 - size))
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > self.policy.max_bytes:
-                raise TooLarge(f"too_large: body over {self.policy.max_bytes} bytes")
-            if time.monotonic() - start > self.policy.max_seconds:
-                raise TimeoutError(f"timed out: body took over {self.policy.max_seconds:.0f} s")
+def parse_target(url: str, allow_userinfo: bool = False) -> Target:
+    """Host and port of an http(s) URL as urllib reads them, or InvalidURL. Sends nothing."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a port that is not a number (`:18080:18080`) is a ValueError
+    except ValueError as err:
+        raise InvalidURL(f"invalid_url: {err}") from None
+    if parts.scheme not in ("http", "https"):
+        raise InvalidURL(f"invalid_url: only http and https are fetched, not {parts.scheme or 'a relative URL'!r}")
+    if "@" in parts.netloc and not allow_userinfo:
+        raise InvalidURL("invalid_url: the URL carries userinfo (user:password@)")
+    host = parts.hostname or ""
+    if not is_host_name(host):
+        raise InvalidURL(f"invalid_url: {host!r} is not a host name")
+    return Target(parts.scheme, host, port or (443 if parts.scheme == "https" else 80))
 
 
-def _connection_classes(policy: GuardPolicy):
-    response_class = type("Response", (_CappedResponse,), {"policy": policy})
-
-    class GuardedHTTP(http.client.HTTPConnection):
-        def connect(self):
-            family, socktype, proto, _, sockaddr = _resolve_checked(policy, self.host, self.port)
-            self.sock = socket.socket(family, socktype, proto)
-            self.sock.settimeout(self.timeout)
-            self.sock.connect(sockaddr)
-
-    GuardedHTTP.response_class = response_class
-
-    class GuardedHTTPS(http.client.HTTPSConnection):
-        def connect(self):
-            GuardedHTTP.connect(self)
-            self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)
-
-    GuardedHTTPS.response_class = response_class
-    return GuardedHTTP, GuardedHTTPS
-
-
-def build_opener(policy: GuardPolicy) -> urllib.request.OpenerDirector:
-    http_conn, https_conn = _connection_classes(policy)
-
-    class HTTPHandler(urllib.request.HTTPHandler):
-        def http_open(self, req):
-            return self.do_open(http_conn, req)
-
-    class HTTPSHandler(urllib.request.HTTPSHandler):
-        def __init__(self):
-            super().__init__(context=ssl.create_default_context())
-
-        def https_open(self, req):
-            return self.do_open(https_conn, req, context=self._context)
-
-    opener = urllib.request.OpenerDirector()
-    # No ProxyHandler: a proxy would make the checked address the proxy's, not the target's.
-    for handler in (
-        HTTPHandler(), HTTPSHandler(), urllib.request.HTTPRedirectHandler(),
-        urllib.request.HTTPErrorProcessor(), urllib.request.HTTPDefaultErrorHandler(),
-        urllib.request.UnknownHandler(),
-    ):
-        opener.add_handler(handler)
-    return opener
+def is_host_name(host: str) -> bool:
+    """An IP literal, or a DNS name whose labels are letters, digits, '-' and '_' (IDNs through IDNA). The
+    numeric forms that inet_aton would read as an address (`127.1`, `0x7f.0.0.1`, `2130706433`) are not."""
+    if _ip_literal(host):
+        return True
+    try:
+        name = host.rstrip(".").encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return False
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return False
+    if labels[-1].isdigit():  # a top-level label is never all digits: this is an address in disguise
+        return False
+    try:
+        socket.inet_aton(name)  # pure parsing, nothing is sent
+        return False
+    except OSError:
+        return True
 
 
-_installed: GuardPolicy | None = None
+def _ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
-def install(policy: GuardPolicy) -> None:
-    """Make this process's urlopen guarded (idempotent; called in each worker before it downloads)."""
-    global _installed
-    if _installed != policy:
-        urllib.request.install_opener(build_opener(policy))
-        _installed = policy
+class Resolver:
+    """aiohttp's resolver interface: every answer checked against the policy, answers cached per process.
+
+    Lookups of one name are shared while in flight; answers (and failures) are kept for `ttl` seconds, at most
+    `size` names (the least recently used go first)."""
+
+    def __init__(self, policy: GuardPolicy, ttl: float = 300.0, size: int = 65_536):
+        self.policy, self.ttl, self.size = policy, ttl, size
+        self._cache: OrderedDict[str, tuple[float, asyncio.Future]] = OrderedDict()
+
+    async def addresses(self, host: str) -> list[tuple[int, str]]:
+        """(family, address) for host, each checked; Blocked, InvalidURL or socket.gaierror otherwise."""
+        if _ip_literal(host):
+            answer = [(socket.AF_INET6 if ":" in host else socket.AF_INET, host)]
+        else:
+            if not is_host_name(host):
+                raise InvalidURL(f"invalid_url: {host!r} is not a host name")
+            answer = await asyncio.shield(self._lookup(host))
+        for _, ip in answer:  # every answer must pass: a mixed answer is how rebinding sneaks in
+            self.policy.check(ip)
+        return answer
+
+    def _lookup(self, host: str) -> asyncio.Future:
+        now = time.monotonic()
+        hit = self._cache.get(host)
+        if hit and hit[0] > now:
+            self._cache.move_to_end(host)
+            return hit[1]
+        loop = asyncio.get_running_loop()
+        future = asyncio.ensure_future(self._getaddrinfo(loop, host))
+        self._cache[host] = (now + self.ttl, future)
+        while len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+        return future
+
+    @staticmethod
+    async def _getaddrinfo(loop, host: str) -> list[tuple[int, str]]:
+        infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        return list(dict.fromkeys((family, sockaddr[0]) for family, _, _, _, sockaddr in infos))
+
+    # aiohttp's AbstractResolver: the connector calls this for host names (it connects to IP literals as they are)
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict]:
+        flags = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+        return [{"hostname": host, "host": ip, "port": port, "family": fam, "proto": 0, "flags": flags}
+                for fam, ip in await self.addresses(host) if family in (socket.AF_UNSPEC, fam)]
+
+    async def close(self) -> None:
+        self._cache.clear()

@@ -1,9 +1,19 @@
-"""Map img2dataset's free-text errors to short manifest reasons that an audit can group by."""
+"""Short manifest reasons that an audit can group by: from wit's own errors (`reason: detail`) and from
+img2dataset's free-text ones."""
 from __future__ import annotations
 
 import re
 
 _HTTP = re.compile(r"HTTP Error (\d{3})")
+
+# Reasons wit's fetcher and resizer write themselves, as the first word of the error text.
+OWN = frozenset({
+    "ssrf_blocked", "invalid_url", "dns_error", "connection_error", "connection_reset", "tls_error", "bad_response",
+    "timeout", "deadline", "too_slow", "host_unreachable", "too_large", "empty_body", "redirect_loop",
+    "robots_optout", "robots_disallowed", "robots_unavailable", "tdm_reserved", "decompression_bomb",
+    "unsupported_format", "decode_error", "download_error",
+})
+_OWN = re.compile(r"^(http_\d{3}|[a-z_]+):")
 
 # (substring of the error text, reason), first match wins; matched case-insensitively.
 _PATTERNS = (
@@ -28,11 +38,16 @@ _PATTERNS = (
     ("aspect ratio too large", "bad_aspect_ratio"),
 )
 
-TRANSIENT = frozenset({"timeout", "connection_reset", "connection_error", "http_429"})
+# Worth another try: in the run (`--retries`, with backoff) and later (`--retry-failed`).
+TRANSIENT = frozenset({"timeout", "connection_reset", "connection_error", "http_429", "too_slow", "deadline",
+                       "host_unreachable", "robots_unavailable"})
 
 
 def reason_for(error: str | None) -> str:
     text = (error or "").lower()
+    own = _OWN.match(text)
+    if own and (own.group(1) in OWN or own.group(1).startswith("http_")):
+        return own.group(1)
     if m := _HTTP.search(error or ""):
         if "infinite loop" in text:
             return "redirect_loop"
@@ -44,5 +59,5 @@ def reason_for(error: str | None) -> str:
 
 
 def is_transient(reason: str | None) -> bool:
-    """Failures worth another try later: timeouts, 5xx, 429, dropped connections."""
+    """Failures worth another try later: timeouts, slow or unreachable hosts, 5xx, 429, dropped connections."""
     return bool(reason) and (reason in TRANSIENT or re.fullmatch(r"http_5\d\d", reason) is not None)

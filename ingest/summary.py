@@ -5,6 +5,7 @@ import time
 from collections import Counter
 
 
+from wit.ingest.crawl_stats import merge, summary_line
 from wit.shards.schema import FAILED, OK, SUPERSEDED
 from wit.shards.storage import join, read_json
 from wit.ingest.output import crawl_shard_names, crawl_sql
@@ -25,7 +26,8 @@ def summarize(out: str, started: float | None = None, new_shards: set[str] | fro
                 status[s] += n
                 if s == FAILED:
                     reasons[r] += n
-    new_ok = sum(read_json(join(out, f"{n}_stats.json"))["wit"]["samples"] for n in new_shards)
+    new_stats = [read_json(join(out, f"{n}_stats.json")) for n in new_shards]
+    new_ok = sum(stats["wit"]["samples"] for stats in new_stats)
     seconds = time.time() - started if started else None
     return {
         "output": out,
@@ -36,7 +38,9 @@ def summarize(out: str, started: float | None = None, new_shards: set[str] | fro
         "superseded": status[SUPERSEDED],
         "failures_by_reason": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0] or ""))),
         "this_run": {"shards": len(new_shards), "samples": new_ok, "seconds": seconds,
-                     "samples_per_s": (new_ok / seconds) if seconds else None},
+                     "samples_per_s": (new_ok / seconds) if seconds else None,
+                     "rows": sum(stats["wit"]["rows"] for stats in new_stats),
+                     "fetch": merge([stats.get("fetch", {}) for stats in new_stats])},
     }
 
 
@@ -56,6 +60,7 @@ def format_summary(s: dict) -> str:
     if run["seconds"] is not None:
         rate = f"{run['samples_per_s']:.1f}" if run["samples_per_s"] is not None else "-"
         lines.append(f"this run      {run['shards']} shards, {run['samples']:,} samples in {run['seconds']:.1f} s ({rate} samples/s)")
+        lines.append(summary_line(run["rows"], run["seconds"], run["fetch"]))
     if s.get("missing_shards"):
         lines.append(f"INCOMPLETE    shards not finished: {', '.join(s['missing_shards'][:10])}; run the same command again")
     return "\n".join(lines)

@@ -28,3 +28,15 @@ def test_every_option_has_help_and_no_empty_defaults():
     train = build_parser().parse_args(["train"])  # a zero default is still shown
     assert train.seed == 0 and "(default: 0)" in " ".join(dict(_all_parsers(build_parser()))[("train",)]
                                                           .format_help().split())
+
+
+
+def test_each_command_is_parsed_by_its_own_wing_alone():
+    from wit.cli import COMMANDS, WINGS
+
+    def commands(parser):
+        return {path[0] for path, _ in _all_parsers(parser) if len(path) == 1}
+
+    assert commands(build_parser()) == set(COMMANDS) and set(COMMANDS.values()) <= set(WINGS)
+    for command, wing in COMMANDS.items():
+        assert command in commands(build_parser(command))

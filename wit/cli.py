@@ -19,19 +19,29 @@ class WitParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The wing of each command: a command is parsed with its own wing alone, since importing every wing's configs loads
+# torch and matplotlib (seconds) before, say, a crawl can start.
+COMMANDS = {"download": "wit.ingest.cli", "filter": "wit.filters.clean_cli", "dedup": "wit.filters.clean_cli",
+            "queries": "wit.filters.cli", "curate": "wit.filters.cli", "shards": "wit.shards.cli",
+            "audit": "wit.shards.cli", "train": "wit.trainer.cli", "eval": "wit.trainer.eval.cli",
+            "pipeline": "wit.pipeline"}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or (given a command) just what that command needs."""
     parser = WitParser(
         prog="wit",
         description="wit: crawl URL-caption lists into WebDataset shards, curate, balance and train CLIP.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in WINGS:
+    for name in [COMMANDS[command]] if command in COMMANDS else WINGS:
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except WitError as err:
