@@ -145,10 +145,12 @@ def test_online_resume_rebuilds_the_same_batches(corpus):
     out, _, _ = corpus
     kw = {"world": 2, "rank": 1, "workers": 2}
     full = loader(out, **kw)
-    steps = full.plan(0).steps + 3  # into the second epoch
+    per_epoch = [full.plan(e).steps for e in range(3)]
+    steps = per_epoch[0] + per_epoch[1] + 3  # into the third epoch
     it = iter(full)
     batches = [next(it)["keys"] for _ in range(steps)]
-    for k in (5, full.plan(0).steps + 1):
+    assert len({len(b) for b in batches}) == 1 and len(set(per_epoch)) > 1  # epochs of their own kept counts
+    for k in (5, per_epoch[0] + 1, per_epoch[0] + per_epoch[1] + 1):  # resumed in epochs 0, 1 and 2
         first = loader(out, **kw)
         it = iter(first)
         for _ in range(k):
