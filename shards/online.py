@@ -92,3 +92,30 @@ def report(tar_urls: list[str], seed: int, epochs: int) -> dict:
         distinct, pool, expected = distinct + int(seen.sum()), pool + len(uids), expected + float(p.sum())
     return {"epochs": epochs, "pool": pool, "expected_per_epoch": round(expected, 3), "kept_per_epoch": per_epoch,
             "distinct_online": distinct, "distinct_fixed": per_epoch[0] if epochs else 0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m wit.shards.online CORPUS/index.json --epochs E --seed S`: the report as one JSON line."""
+    import argparse
+    import json
+    import sys
+
+    from wit.shards.storage import read_json
+
+    parser = argparse.ArgumentParser(prog="python -m wit.shards.online", description=main.__doc__)
+    parser.add_argument("index", help="index.json of a corpus written from `wit curate balance --online`")
+    parser.add_argument("--epochs", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0, help="wit train's --seed")
+    args = parser.parse_args(argv)
+    try:
+        base = args.index.rsplit("/", 1)[0] if "/" in args.index else "."
+        urls = [n if "://" in n else f"{base}/{n}" for n in sorted(read_json(args.index)["shards"])]
+        print(json.dumps(report(urls, args.seed, args.epochs)))
+    except WitError as err:
+        print(f"wit: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

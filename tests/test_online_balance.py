@@ -163,7 +163,7 @@ def test_online_resume_rebuilds_the_same_batches(corpus):
         loader(out, **{**kw, "online_balance": False}).load_state_dict(first.state_dict())
 
 
-def test_report_counts_distinct_pairs_over_epochs_against_a_fixed_selection(corpus):
+def test_report_counts_distinct_pairs_over_epochs_against_a_fixed_selection(corpus, capsys):
     out, _, _ = corpus
     urls = sorted(str(p) for p in out.glob("*.tar"))
     r = online.report(urls, seed=3, epochs=8)
@@ -171,6 +171,8 @@ def test_report_counts_distinct_pairs_over_epochs_against_a_fixed_selection(corp
     assert r["distinct_fixed"] == r["kept_per_epoch"][0]
     assert r["distinct_online"] == len(set().union(*(kept_keys(out, 3, e) for e in range(8))))
     assert r["distinct_online"] > 2 * r["distinct_fixed"]
+    assert online.main([str(out / "index.json"), "--epochs", "8", "--seed", "3"]) == 0
+    assert json.loads(capsys.readouterr().out) == r
 
 
 def test_the_draw_is_uniform_and_independent_across_epochs_and_seeds():
