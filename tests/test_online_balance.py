@@ -191,3 +191,41 @@ def test_a_fixed_corpus_under_online_balance_is_a_one_line_error(tmp_path):
     with pytest.raises(WitError, match=r"00000\.parquet: no column 'keep_prob'"):
         loader(tmp_path / "corpus")
     assert loader(tmp_path / "corpus", online_balance=False).steps_per_epoch == 4  # the fixed path as before
+
+
+@pytest.mark.timeout(300)
+def test_train_online_balance_stopped_and_resumed_sees_the_same_batches(tmp_path, monkeypatch, capsys):
+    """`wit train --online-balance` in-process on real JPEGs: a run stopped at its checkpoint and resumed trains on the
+    same samples as one run straight through (not the same losses: --steps sets the LR schedule); and only samples of
+    each epoch's draw."""
+    from wit.trainer.train import main
+    from wit_trainer_data import write_shards
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    keys = write_shards(lambda n, d: (tmp_path / n).write_bytes(d), [40, 30])
+    probs = {k: (0.25, 0.6, 1.0)[i % 3] for i, k in enumerate(keys)}
+    for s, n in enumerate([40, 30]):
+        mine = keys[:40] if s == 0 else keys[40:]
+        pq.write_table(pa.table({"uid": [pair_uid(k, "") for k in mine], "key": mine,
+                                 "keep_prob": [probs[k] for k in mine]}), tmp_path / f"{s:05d}.parquet")
+    (tmp_path / "index.json").write_text(json.dumps({"shards": {"00000.tar": 40, "00001.tar": 30}}))
+    flags = ["--data", str(tmp_path / "index.json"), "--online-balance", "--batch-size", "4", "--workers", "2",
+             "--window", "5", "--warmup", "1", "--log-every", "1", "--log-samples", "--no-tensorboard", "--seed", "2"]
+    assert main([*flags, "--steps", "28", "--out", str(tmp_path / "full")]) == 0
+    assert main([*flags, "--steps", "24", "--out", str(tmp_path / "cut"), "--ckpt", str(tmp_path / "ckpt")]) == 0
+    assert main([*flags, "--steps", "28", "--out", str(tmp_path / "cut"), "--ckpt", str(tmp_path / "ckpt"),
+                 "--resume", "latest"]) == 0
+    full = [json.loads(x) for x in (tmp_path / "full" / "samples-rank0.jsonl").read_text().splitlines()]
+    cut = [json.loads(x) for x in (tmp_path / "cut" / "samples-rank0.jsonl").read_text().splitlines()]
+    assert [r["keys"] for r in cut] == [r["keys"] for r in full] and len(full) == 28
+    assert full[24]["epoch"] == full[23]["epoch"] >= 2  # resumed inside the third epoch (10-12 steps each)
+    epochs = {r["epoch"] for r in full}
+    assert len(epochs) >= 2  # it crossed into a new epoch, and a new draw
+    uid = {k: pair_uid(k, "") for k in keys}
+    for e in epochs:
+        seen = [k for r in full if r["epoch"] == e for k in r["keys"]]
+        drawn = {k for k, keep in zip(keys, online.kept(2, e, [uid[k] for k in keys],
+                                                          np.array([probs[k] for k in keys]))) if keep}
+        assert len(seen) == len(set(seen)) and set(seen) <= drawn
+    assert "online balancing keeps" in capsys.readouterr().out
