@@ -35,13 +35,14 @@ def _mix(z: np.ndarray) -> np.ndarray:
 
 def epoch_draws(seed: int, epoch: int, uids: list[str]) -> np.ndarray:
     """A uniform number in [0, 1) per uid that depends only on (seed, epoch, uid)."""
-    bad = next((u for u in uids if not isinstance(u, str) or len(u) != 32), None)
-    try:
-        words = np.frombuffer(bytes.fromhex("".join(uids)), dtype=">u8").astype(np.uint64).reshape(-1, 2)
-    except ValueError:
-        bad = bad or next(u for u in uids if not re.fullmatch("[0-9a-fA-F]{32}", u))
-    if bad is not None:
-        raise WitError(f"uid {bad!r}: not a wit uid (32 hex digits); online balancing draws from its bits")
+    bad = [u for u in uids if not isinstance(u, str) or len(u) != 32][:1]
+    if not bad:
+        try:
+            words = np.frombuffer(bytes.fromhex("".join(uids)), dtype=">u8").astype(np.uint64).reshape(-1, 2)
+        except ValueError:  # a non-hex digit somewhere: name the uid
+            bad = [u for u in uids if not re.fullmatch("[0-9a-fA-F]{32}", u)][:1]
+    if bad:
+        raise WitError(f"uid {bad[0]!r}: not a wit uid (32 hex digits); online balancing draws from its bits")
     key = np.uint64(int.from_bytes(hashlib.blake2b(f"online-{seed}-{epoch}".encode(), digest_size=8).digest(), "big"))
     with np.errstate(over="ignore"):
         h = _mix(_mix(words[:, 0] ^ key) ^ words[:, 1])

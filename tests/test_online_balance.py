@@ -181,8 +181,9 @@ def test_the_draw_is_uniform_and_independent_across_epochs_and_seeds():
     assert (a == online.epoch_draws(0, 0, list(uids))).all() and ((a >= 0) & (a < 1)).all()
     assert np.histogram(a, bins=10, range=(0, 1))[0].min() > 1800  # each decile about 2000
     assert abs(np.corrcoef(a, b)[0, 1]) < 0.05 and abs(np.corrcoef(a, c)[0, 1]) < 0.05
-    with pytest.raises(WitError, match="not a wit uid"):
-        online.epoch_draws(0, 0, ["not-hex"])
+    for bad in ("not-hex", None, "g" * 32):
+        with pytest.raises(WitError, match="not a wit uid"):
+            online.epoch_draws(0, 0, [uids[0], bad])
 
 
 def test_a_fixed_corpus_under_online_balance_is_a_one_line_error(tmp_path):
