@@ -7,7 +7,7 @@ The draw is a hash of (seed, epoch, uid) alone, so it is the same for any number
 after a resume, and `report` can count what E epochs keep without training.
 
 A wit uid is 32 hex digits (a blake2b digest, shards.schema.pair_uid), so its bits are already uniform: the draw
-mixes them with a key of (seed, epoch) in numpy, a few nanoseconds per sample, which matters because every rank
+mixes them with a key of (seed, epoch) in numpy (about 0.2 us a uid here, mostly parsing the hex), which matters as every rank
 draws every sample of the corpus once per epoch to lay out the epoch.
 """
 from __future__ import annotations
