@@ -31,7 +31,7 @@ from wit.filters import datacard, languages
 from wit.filters.io import read_table
 from wit.shards.options import opt
 from wit.shards.runner import EngineOptions, imap
-from wit.shards.schema import DROPPED, NO_QUERY_MATCH, NOT_SELECTED, OK, SELECTED, SELECTION
+from wit.shards.schema import DROPPED, ELIGIBLE, NO_QUERY_MATCH, NOT_SELECTED, OK, SELECTED, SELECTION
 from wit.shards.storage import WitError, fs_and_path, join, write_atomic
 from wit.shards.tables import open_parquet, read_parquet, read_schema, write_parquet
 
@@ -49,6 +49,9 @@ class BalanceConfig(EngineOptions):
                                         "file: pairs a filter dropped are not in the pool, neither counted nor "
                                         "selected (not_in_pool); rows whose crawl status is not ok never are. Use "
                                         "them to balance after the filters", metavar="DIR")
+    online: bool = opt(False, "online balancing (MetaCLIP 2): mark every matched pool pair eligible with its "
+                              "keep_prob instead of drawing one fixed selection; `wit shards write` carries keep_prob "
+                              "into the corpus and `wit train --online-balance` draws anew each epoch")
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class SelectTask:
     seed: int
     p: str  # the .npy file of p_e per entry, written once by the driver
     verdicts: tuple[str, ...] = ()
+    online: bool = False  # status eligible for every matched pool pair (the draw decides nothing here)
 
 
 def draw(seed: int, uid: str) -> float:
@@ -141,8 +145,9 @@ def select_file(task: SelectTask) -> dict:
     u = np.fromiter((draw(task.seed, x) for x in uids), dtype=np.float64, count=len(uids))
     has_match = pc.list_value_length(matched).to_numpy(zero_copy_only=False) > 0
     keep = pool & has_match & (u < keep_prob)
-    status = np.where(keep, SELECTED, DROPPED)
-    reason = np.where(keep, None, np.where(~pool, NOT_IN_POOL, np.where(has_match, NOT_SELECTED, NO_QUERY_MATCH)))
+    chosen = pool & has_match if task.online else keep  # online: the trainer draws per epoch from keep_prob
+    status = np.where(chosen, ELIGIBLE if task.online else SELECTED, DROPPED)
+    reason = np.where(chosen, None, np.where(~pool, NOT_IN_POOL, np.where(has_match, NOT_SELECTED, NO_QUERY_MATCH)))
     cols = {"uid": table.column("uid"), "status": pa.array(status, pa.string()), "reason": pa.array(reason, pa.string()),
             "keep_prob": pa.array(keep_prob), "draw": pa.array(u), "matched": matched}
     schema = SELECTION
@@ -153,12 +158,13 @@ def select_file(task: SelectTask) -> dict:
     selection = pa.table(cols, schema=schema)
     write_parquet(task.target, selection)
     if "url" in table.column_names:
-        write_parquet(task.urls, selection.filter(pa.array(keep)).select(
+        write_parquet(task.urls, selection.filter(pa.array(chosen)).select(
             [c for c in ("uid", "url", "caption") if c in selection.column_names]))
     return {
         "after": _sparse(matched.filter(pa.array(keep)).flatten().to_numpy(zero_copy_only=False)),
         "rows": len(uids),
-        "selected": int(keep.sum()),
+        "selected": int(keep.sum()),  # online: what the seed's one draw would select (the data card's figures)
+        ELIGIBLE: int(chosen.sum()) if task.online else 0,
         NOT_IN_POOL: int((~pool).sum()),
         NO_QUERY_MATCH: int((pool & ~has_match).sum()),
         NOT_SELECTED: int((pool & has_match & ~keep).sum()),
@@ -232,18 +238,21 @@ def run(cfg: BalanceConfig) -> dict:
         names = [f"{i:05d}" for i in range(len(files))]  # the same base name in two folders
     tasks = [
         SelectTask(f, posixpath.join(cfg.out, "selection", f"{n}.parquet"),
-                   posixpath.join(cfg.out, "urls", f"{n}.parquet"), cfg.seed, p_url, tuple(cfg.verdicts))
+                   posixpath.join(cfg.out, "urls", f"{n}.parquet"), cfg.seed, p_url, tuple(cfg.verdicts), cfg.online)
         for f, n in zip(files, names)
     ]
     after = np.zeros(n_entries, np.int64)
     funnel = dict.fromkeys(("rows", "selected", NOT_IN_POOL, NO_QUERY_MATCH, NOT_SELECTED), 0)
-    expected = 0.0
+    expected, eligible = 0.0, 0
     for r in imap(select_file, tasks, **engine):
+        eligible += r[ELIGIBLE]
         _add(after, r["after"])
         for k in funnel:
             funnel[k] += r[k]
         expected += r["expected_selected"]  # in file order, as a sum over the list gave it
     funnel["expected_selected"] = round(expected, 3)
+    if cfg.online:
+        funnel[ELIGIBLE] = eligible
     per_language = None
     if t_lang:
         parts = imap(languages.report_file, [(f, t.target) for f, t in zip(files, tasks)], **engine)

@@ -45,7 +45,7 @@ def register(sub) -> None:
         "several languages, --t is English's t and every other language's t is the smallest whose tail share "
         "reaches English's (MetaCLIP 2). Writes "
         "OUT/selection/*.parquet (every row: status selected|dropped, reason not_in_pool|no_query_match|"
-        "not_selected), "
+        "not_selected; with --online: eligible|dropped, every matched pool pair eligible with its keep_prob), "
         "OUT/urls/*.parquet (selected rows: uid, url, caption; a URL list for `wit download`), "
         "OUT/entry_counts.parquet, OUT/datacard.json and PNG plots.",
     )

@@ -123,19 +123,21 @@ def balance_t(queries: str, counts: np.ndarray, t_en: int) -> tuple[np.ndarray |
 
 
 def report_file(task: tuple[str, str]) -> dict[str, dict[str, int]]:
-    """Per caption language of one match file and its selection file: rows, pool, matched pairs, kept pairs."""
+    """Per caption language of one match file and its selection file: rows, pool, matched pairs, kept pairs (online:
+    those the seed's one draw keeps, a typical epoch)."""
     from wit.shards.tables import read_parquet
 
     match_url, selection_url = task
     lang = read_parquet(match_url, ["language"])["language"].to_pylist()
-    sel = read_parquet(selection_url, ["status", "reason"])
+    sel = read_parquet(selection_url, ["status", "reason", "draw", "keep_prob"])
+    chosen = (sel["draw"].to_numpy() < sel["keep_prob"].to_numpy()).tolist()  # online (eligible): the seed's one draw
     out: dict[str, dict[str, int]] = {}
-    for x, status, reason in zip(lang, sel["status"].to_pylist(), sel["reason"].to_pylist()):
+    for x, status, reason, drawn in zip(lang, sel["status"].to_pylist(), sel["reason"].to_pylist(), chosen):
         s = out.setdefault(x, {"rows": 0, "pool": 0, "matched": 0, "kept": 0})
         s["rows"] += 1
         s["pool"] += reason != "not_in_pool"
         s["matched"] += reason not in ("not_in_pool", "no_query_match")
-        s["kept"] += status == "selected"
+        s["kept"] += status == "selected" or (status == "eligible" and drawn)
     return out
 
 

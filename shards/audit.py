@@ -122,7 +122,8 @@ def audit(cfg: AuditConfig) -> str:
     has_selection = exists(join(root, "balance", "selection"))
     if has_selection:
         view(con, "sel_raw", join(root, "balance", "selection"), required=("uid", "status"))
-        con.execute("CREATE VIEW sel AS SELECT uid, status = 'selected' AS keep, reason, matched FROM sel_raw")
+        con.execute("CREATE VIEW sel AS SELECT uid, status IN ('selected', 'eligible') AS keep, reason, matched "
+                    "FROM sel_raw")  # eligible: an online selection's pairs, each epoch keeps some
         stages.append(("balance", "sel"))
     steps = funnel(con, stages, cfg.gallery)
     report: dict = {"root": root, "funnel": [{k: v for k, v in s.items() if k != "samples"} for s in steps]}

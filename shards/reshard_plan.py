@@ -4,7 +4,8 @@ Two steps, neither of which holds more than one crawled shard's rows in Python:
   rank     (per crawled shard, mapped) read its manifest, check it, keep the `ok` rows and give each a rank
            hash(seed, uid); written to `<work>/ok/<shard>.parquet`.
   plan     (global, DuckDB with a memory limit and a temp directory) join the ranked rows with every verdict
-           folder and the selection, number the survivors by (rank, uid), cut them into output shards, and write
+           folder and the selection (its selected rows; of an online one, its eligible rows with keep_prob),
+           number the survivors by (rank, uid), cut them into output shards, and write
            the plan twice as parquet partitioned by shard: `by_src/src_shard=<crawled>/` (what a crawled shard
            sends where) and `by_out/shard=<output>/` (the corpus rows of one output shard). Tasks get these paths.
 What comes back to the driver is small: a count per output shard and the names of the crawled shards.
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from wit.shards.schema import OK
+from wit.shards.schema import DROPPED, ELIGIBLE, KEEP_PROB, OK, SELECTED
 from wit.shards.sql import first_line, ident, literal, run_sql
 from wit.shards.storage import WitError, fs_and_path, is_local, join
 from wit.shards.tables import parquet_files, read_parquet, write_parquet
@@ -158,18 +159,24 @@ def build_plan(con, ranked: list[str], verdicts: tuple[str, ...], selection: str
     matched, not_in_crawl = "", 0
     if selection:
         source = scan(con, _files(selection), ("uid", "status"))
-        has_matched = ("matched",) in q(f"SELECT column_name FROM (DESCRIBE SELECT * FROM {source})")
+        columns = {r[0] for r in q(f"SELECT column_name FROM (DESCRIBE SELECT * FROM {source})")}
+        statuses = {r[0] for r in q(f"SELECT DISTINCT status FROM {source} WHERE status <> {literal(DROPPED)}")}
+        online = ELIGIBLE in statuses  # `curate balance --online`: the corpus carries each pair's keep_prob
+        if online and (SELECTED in statuses or KEEP_PROB not in columns):
+            raise WitError(f"{selection}: mixes an online selection (eligible) with a fixed one (selected) or lacks "
+                           f"{KEEP_PROB}; balance all files in one run")
         q("CREATE OR REPLACE TEMP TABLE sel AS SELECT uid, "
-          + ("any_value(matched)::INTEGER[]" if has_matched else "NULL::INTEGER[]")
-          + f" AS matched FROM {source} WHERE status = 'selected' GROUP BY uid")
+          + ("any_value(matched)::INTEGER[]" if "matched" in columns else "NULL::INTEGER[]") + " AS matched"
+          + (f", any_value({KEEP_PROB})::DOUBLE AS {KEEP_PROB}" if online else "")
+          + f" FROM {source} WHERE status = {literal(ELIGIBLE if online else SELECTED)} GROUP BY uid")
         not_in_crawl = q("SELECT count(*) FROM sel ANTI JOIN ok USING (uid)")[0][0]
         keep.append("JOIN sel USING (uid)")
-        matched = ", sel.matched"
+        matched = ", sel.matched" + (f", sel.{KEEP_PROB}" if online else "")
     q(f"""CREATE OR REPLACE TEMP TABLE plan AS
           SELECT *, (pos // {int(shard_size)})::BIGINT AS out_no FROM (
             SELECT ok.*{matched}, (row_number() OVER (ORDER BY ok.rank, ok.uid) - 1)::BIGINT AS pos
             FROM ok {' '.join(keep)} {('WHERE ' + ' AND '.join(where)) if where else ''})""")
-    fields = ", ".join(ident(c) for c in CORPUS_FIELDS) + (", matched" if selection else "")
+    fields = ", ".join(ident(c) for c in CORPUS_FIELDS) + matched.replace("sel.", "")
     naming = (f"printf('%05d', out_no) AS shard, printf('%05d_%06d', out_no, pos % {int(shard_size)}) AS key")
     tag = uuid.uuid4().hex[:8]
     staged = f"{folder}.new-{tag}" if is_local(folder) else os.path.join(_local_stage(con), f"plan-{tag}")

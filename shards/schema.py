@@ -114,13 +114,18 @@ SELECTED = "selected"
 DROPPED = "dropped"
 NO_QUERY_MATCH = "no_query_match"
 NOT_SELECTED = "not_selected"
+# `curate balance --online`: every matched pool pair, each epoch of `wit train --online-balance` keeps it with its
+# keep_prob (shards.online). `wit shards write` then carries KEEP_PROB and `matched` into the corpus manifest
+# beside each output shard (the crawl manifest's columns, shards.reshard_plan.CORPUS_FIELDS, plus these two).
+ELIGIBLE = "eligible"
+KEEP_PROB = "keep_prob"
 
 SELECTION = pa.schema(
     [
         pa.field("uid", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),  # selected | dropped
+        pa.field("status", pa.string(), nullable=False),  # selected | dropped (online: eligible | dropped)
         pa.field("reason", pa.string()),  # null when selected
-        pa.field("keep_prob", pa.float64(), nullable=False),  # 1 - prod(1 - p_e) over matched entries
+        pa.field(KEEP_PROB, pa.float64(), nullable=False),  # 1 - prod(1 - p_e) over matched entries
         pa.field("draw", pa.float64(), nullable=False),  # uniform in [0, 1) from (seed, uid); kept iff draw < keep_prob
         pa.field("matched", pa.list_(pa.int32()), nullable=False),
     ]

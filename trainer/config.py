@@ -21,6 +21,9 @@ class TrainConfig:
                           "keep it when resuming)", minimum=0)
     window: int = opt(1000, "samples per shuffle window in each worker", minimum=1)
     resampled: bool = opt(False, "draw whole shards with replacement per worker (open_clip's --dataset-resampled)")
+    online_balance: bool = opt(False, "online balancing (MetaCLIP 2): each epoch keeps each sample with the keep_prob "
+                                      "of its corpus manifest (`wit curate balance --online`, then `wit shards write`), "
+                                      "drawn from (seed, epoch, uid); the epoch lays out only the kept samples")
     seed: int = opt(0, "seed of the data order, augmentation and initialisation")
     lr: float = opt(5e-4, "peak learning rate (AdamW), after warmup")
     warmup: int = opt(100, "linear warmup steps, then cosine to zero at `steps`", minimum=0)

@@ -9,6 +9,9 @@ The epoch is a plan, a pure function of (shard counts, seed, epoch, world, worke
   4. a worker shuffles its segment in windows of `window` samples, each window with its own seeded permutation,
      and each sample's crop is drawn from its own seeded RNG.
 So a position (epoch, batches consumed) is the whole loader state: a resumed loader rebuilds the same batches.
+Online balancing (--online-balance, MetaCLIP 2) first keeps each sample of the corpus with its keep_prob, drawn from
+(seed, epoch, uid) by shards.online, and lays out only the kept samples: a shard's count in the plan is its kept
+count that epoch, and a slice (shard, start, stop) runs over its kept samples in tar order.
 Resampled mode (open_clip's --dataset-resampled) replaces steps 1-3: each (rank, worker) fills its segment with whole
 shards drawn uniformly with replacement, seeded by (seed, epoch, rank, worker); an "epoch" is then just a step count.
 A sample that cannot be used (truncated tar, bad image, no caption) keeps its slot with valid=False and is
@@ -29,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from wit.shards import fasttar
+from wit.shards import fasttar, online
 from wit.shards.storage import WitError, expand, join, read_json
 
 SCALE, RATIO = (0.9, 1.0), (3 / 4, 4 / 3)  # open_clip's training RandomResizedCrop
@@ -195,8 +198,10 @@ class EpochStream(torch.utils.data.IterableDataset):
     """One rank's batches of one epoch, from batch `start` on; run by DataLoader workers (or in-process)."""
 
     def __init__(self, urls, plan: Plan, rank: int, start: int, image_size: int, tokenizer, window: int,
-                 jpeg_bytes: bool = False):
+                 jpeg_bytes: bool = False, online_counts: list[int] | None = None):
         self.urls, self.plan, self.rank, self.start = urls, plan, rank, start
+        self.online_counts = online_counts  # online balancing: the shards' full sample counts (plan.counts: kept)
+        self._kept = {}  # shard -> tar indices of the samples this epoch keeps (the shards being read)
         self.image_size, self.tokenizer, self.window = image_size, tokenizer, window
         self.jpeg_bytes = jpeg_bytes  # leave JPEG decoding and cropping to the device (trainer/gpu_decode.py)
         self._readers = {}  # worker -> (shard, next index, open sample iterator) of the tar it is reading
@@ -231,7 +236,7 @@ class EpochStream(torch.utils.data.IterableDataset):
         plan = self.plan
         slices = plan.segment(self.rank, worker)
         starts = range(position - position % self.window, sum(b - a for _, a, b in slices), self.window)
-        windows = (window_of(slices, w0, w0 + self.window) for w0 in starts)
+        windows = (self.in_tar(window_of(slices, w0, w0 + self.window)) for w0 in starts)
         with ThreadPoolExecutor(1) as pool:  # read-ahead: the next window is read while this one is decoded
             ahead = pool.submit(self.read, next(windows, []), worker)
             for w0 in starts:
@@ -249,6 +254,20 @@ class EpochStream(torch.utils.data.IterableDataset):
             key, sample = raw[shard, i]
             slot = f"-{self.rank}-{worker}-{w0 + k}" if plan.resampled else ""  # a repeated sample gets a new crop
             yield key, sample, crop_rng(plan.seed, plan.epoch, shard, i, slot)
+
+    def in_tar(self, window: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """(shard, index among its kept samples) -> (shard, index in its tar); the identity without online balancing."""
+        if self.online_counts is None:
+            return window
+        out = []
+        for shard, k in window:
+            if shard not in self._kept:
+                if len(self._kept) > 1:  # a segment reads its shards in order: keep the last one or two
+                    self._kept.pop(next(iter(self._kept)))
+                uids, p = online.read_probabilities(self.urls[shard], self.online_counts[shard])
+                self._kept[shard] = np.flatnonzero(online.kept(self.plan.seed, self.plan.epoch, uids, p))
+            out.append((shard, int(self._kept[shard][k])))
+        return out
 
     def read(self, window, worker: int):
         """(window, raw samples of its (shard, index) pairs); runs of one shard are read in one pass."""
@@ -269,9 +288,11 @@ class EpochStream(torch.utils.data.IterableDataset):
         for attempt in range(3):
             try:
                 state = self._readers.get(worker)
-                if state is None or state[:2] != (shard, lo + len(got)):
+                if state is None or state[0] != shard or state[1] > lo + len(got):
                     state = (shard, lo + len(got), fasttar.slice_samples(self.urls[shard], lo + len(got)))
                 reader = state[2]
+                for _ in range(lo + len(got) - state[1]):  # samples an online epoch dropped: passed over
+                    next(reader, None)
                 while lo + len(got) < hi:
                     item = next(reader, None)
                     if item is None:  # the shard ended early (truncated)
@@ -334,20 +355,38 @@ class ShardLoader:
 
     def __init__(self, spec: str, *, batch_size: int, image_size: int, tokenizer, rank: int = 0, world: int = 1,
                  workers: int = 2, seed: int = 0, window: int = 1000, resampled: bool = False,
-                 shards: tuple[list, list] | None = None, jpeg_bytes: bool = False):
+                 shards: tuple[list, list] | None = None, jpeg_bytes: bool = False, online_balance: bool = False):
         self.urls, self.counts = shards or resolve_shards(spec)  # `shards`: (urls, counts) resolved already
         self.jpeg_bytes = jpeg_bytes  # batches of JPEG bytes and crop boxes, for trainer/gpu_decode.py
         self.batch_size, self.image_size, self.tokenizer = batch_size, image_size, tokenizer
         self.rank, self.world, self.workers, self.seed, self.window = rank, world, workers, seed, window
-        self.resampled = resampled
+        self.resampled, self.online = resampled, online_balance
+        if resampled and online_balance:
+            raise WitError("--online-balance draws from every sample of the corpus each epoch; --resampled draws "
+                           "whole shards: use one of them")
+        self._kept_counts: dict[int, list[int]] = {}
         self.epoch, self.step = 0, 0
         if self.plan(0).steps == 0:
             raise WitError(f"{spec}: {sum(self.counts)} samples in {len(self.urls)} shards, fewer than one global "
                            f"batch ({world} ranks x {batch_size})")
 
     def plan(self, epoch: int) -> Plan:
-        return Plan(tuple(self.counts), self.seed, epoch, self.world, max(1, self.workers), self.batch_size,
+        counts = self.kept_counts(epoch) if self.online else self.counts
+        return Plan(tuple(counts), self.seed, epoch, self.world, max(1, self.workers), self.batch_size,
                     self.resampled)
+
+    def kept_counts(self, epoch: int) -> list[int]:
+        """Per shard, the samples online balancing keeps in `epoch`: one pass over the corpus manifests' uid and
+        keep_prob columns (a shard at a time per thread), remembered for this epoch and the one before."""
+        if epoch not in self._kept_counts:
+            def count(shard: int) -> int:
+                uids, p = online.read_probabilities(self.urls[shard], self.counts[shard])
+                return int(online.kept(self.seed, epoch, uids, p).sum())
+            with ThreadPoolExecutor(8) as pool:
+                self._kept_counts[epoch] = list(pool.map(count, range(len(self.urls))))
+            for old in [e for e in self._kept_counts if e < epoch - 1]:
+                del self._kept_counts[old]
+        return self._kept_counts[epoch]
 
     @property
     def steps_per_epoch(self) -> int:
@@ -355,8 +394,12 @@ class ShardLoader:
 
     def __iter__(self):
         while True:
-            stream = EpochStream(self.urls, self.plan(self.epoch), self.rank, self.step, self.image_size,
-                                 self.tokenizer, self.window, self.jpeg_bytes)
+            plan = self.plan(self.epoch)
+            if self.online and self.rank == 0:
+                print(f"wit train: epoch {self.epoch}: online balancing keeps {sum(plan.counts):,} of "
+                      f"{sum(self.counts):,} samples, {plan.steps} steps", flush=True)
+            stream = EpochStream(self.urls, plan, self.rank, self.step, self.image_size, self.tokenizer, self.window,
+                                 self.jpeg_bytes, list(self.counts) if self.online else None)
             loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=self.workers,
                                                  prefetch_factor=4 if self.workers else None,
                                                  pin_memory=torch.cuda.is_available())
@@ -374,14 +417,15 @@ class ShardLoader:
         positions = [sum(1 for j in plan.batches_of(w) if j < step) * self.batch_size for w in range(plan.workers)]
         return {"epoch": epoch, "step": step, "seed": self.seed, "world": self.world,
                 "workers": plan.workers, "batch_size": self.batch_size, "counts": list(self.counts),
-                "resampled": self.resampled,
+                "resampled": self.resampled, "online_balance": self.online,
                 "worker_positions": positions}  # samples each worker has delivered this epoch (for reading)
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
-        state = {"resampled": False, **state}  # checkpoints from before resampled mode
-        for k in ("seed", "world", "workers", "batch_size", "counts", "resampled"):
+        state = {"resampled": False, "online_balance": False, **state}  # checkpoints from before these modes
+        for k in ("seed", "world", "workers", "batch_size", "counts", "resampled", "online_balance"):
             if state[k] != mine[k]:
                 raise WitError(f"resume: the checkpoint's loader has {k}={state[k]!r}, this run {mine[k]!r}; "
-                               "exact resume needs the same data, ranks, workers, batch size and --resampled")
+                               "exact resume needs the same data, ranks, workers, batch size, --resampled and "
+                               "--online-balance")
         self.epoch, self.step = state["epoch"], state["step"]

@@ -157,7 +157,8 @@ def train(cfg: TrainConfig) -> int:
     decode = decode_mode(cfg.decode, device)
     loader = ShardLoader(cfg.data, batch_size=cfg.batch_size, image_size=size, rank=rank, world=world,
                          tokenizer=open_clip.get_tokenizer(cfg.model), workers=cfg.workers, seed=cfg.seed,
-                         window=cfg.window, resampled=cfg.resampled, shards=shards, jpeg_bytes=decode == "gpu")
+                         window=cfg.window, resampled=cfg.resampled, shards=shards, jpeg_bytes=decode == "gpu",
+                         online_balance=cfg.online_balance)
     prepare = DeviceBatches(size, mean, std, device, decode_on_device=decode == "gpu", channels_last=cfg.channels_last)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
