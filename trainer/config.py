@@ -22,6 +22,9 @@ class TrainConfig:
     window: int = opt(1000, "samples per shuffle window in each worker", minimum=1)
     resampled: bool = opt(False, "draw whole shards with replacement per worker (open_clip's --dataset-resampled)")
     seed: int = opt(0, "seed of the data order, augmentation and initialisation")
+    loss: str = opt("clip", "clip: symmetric InfoNCE (softmax); siglip: the sigmoid loss, with a learnable bias "
+                            "(temperature starts at 10, bias at -10), exchanged between neighbouring ranks",
+                    choices=("clip", "siglip"))
     lr: float = opt(5e-4, "peak learning rate (AdamW), after warmup")
     warmup: int = opt(100, "linear warmup steps, then cosine to zero at `steps`", minimum=0)
     weight_decay: float = opt(0.2, "not applied to gains, biases and the temperature", minimum=0)

@@ -8,7 +8,9 @@ import sys
 from wit.shards.storage import WitError
 
 # Wings that contribute subcommands; each module has `register(subparsers)`.
-WINGS = ["wit.ingest.cli", "wit.filters.clean_cli", "wit.filters.cli", "wit.shards.cli", "wit.trainer.cli", "wit.trainer.eval.cli"]
+WINGS = ["wit.ingest.cli", "wit.filters.clean_cli", "wit.filters.cli", "wit.shards.cli", "wit.trainer.cli",
+         "wit.trainer.embed_cli",
+         "wit.trainer.eval.cli"]
 
 
 class WitParser(argparse.ArgumentParser):
