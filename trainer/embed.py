@@ -89,9 +89,11 @@ def fingerprint(name: str, net: torch.nn.Module) -> str:
     return f"{name}:{h.hexdigest()}"
 
 
-def width(net: torch.nn.Module, preprocess) -> int:
-    with torch.no_grad():
-        return int(net.encode_text(torch.zeros(1, net.context_length, dtype=torch.long)).shape[-1])
+def width(name: str) -> int:
+    """The embedding width of an open_clip model (its config's embed_dim)."""
+    import open_clip
+
+    return int(open_clip.get_model_config(name)["embed_dim"])
 
 
 # ---------------------------------------------------------------------------------------------- one shard
@@ -128,16 +130,16 @@ def embed_shard(job: EmbedJob) -> dict:
     n = len(uids)
     reasons: list[str | None] = [None if s == OK else NOT_OK for s in status]
     row_of = {k: i for i, k in enumerate(keys) if reasons[i] is None}
-    dim = width(net, preprocess)
+    dim = width(job.model)
     image = np.zeros((n, dim), np.float32)
     text = np.zeros((n, dim), np.float32)
     seen = np.zeros(n, bool)
 
+    from wit.trainer.eval.datasets import read_bytes
+
     def prepare(item):
         row, data = item
         try:
-            from wit.trainer.eval.datasets import read_bytes
-
             return row, preprocess(read_bytes(data))
         except Exception:  # noqa: BLE001 - PIL raises many kinds on bad bytes: the row gets a reason
             return row, None
@@ -230,10 +232,10 @@ def run_embed(cfg: EmbedConfig) -> dict:
     names = shard_names(cfg.shards)
     if not names:
         raise WitError(f"{cfg.shards}: no finished shards (<shard>_stats.json) here")
-    net, preprocess, _ = model_for(cfg.model, cfg.checkpoint, device)
+    net, _, _ = model_for(cfg.model, cfg.checkpoint, device)
     name = cfg.model or _recorded_name(cfg.checkpoint)
     plan = {"shards": names, "model": name, "checkpoint": cfg.checkpoint, "fingerprint": fingerprint(name, net),
-            "dim": width(net, preprocess), "source": cfg.shards}
+            "dim": width(name), "source": cfg.shards}
     plan_url = join(cfg.out, EMBED_PLAN)
     if rank == 0:
         if exists(plan_url) and read_json(plan_url).get("fingerprint") != plan["fingerprint"]:
@@ -243,7 +245,8 @@ def run_embed(cfg: EmbedConfig) -> dict:
         write_json_atomic(plan_url, plan)
     cuda = torch.device(device).type == "cuda"
     workers = cfg.workers or (1 if cuda else default_workers())
-    threads = min(8, os.cpu_count() or 1) if cuda else max(1, default_workers() // workers)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # torchrun's ranks on this node share its cores
+    threads = min(8, os.cpu_count() or 1) if cuda else max(1, default_workers() // (workers * local_world))
     jobs = [EmbedJob(cfg.shards, cfg.out, s, name, cfg.checkpoint, plan["fingerprint"], device, cfg.batch_size,
                      cfg.precision, threads) for s in names]
     if world > 1:  # torchrun: disjoint shards per rank, each on its own device, no communication until the end
