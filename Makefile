@@ -10,12 +10,13 @@ shards ?=
 out ?= data/raw
 args ?=
 
-.PHONY: venv test lint demo download clean help
+.PHONY: venv test test-fallback lint demo download clean help
 # bench-% is a pattern rule: naming a bench target .PHONY would make make skip it (and silently do nothing)
 
 help:
 	@echo "make demo       run the main job end to end on the embedded default (offline)"
 	@echo "make test       run the test suite"
+	@echo "make test-fallback   the tests whose data falls back without ../shared/data, run that way (CI)"
 	@echo "make lint       ruff (pyflakes rules) over the code"
 	@echo "make download shards=<lists> [out=<dir|s3://...>] [args='...']   crawl URL-caption lists into shards"
 	@echo "make bench-<name>   run bench/<name>.py against its anchor (see bench/README.md)"
@@ -37,6 +38,10 @@ lint: venv
 
 test: venv
 	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q tests
+
+# The tests marked data_fallback (tests/conftest.py) as a fresh clone with no ../shared/data runs them
+test-fallback: venv
+	WIT_SHARED_DATA=/nonexistent NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q -m data_fallback tests
 
 demo: venv
 	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m wit.demo $(args)

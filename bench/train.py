@@ -2,12 +2,15 @@
 workers and steps, one process each (open_clip_train's DDP does not run on CPU); CPU fp32 or CUDA bf16.
 
 Steady-state steps/s: the mean over logged intervals after the first (startup and warm-up excluded).
-Usage: python bench/train.py [--samples 4096] [--batch 64] [--workers 2] [--model wit-tiny] [--device cuda]
+`--hog N` runs N busy Python loops beside both runs: a known share of other jobs on the cores.
+Usage: python bench/train.py [--samples 4096] [--batch 64] [--workers 2] [--model wit-tiny] [--device cuda] [--hog 2]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
 import os
 import re
 import subprocess
@@ -56,6 +59,25 @@ def theirs(pattern, args, work: Path, env) -> tuple[float, float]:
     return 1 / (sum(times) / len(times)), wall
 
 
+def spin() -> None:
+    while True:
+        pass
+
+
+@contextlib.contextmanager
+def hogs(n: int):
+    """n processes that keep a core busy each, for as long as the block runs."""
+    procs = [multiprocessing.Process(target=spin, daemon=True) for _ in range(n)]
+    for proc in procs:
+        proc.start()
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.join()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=4096)
@@ -64,6 +86,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--model", default="wit-tiny")
     parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--hog", type=int, default=0, help="busy loops beside both runs (default: none)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="cuda: bf16 autocast for both (ours picks CUDA by itself), e.g. --model ViT-B-32 --batch 256")
     args = parser.parse_args()
@@ -71,8 +94,9 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1"}
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # both on the CPU even on a GPU machine
-    print(f"model={args.model} batch={args.batch} steps={args.steps} workers={args.workers} shards={pattern}", flush=True)
-    with tempfile.TemporaryDirectory() as work:
+    print(f"model={args.model} batch={args.batch} steps={args.steps} workers={args.workers} hogs={args.hog} "
+          f"shards={pattern}", flush=True)
+    with tempfile.TemporaryDirectory() as work, hogs(args.hog):
         b, b_wall = theirs(pattern, args, Path(work), env)
         print(f"open_clip_train.main: {b:6.2f} steps/s steady ({args.steps} steps in {b_wall:.1f} s wall)", flush=True)
         a, a_wall = ours(pattern, args, Path(work), env)

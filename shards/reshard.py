@@ -1,47 +1,60 @@
 """`wit shards write`: the curated corpus as evenly sized, globally shuffled training shards, with an index.
 
-Three steps, each resumable:
-  plan     (global, metadata only) join the crawl manifests with the filter verdicts and the balance selection,
-           give every surviving sample a rank from hash(seed, uid), and cut the ranking into shards.
-  scatter  (per crawled shard) read the tar once, copy each selected sample's bytes, unchanged, into a bucket per
-           output shard.
-  gather   (per output shard) read its buckets, order the samples by rank, write tar, corpus manifest and stats
-           (last, the done marker), checked against the plan.
+Four steps, each resumable, none holding more than one shard's rows in Python:
+  plan     (shards/reshard_plan.py) rank the ok rows of every crawled manifest, per shard; then in DuckDB join
+           them with the filter verdicts and the balance selection, number the survivors by rank hash(seed, uid),
+           cut them into output shards and write the plan as parquet partitioned by crawled and by output shard.
+  scatter  (per crawled shard) read the tar once and send each selected sample's bytes, unchanged, towards its
+           output shard: into the local exchange (shards/reshard_exchange.py: at most K files per crawled shard),
+           or, with `--engine ray`, into a Ray Data shuffle (shards/reshard_ray.py).
+  gather   (per output shard) collect its samples, order them by rank, write tar, corpus manifest and stats (last,
+           the done marker), checked against the plan.
+  finish   index.json and wids.json; the intermediates are removed in parallel, by prefix.
 The shuffle is global because the ranks are: an output shard draws from every crawled shard, so no shard is one
-domain or one query, and the result does not depend on the number of workers or the engine.
+domain or one query, and the bytes do not depend on the number of workers or the engine.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-from collections import Counter, defaultdict
-from dataclasses import dataclass, replace
+import os
+import shutil
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
+from multiprocessing import get_context
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from wit.shards import fasttar
+from wit.shards import reshard_exchange as exchange
+from wit.shards.reshard_plan import CORPUS_FIELDS, Plan, build_plan, rank_shard, read_partition, sources_for
 from wit.shards.options import opt
-from wit.shards.runner import EngineOptions, run_map
+from wit.shards.runner import EngineOptions, default_workers, run_map
 from wit.shards.schema import OK, SCHEMA_VERSION
+from wit.shards.sql import SQLOptions, connect
 from wit.shards.storage import (
     WitError,
     absolute,
     exists,
     fs_and_path,
+    is_local,
     join,
     read_json,
-    write_atomic,
     write_json_atomic,
 )
-from wit.shards.tables import arrow_reader, read_folder, read_parquet
+from wit.shards.tables import parquet_files, read_parquet
 from wit.shards.verify import publish_shard, shard_names, verify_shard
+
+__all__ = ["CORPUS_FIELDS", "ReshardConfig", "reshard", "write_index"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class ReshardConfig(EngineOptions):
+class ReshardConfig(EngineOptions, SQLOptions):
     raw: str = opt(help="folder of crawled shards and their manifests (wit download --out)")
     out: str = opt(help="output folder, local or s3://")
     verdicts: tuple[str, ...] = opt((), "folders of filter verdicts (uid, keep, reason), one file per crawled shard")
@@ -49,116 +62,106 @@ class ReshardConfig(EngineOptions):
                                       "out>/selection")
     shard_size: int = opt(10_000, "samples per output shard (the last may be short)", minimum=1)
     seed: int = opt(0, "seed of the global shuffle")
+    groups: int | None = opt(None, "K: exchange files per crawled shard at most (default: about sqrt(output shards)); "
+                                   "the local exchange writes at most K x crawled shards files", minimum=1)
 
 
-CORPUS_FIELDS = ["uid", "url", "caption", "width", "height", "original_width", "original_height", "sha256",
-                 "source_file", "source_row", "src_shard", "src_key"]
+# ---- per-shard tasks (module level: process pools and Ray import them by name) ------------------------------------
 
+def read_source(raw: str, src: str, plan: str, only: set[int] | None = None, shard_size: int = 0) -> pa.Table:
+    """The selected samples of one crawled shard as (pos, key, jpg), sorted by pos; bytes as they are in the tar.
 
-def rank(seed: int, uids: list[str]) -> np.ndarray:
-    """A 64-bit pseudo-random rank per uid: a pure function of (seed, uid)."""
-    prefix = f"{seed}:".encode()
-    return np.array([int.from_bytes(hashlib.blake2b(prefix + u.encode(), digest_size=8).digest(), "big") >> 1
-                     for u in uids], dtype=np.int64)
-
-
-def make_plan(cfg: ReshardConfig) -> pa.Table:
-    """Every sample that survives ingest, all filters and the selection, with its output shard and key."""
-    manifest = read_folder(cfg.raw, required=("uid", "status", "shard", "key"))
-    ok = manifest.filter(pc.equal(manifest["status"], OK))
-    ok = ok.rename_columns(["src_shard" if c == "shard" else "src_key" if c == "key" else c for c in ok.column_names])
-    keep = np.ones(ok.num_rows, dtype=bool)
-    extra: dict[str, pa.Array] = {}
-    uids = ok["uid"].to_pylist()
-    if len(set(uids)) != len(uids):
-        dup = Counter(uids).most_common(1)[0][0]
-        raise WitError(f"{cfg.raw}: uid {dup} is ok in more than one manifest row (dedup before resharding)")
-    for folder in cfg.verdicts:
-        v = read_folder(folder, required=("uid", "keep"))
-        verdict = dict(zip(v["uid"].to_pylist(), v["keep"].to_pylist()))
-        missing = [u for u in uids if u not in verdict]
-        if missing:
-            raise WitError(f"{folder}: no verdict for uid {missing[0]} (ok in {cfg.raw}); run that filter on every shard")
-        keep &= np.array([bool(verdict[u]) for u in uids])
-    if cfg.selection:
-        s = read_folder(cfg.selection, required=("uid", "status"))
-        chosen = {u: m for u, st, m in zip(s["uid"].to_pylist(), s["status"].to_pylist(),
-                                             s["matched"].to_pylist() if "matched" in s.column_names else [None] * s.num_rows)
-                  if st == "selected"}
-        keep &= np.array([u in chosen for u in uids])
-        extra["matched"] = pa.array([chosen.get(u) for u in uids], pa.list_(pa.int32()))
-    table = ok.select([c for c in CORPUS_FIELDS if c in ok.column_names])
-    for name, column in extra.items():
-        table = table.append_column(name, column)
-    table = table.filter(pa.array(keep))
-    order = np.argsort(rank(cfg.seed, table["uid"].to_pylist()), kind="stable")
-    table = table.take(pa.array(order))
-    n = table.num_rows
-    out_shard = np.arange(n) // cfg.shard_size
-    table = table.append_column("shard", pa.array([f"{s:05d}" for s in out_shard]))
-    table = table.append_column("key", pa.array([f"{s:05d}_{i % cfg.shard_size:06d}" for i, s in enumerate(out_shard)]))
-    return table
-
-
-def scatter(task: tuple[str, str, str, pa.Table]) -> int:
-    """Copy the selected samples of one crawled shard into per-output-shard buckets (bytes unchanged).
-
-    A bucket is an Arrow IPC file of (key, jpg, txt, json) columns: cheaper to write and read back than a tar.
+    Checks the tar against its manifest both ways: a tar sample that is not an ok row, or an ok row the plan wants
+    that the tar lacks, is a one-line error naming the tar and the sample.
     """
-    raw, buckets, src, rows = task
-    wanted = {k: r for k, r in zip(rows["src_key"].to_pylist(), rows.to_pylist())}
-    manifest_keys = set(read_parquet(join(raw, f"{src}.parquet"), ["key", "status"])
-                        .filter(pc.equal(pc.field("status"), OK))["key"].to_pylist())
-    outs: dict[str, dict[str, list]] = defaultdict(lambda: {"key": [], "jpg": [], "txt": [], "json": []})
-    seen = set()
-    for key, sample in _read_tar(join(raw, f"{src}.tar")):
-        seen.add(key)
-        if key not in manifest_keys:
-            raise WitError(f"{join(raw, src + '.tar')}: sample {key} is not an ok row of {src}.parquet")
-        row = wanted.get(key)
-        if row is None:
-            continue
-        bucket = outs[row["shard"]]
-        bucket["key"].append(row["key"])
-        image = fasttar.image_of(sample)
-        if image is None:
-            raise WitError(f"{join(raw, src + '.tar')}: sample {key} has no image member")
-        bucket["jpg"].append(image)
-        bucket["txt"].append((row["caption"] or "").encode())
-        bucket["json"].append(json.dumps({k: v for k, v in row.items() if k != "src_key"}).encode())
-    lost = sorted(set(wanted) - seen)
+    rows = read_partition(plan, "by_src", "src_shard", src)
+    if only is not None:
+        rows = rows.filter(pc.is_in(pc.divide(rows["pos"], shard_size), pa.array(sorted(only), pa.int64())))
+    wanted = {k: i for i, k in enumerate(rows["src_key"].to_pylist())}
+    manifest = read_parquet(join(raw, f"{src}.parquet"), ["key", "status"])
+    ok_keys = set(manifest.filter(pc.equal(manifest["status"], OK))["key"].to_pylist())
+    tar = join(raw, f"{src}.tar")
+    jpg: list[bytes | None] = [None] * len(wanted)
+    for key, sample in _read_tar(tar):
+        if key not in ok_keys:
+            raise WitError(f"{tar}: sample {key} is not an ok row of {src}.parquet")
+        i = wanted.get(key)
+        if i is not None:
+            image = fasttar.image_of(sample)
+            if image is None:
+                raise WitError(f"{tar}: sample {key} has no image (members: {', '.join(sorted(sample))})")
+            jpg[i] = image
+    lost = [k for k, i in wanted.items() if jpg[i] is None]
     if lost:
-        raise WitError(f"{join(raw, src + '.tar')}: sample {lost[0]} (uid {wanted[lost[0]]['uid']}) listed in "
-                       f"{src}.parquet is missing from the tar")
-    for shard, columns in outs.items():
-        table = pa.table({"key": columns["key"], **{c: pa.array(columns[c], pa.binary()) for c in ("jpg", "txt", "json")}})
-        sink = io.BytesIO()
-        with pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        write_atomic(join(buckets, shard, f"{src}.arrow"), sink.getvalue())
-    write_atomic(join(buckets, "_done", src), b"")
-    return len(wanted)
+        uid = rows["uid"][wanted[lost[0]]].as_py()
+        raise WitError(f"{tar}: sample {lost[0]} (uid {uid}) listed in {src}.parquet is missing from the tar")
+    return pa.table({"pos": rows["pos"], "key": rows["key"], "jpg": pa.array(jpg, pa.binary())},
+                    schema=exchange.SAMPLES)
 
 
-def gather(task: tuple[str, str, str, pa.Table]) -> int:
-    """Write one output shard from its buckets, in rank order, and its corpus manifest; stats last."""
-    out, buckets, shard, rows = task
-    fs, root = fs_and_path(join(buckets, shard))
-    parts = []
-    for path in sorted(fs.glob(root.rstrip("/") + "/*.arrow")):
-        with fs.open(path, "rb") as f:
-            parts.append(pa.ipc.open_file(arrow_reader(f.read())).read_all())
-    got = pa.concat_tables(parts).sort_by("key") if parts else None
+def scatter(task: tuple[str, str, str, str, int, int]) -> int:
+    """Level one of the local exchange: one crawled shard's samples into at most K group files."""
+    raw, src, plan, folder, shard_size, per_group = task
+    return exchange.write_groups(folder, src, read_source(raw, src, plan), shard_size, per_group)
+
+
+def gather(task: tuple[str, str, str, str, int]) -> int:
+    """Level two: one output shard from its record batch in each group file that holds its samples."""
+    out, shard, plan, folder, per_group = task
+    rows = read_partition(plan, "by_out", "shard", shard)
+    out_no = int(shard)
+    parts = [exchange.read_shard(folder, out_no // per_group, src, out_no)
+             for src in pc.unique(rows["src_shard"]).to_pylist()]
+    return write_output(out, shard, rows, pa.concat_tables(parts), where=folder)
+
+
+def write_output(out: str, shard: str, rows: pa.Table, samples: pa.Table, where: str) -> int:
+    """Write output shard `shard`: its plan rows in position order, its samples' bytes in any order."""
     keys = rows["key"].to_pylist()
-    if got is None or got["key"].to_pylist() != keys:
-        raise WitError(f"{join(buckets, shard)}: buckets hold {0 if got is None else got.num_rows} samples, "
-                       f"the plan {len(keys)}")
-    columns = {c: got[c].to_pylist() for c in ("jpg", "txt", "json")}
+    index = {k: i for i, k in enumerate(samples["key"].to_pylist())}
+    if len(index) != samples.num_rows or len(index) != len(keys) or any(k not in index for k in keys):
+        raise WitError(f"{where}: the exchange holds {samples.num_rows} samples for shard {shard}, the plan {len(keys)}")
+    jpg = samples["jpg"].take(pa.array([index[k] for k in keys], pa.int64())).to_pylist()
+    fields = [c for c in rows.column_names if c not in ("pos", "key")]
+    manifest = pa.table({**{c: rows[c] for c in fields}, "shard": pa.array([shard] * len(keys)), "key": rows["key"],
+                         "status": pa.array([OK] * len(keys))})
+    captions = manifest["caption"].to_pylist()
+    texts = sample_json(manifest.drop_columns(["status", "src_key"]))
     tar = fasttar.write_samples(
-        (key, {c: columns[c][i] for c in columns}) for i, key in enumerate(keys))
-    publish_shard(out, shard, tar, rows.append_column("status", pa.array([OK] * rows.num_rows)),
-                  {"count": rows.num_rows, "successes": rows.num_rows})
-    return rows.num_rows
+        (key, {"jpg": jpg[i], "txt": (captions[i] or "").encode(), "json": texts[i].encode()})
+        for i, key in enumerate(keys))
+    _publish(out, shard, tar, manifest)
+    return len(keys)
+
+
+def sample_json(table: pa.Table) -> list[str]:
+    """`json.dumps(row)` of every row, byte for byte, built a column at a time (a dict per row cost more than
+    writing the sample)."""
+    template = "{" + ", ".join(encode_basestring_ascii(c) + ": %s" for c in table.column_names) + "}"
+    columns = [_json_column(table[c]) for c in table.column_names]
+    return [template % row for row in zip(*columns)]
+
+
+def _json_column(column: pa.ChunkedArray) -> list[str]:
+    values, t = column.to_pylist(), column.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return ["null" if v is None else encode_basestring_ascii(v) for v in values]
+    if pa.types.is_integer(t):
+        return ["null" if v is None else str(v) for v in values]
+    if pa.types.is_list(t) and pa.types.is_integer(t.value_type):
+        return ["null" if v is None else "[" + ", ".join(map(str, v)) + "]" for v in values]
+    return [json.dumps(v) for v in values]
+
+
+def _publish(out: str, shard: str, tar: bytes, manifest: pa.Table) -> None:
+    publish_shard(out, shard, tar, manifest, {"count": manifest.num_rows, "successes": manifest.num_rows})
+
+
+def verify(task: tuple[str, str]) -> tuple[str, int]:
+    """(shard, samples) when the output shard is complete, else (shard, -1)."""
+    out, name = task
+    check = verify_shard(out, name)
+    return name, check.samples if check.ok else -1
 
 
 def write_index(out: str, counts: dict[str, int], seed: int) -> dict:
@@ -173,56 +176,112 @@ def write_index(out: str, counts: dict[str, int], seed: int) -> dict:
     return index
 
 
+# ---- the command ----------------------------------------------------------------------------------------------
+
 def reshard(cfg: ReshardConfig) -> dict:
-    cfg = replace(cfg, raw=absolute(cfg.raw), out=absolute(cfg.out))
+    cfg = ReshardConfig(**{**cfg.__dict__, "raw": absolute(cfg.raw), "out": absolute(cfg.out)})
     if cfg.shard_size < 1:
         raise WitError(f"--shard-size must be at least 1 (got {cfg.shard_size})")
-    plan = make_plan(cfg)
-    if plan.num_rows == 0:
-        raise WitError(f"{cfg.raw}: no sample survives the verdicts and the selection; nothing to write")
-    digest = hashlib.sha256("\n".join(plan["uid"].to_pylist()).encode()).hexdigest()
+    scratch = _scratch(cfg)  # local: DuckDB's spill files and the exchange
+    shared = join(cfg.out, "_wit") if cfg.engine == "ray" and not is_local(cfg.out) else scratch  # read by tasks
+    with connect(cfg.memory_limit, os.path.join(scratch, "duckdb_tmp"), cfg.threads) as con, _mapper(cfg) as map_:
+        sources = [p.rsplit("/", 1)[-1].removesuffix(".parquet") for p in parquet_files(cfg.raw)]
+        if not sources:
+            raise WitError(f"{cfg.raw}: holds no crawl manifests")
+        ranked = join(shared, "ranked")
+        map_(rank_shard, [(cfg.raw, s, cfg.seed, ranked) for s in sources])
+        plan = build_plan(con, [join(ranked, f"{s}.parquet") for s in sources], cfg.verdicts, cfg.selection,
+                          cfg.shard_size, cfg.raw, join(shared, "plan"))
+        if plan.samples == 0:
+            raise WitError(f"{cfg.raw}: no sample survives the verdicts and the selection; nothing to write")
+        if plan.not_in_crawl:
+            print(f"wit shards write: {plan.not_in_crawl} selected uids are not ok in {cfg.raw} (failed or never "
+                  "crawled); ignored", file=sys.stderr)
+        _check_fingerprint(cfg, plan)
+        names = [n for n in shard_names(cfg.out) if n in plan.counts]
+        done = {n for n, k in map_(verify, [(cfg.out, n) for n in names]) if k == plan.counts[n]}
+        todo = [s for s in plan.counts if s not in done]
+        if todo:
+            senders = plan.sources if len(todo) == len(plan.counts) else sources_for(plan.folder, todo)
+            if cfg.engine == "ray":
+                from wit.shards import reshard_ray
+
+                reshard_ray.exchange(cfg, plan, senders, todo)
+            else:
+                _local_exchange(cfg, plan, senders, todo, join(scratch, "exchange"), map_)
+        index = write_index(cfg.out, plan.counts, cfg.seed)
+        exchanged = _count_files(join(scratch, "exchange"))
+        intermediates = exchanged + _count_files(ranked) + _count_files(plan.folder)
+    _clean_up(cfg, scratch, shared)
+    return {"output": cfg.out, "shards": len(plan.counts), "samples": index["total"], "written_now": len(todo),
+            "from_crawled_shards": len(plan.sources), "intermediate_files": intermediates,
+            "exchange_files": exchanged, "selected_not_in_crawl": plan.not_in_crawl}
+
+
+def _local_exchange(cfg: ReshardConfig, plan: Plan, senders: list[str], todo: list[str], folder: str,
+                    map_) -> None:
+    groups = exchange.group_count(len(plan.counts), cfg.groups)
+    per_group = exchange.shards_per_group(len(plan.counts), groups)
+    finished = exchange.done_sources(folder, {**plan.fingerprint, "seed": cfg.seed, "per_group": per_group})
+    map_(scatter, [(cfg.raw, s, plan.folder, folder, cfg.shard_size, per_group) for s in senders if s not in finished])
+    map_(gather, [(cfg.out, s, plan.folder, folder, per_group) for s in todo])
+
+
+@contextmanager
+def _mapper(cfg: ReshardConfig):
+    """`map_(fn, items)` for every step of one run: the local engine keeps one process pool for all of them
+    (starting a pool of spawned workers costs seconds); Ray keeps its own workers."""
+    n = cfg.workers or default_workers()
+    if cfg.engine != "local" or n <= 1:
+        yield lambda fn, items: run_map(fn, items, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address)
+        return
+    with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn")) as pool:
+        yield lambda fn, items: list(pool.map(fn, items, chunksize=1)) if len(items) > 1 else [fn(x) for x in items]
+
+
+def _scratch(cfg: ReshardConfig) -> str:
+    if cfg.temp_dir is None and is_local(cfg.out):
+        return os.path.join(cfg.out.removeprefix("file://"), "_wit")
+    tag = hashlib.sha256(cfg.out.encode()).hexdigest()[:16]  # the same folder again on a resume of this output
+    return os.path.join(os.path.abspath(cfg.temp_dir or tempfile.gettempdir()), f"wit-reshard-{tag}")
+
+
+def _check_fingerprint(cfg: ReshardConfig, plan: Plan) -> None:
     plan_file = join(cfg.out, "_wit", "plan.json")
-    fingerprint = {"raw": cfg.raw, "uids_sha256": digest, "shard_size": cfg.shard_size, "seed": cfg.seed}
+    fingerprint = {**plan.fingerprint, "seed": cfg.seed}
     if exists(plan_file) and read_json(plan_file) != fingerprint:
         raise WitError(f"{cfg.out}: holds a reshard of other inputs ({plan_file}); use a new folder or delete it")
     write_json_atomic(plan_file, fingerprint)
 
-    buckets = join(cfg.out, "_wit", "buckets")
-    done_src = set(_listing(join(buckets, "_done")))
-    by_src = _split(plan, "src_shard")
-    todo = [(cfg.raw, buckets, src, rows) for src, rows in sorted(by_src.items()) if src not in done_src]
-    run_map(scatter, todo, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address)
 
-    by_out = _split(plan, "shard")
-    done_out = {n for n in shard_names(cfg.out) if verify_shard(cfg.out, n).ok}
-    todo = [(cfg.out, buckets, shard, rows) for shard, rows in sorted(by_out.items()) if shard not in done_out]
-    run_map(gather, todo, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address)
-
-    index = write_index(cfg.out, {s: r.num_rows for s, r in by_out.items()}, cfg.seed)
-    fs, _ = fs_and_path(buckets)
-    fs.rm(fs_and_path(buckets)[1], recursive=True)
-    return {"output": cfg.out, "shards": len(by_out), "samples": index["total"], "written_now": len(todo),
-            "from_crawled_shards": len(by_src)}
+def _count_files(url: str) -> int:
+    if is_local(url):
+        return exchange.count_files(url)
+    fs, path = fs_and_path(url)
+    return len(fs.find(path)) if fs.exists(path) else 0
 
 
-def _split(table: pa.Table, column: str) -> dict[str, pa.Table]:
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, v in enumerate(table[column].to_pylist()):
-        groups[v].append(i)
-    return {k: table.take(pa.array(ix)) for k, ix in groups.items()}
-
-
-def _listing(folder: str) -> list[str]:
-    fs, path = fs_and_path(folder)
-    fs.invalidate_cache(path)
-    return [p.rsplit("/", 1)[-1] for p in fs.glob(path.rstrip("/") + "/*")] if fs.exists(path) else []
+def _clean_up(cfg: ReshardConfig, scratch: str, shared: str) -> None:
+    """Remove the intermediates by prefix, in parallel; keep only `_wit/plan.json` beside the output."""
+    exchange.remove(join(scratch, "exchange"))
+    for part in ("ranked", "plan"):
+        where = join(shared, part)
+        if is_local(where):
+            exchange.remove(where)
+        else:
+            fs, path = fs_and_path(where)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)  # s3fs deletes by prefix, in batches of a thousand keys
+    shutil.rmtree(os.path.join(scratch, "duckdb_tmp"), ignore_errors=True)
+    if scratch != os.path.join(cfg.out.removeprefix("file://"), "_wit"):
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _read_tar(url: str):
-    """All samples of a crawled tar; a damaged tar is a one-line error naming it."""
+    """All samples of a crawled tar; a missing or damaged tar is a one-line error naming it."""
     try:
         yield from fasttar.read_samples(url)
+    except fasttar.TarMissing:
+        raise WitError(f"{url}: missing (its manifest lists ok samples)") from None
     except fasttar.TarError as err:
         raise WitError(str(err)) from None
-
-

@@ -12,8 +12,6 @@ from PIL import Image
 
 from wit.shards.schema import FAILED, MANIFEST, OK, pair_uid
 
-FLICKR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k" / "images"
-
 
 def jpeg(im: Image.Image, quality: int = 90) -> bytes:
     buf = io.BytesIO()

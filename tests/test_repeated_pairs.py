@@ -51,3 +51,13 @@ def test_repeated_pairs_get_own_uids_and_are_deduplicated_end_to_end(tmp_path, i
         assert sum(text[u]["keep"] for u in uids) == 1 and [dedup[u]["keep"] for u in uids] == [text[u]["keep"]
                                                                                                for u in uids]
     assert report["funnel"][-1]["kept"] == 6 and report["corpus"]["matches_funnel"]
+
+
+def test_fallback_photos_are_distinct():
+    """Without ../shared the tests crawl the photos PyPI wheels ship: a photo among them twice would be a real
+    duplicate that every dedup stage removes (skimage.data.cat() is chelsea())."""
+    from wit.ingest.sample_images import package_photos
+
+    photos = package_photos()
+    twice = [name for name, data in photos.items() if list(photos.values()).count(data) > 1]
+    assert len(photos) >= 12 and not twice, twice

@@ -1,8 +1,6 @@
 """wit.trainer.loss equals open_clip.ClipLoss(local_loss=True, gather_with_grad=True), in one and in two gloo processes."""
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -50,33 +48,30 @@ def test_valid_mask_equals_the_batch_without_the_masked_sample():
     torch.testing.assert_close(full, clip_loss(image, text, torch.tensor(10.0)), atol=1e-6, rtol=0)
 
 
-def _worker(rank: int, world: int, port: int, queue):
+def _worker(rank: int, world: int, store: str, queue):
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         image, text = features(100 + rank)  # each rank has its own features
         ours, theirs = both_losses(image, text, torch.tensor(2.659), rank, world)
-        queue.put((rank, ours, theirs))
+        # Plain arrays, not tensors: a tensor on a torch queue is a handle into this process's shared memory,
+        # which the parent cannot open once this process has exited.
+        queue.put((rank, [x.numpy() for x in ours], [x.numpy() for x in theirs]))
     finally:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(120)
-def test_loss_matches_open_clip_in_two_gloo_processes():
+def test_loss_matches_open_clip_in_two_gloo_processes(tmp_path):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, queue)) for r in range(2)]
+    store = tmp_path / "store"  # a file store: no port to pick and lose to another process before it is bound
+    procs = [ctx.Process(target=_worker, args=(r, 2, str(store), queue)) for r in range(2)]
     for p in procs:
         p.start()
-    results = dict((r, (o, t)) for r, o, t in (queue.get(timeout=100) for _ in procs))
+    results = {r: ([torch.from_numpy(x) for x in o], [torch.from_numpy(x) for x in t])
+               for r, o, t in (queue.get(timeout=100) for _ in procs)}
     for p in procs:
         p.join(timeout=30)
         assert p.exitcode == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import os
 import sys
@@ -58,14 +59,25 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def shards_once(spec: str, rank: int, world: int) -> tuple[list[str], list[int]]:
-    """Rank 0 lists (or reads the index of) the shards and tells the others, errors included."""
+def set_threads(workers: int) -> int:
+    """torch's intra-op threads: the cores left to this rank after its loader workers, at least one, unless
+    OMP_NUM_THREADS says otherwise. torch's default, a thread per core, oversubscribes the cores together with the
+    workers, and when other jobs share them each op's threads spin waiting for one another's turn: 10x slower per
+    step on a loaded 2-core machine (bench/README.md, "Training on a shared machine")."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // ranks_here - workers))
+    return torch.get_num_threads()
+
+
+def on_rank0(fn, rank: int, world: int):
+    """fn() run on rank 0 alone, its result (or its WitError) sent to every rank, so that all ranks agree."""
     if world == 1:
-        return resolve_shards(spec)
+        return fn()
     box = [None]
     if rank == 0:
         try:
-            box = [resolve_shards(spec)]
+            box = [fn()]
         except WitError as err:
             box = [err]
     dist.broadcast_object_list(box, src=0)
@@ -81,15 +93,61 @@ def all_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
+def find_resume(cfg: TrainConfig, rank: int, world: int) -> tuple[str | None, dict | None]:
+    """(url, state) of the checkpoint to resume from, or (None, None) for a fresh run. For `--resume latest` rank 0
+    picks the newest readable checkpoint, saying which unreadable newer ones it skipped, and every rank takes that
+    one; a named file that is unreadable, or a checkpoint of another model, is an error."""
+    url, state = cfg.resume or None, None
+    if cfg.resume == "latest":
+        def newest() -> str | None:
+            nonlocal state
+            url, state = checkpoint.load_latest(cfg.ckpt_dir, warn=skipping) or (None, None)
+            return url
+        url = on_rank0(newest, rank, world)
+    if url and state is None:
+        state = checkpoint.load(url)
+    config = state.get("config") if state else None
+    recorded = config.get("model") if isinstance(config, dict) else None
+    if recorded and recorded != cfg.model:
+        raise WitError(f"{url}: a checkpoint of --model {recorded}, but this run has --model {cfg.model}")
+    return url, state
+
+
+def skipping(message: str) -> None:
+    print(f"wit train: warning: {message}; trying the one before", file=sys.stderr, flush=True)
+
+
+def restore(url: str, state: dict, rank: int, model, optimizer, loader) -> tuple[int, int]:
+    """Put a checkpoint into this run; (step, samples seen). One that does not fit is an error naming the file."""
+    try:
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        loader.load_state_dict(state["loader"])
+        checkpoint.set_rng_state(state["rng"][rank])
+    except WitError as err:
+        raise WitError(f"{url}: {err}") from None
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+        raise WitError(f"{url}: does not fit this run ({checkpoint.reason(err)})") from None
+    return state["step"], state["samples_seen"]
+
+
 def train(cfg: TrainConfig) -> int:
     if not cfg.data:
         raise WitError("--data: no shards given (a brace pattern or an index .json)")
     if cfg.accum < 1 or cfg.batch_size % cfg.accum:
         raise WitError(f"--accum {cfg.accum}: must divide --batch-size {cfg.batch_size}")
     rank, world, device = setup_distributed()
-    shards = shards_once(cfg.data, rank, world)  # fail early on bad data, before building the model
+    threads = set_threads(cfg.workers)
+    # Rank 0 lists (or reads the index of) the shards and tells the others; fail early on bad data, before building
+    # the model, and on a bad checkpoint
+    shards = on_rank0(lambda: resolve_shards(cfg.data), rank, world)
+    resume, state = find_resume(cfg, rank, world)
     torch.manual_seed(cfg.seed)
-    model = open_clip.create_model(cfg.model, device=device, **model_kwargs(cfg.loss))
+    logging.disable(logging.WARNING)  # open_clip warns that it loads no pretrained weights: a fresh run has none
+    try:
+        model = open_clip.create_model(cfg.model, device=device, **model_kwargs(cfg.loss))
+    finally:
+        logging.disable(logging.NOTSET)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
@@ -100,16 +158,8 @@ def train(cfg: TrainConfig) -> int:
                          window=cfg.window, resampled=cfg.resampled, shards=shards)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
                                   betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
-    step, samples_seen = 0, 0
-
-    resume = checkpoint.latest(cfg.ckpt_dir) if cfg.resume == "latest" else cfg.resume
-    if resume:
-        state = checkpoint.load(resume)
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        loader.load_state_dict(state["loader"])
-        checkpoint.set_rng_state(state["rng"][rank])
-        step, samples_seen = state["step"], state["samples_seen"]
+    step, samples_seen = restore(resume, state, rank, model, optimizer, loader) if resume else (0, 0)
+    del state  # the checkpoint's tensors are in the model and optimizer now
 
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     forward = torch.compile(ddp) if cfg.compile else ddp
@@ -118,7 +168,8 @@ def train(cfg: TrainConfig) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         (out / "config.json").write_text(cfg.to_json() + "\n")
-        print(f"wit train: {world} x {device.type}, {sum(loader.counts)} samples in {len(loader.urls)} shards, "
+        print(f"wit train: {world} x {device.type} ({threads} threads, {cfg.workers} loader workers each), "
+              f"{sum(loader.counts)} samples in {len(loader.urls)} shards, "
               f"{loader.steps_per_epoch} steps/epoch\n{cfg.to_json()}", flush=True)
         print(f"wit train: {'resuming from ' + resume if resume else 'starting fresh'} at step {step}", flush=True)
     log = open(out / "log.jsonl", "a") if rank == 0 else None

@@ -5,18 +5,16 @@ too) and the run's config, whose "model" names the architecture when `--model` i
 """
 from __future__ import annotations
 
-import io
 import logging
-import re
 from pathlib import Path
 
 import open_clip
 import torch
 
 from wit.shards.storage import WitError, fs_and_path
+from wit.trainer import checkpoint as ckpt
 
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "model_configs"  # the trainer's configs (wit-tiny, ...)
-STEP_FILE = re.compile(r"step_\d{8}\.pt$")  # trainer/checkpoint.py's names
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrap the names
 
 
@@ -26,16 +24,11 @@ def read_checkpoint(url: str) -> dict:
     if not fs.exists(path):
         raise WitError(f"{url}: no such checkpoint")
     if fs.isdir(path):
-        steps = sorted(p for p in fs.ls(path, detail=False) if STEP_FILE.search(p))
-        if not steps:
+        newest = ckpt.latest(url)
+        if newest is None:
             raise WitError(f"{url}: a folder with no step_*.pt checkpoints")
-        path = steps[-1]
-    with fs.open(path, "rb") as f:
-        data = f.read()
-    try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - pickle/zip errors of any kind mean "not a checkpoint"
-        raise WitError(f"{url}: not a torch checkpoint ({type(err).__name__}: {str(err).splitlines()[0]})")
+        url = newest
+    obj = ckpt.read(url)
     if not isinstance(obj, dict):
         raise WitError(f"{url}: holds a {type(obj).__name__}, not a state_dict or a checkpoint dict")
     return obj
@@ -82,9 +75,8 @@ def load_model(model: str | None, checkpoint: str | None, random_init: bool, dev
     if state is not None:
         try:
             net.load_state_dict(strip_prefixes(state))
-        except RuntimeError as err:
-            first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
-            raise WitError(f"{checkpoint}: weights do not fit model {name}: {first}")
+        except (RuntimeError, TypeError, ValueError, AttributeError) as err:
+            raise WitError(f"{checkpoint}: weights do not fit model {name} ({ckpt.reason(err)})") from None
     return net.to(device).eval(), preprocess, open_clip.get_tokenizer(name)
 
 
