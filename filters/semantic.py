@@ -144,14 +144,15 @@ def assign_shard(job: AssignJob) -> dict:
 @dataclass(frozen=True)
 class BucketJob:
     scratch: str
+    assigned: tuple[str, ...]  # this run's assign files (never a listing: a folder may hold an older run's)
     bucket: int
     threshold: float
 
 
-def bucket_rows(scratch: str, bucket: int) -> pa.Table:
+def bucket_rows(assigned: tuple[str, ...], bucket: int) -> pa.Table:
     """The rows of one bucket, from the row groups of every assign file whose bucket statistics say so."""
     parts = []
-    for url in parquet_files(join(scratch, "assign")):
+    for url in assigned:
         f = open_parquet(url)
         col = f.schema_arrow.get_field_index("bucket")
         groups = [g for g in range(f.metadata.num_row_groups)
@@ -162,7 +163,7 @@ def bucket_rows(scratch: str, bucket: int) -> pa.Table:
 
 
 def dedup_bucket(job: BucketJob) -> dict:
-    rows = bucket_rows(job.scratch, job.bucket)
+    rows = bucket_rows(job.assigned, job.bucket)
     uids_out, keepers_out, clusters_out = [], [], []
     n = 0
     if rows is not None:
@@ -209,7 +210,8 @@ def keepers_of(x: np.ndarray, threshold: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- 4. verdicts
-def write_verdicts(cfg: SemanticConfig, files: list[tuple[str, str]], after: list[list[str]], scratch: str) -> dict:
+def write_verdicts(cfg: SemanticConfig, files: list[tuple[str, str]], after: list[list[str]], assigned: list[str],
+                   dups: list[str]) -> dict:
     con = cfg.connect(output=cfg.out)
     urls = [u for _, u in files]
     _register(con, urls)
@@ -217,10 +219,8 @@ def write_verdicts(cfg: SemanticConfig, files: list[tuple[str, str]], after: lis
     for folder_files in after:
         con.execute("INSERT INTO earlier SELECT uid, reason FROM read_parquet($f) WHERE NOT keep", {"f": folder_files})
     con.execute("CREATE TEMP TABLE gone AS SELECT uid, min(reason) AS reason FROM earlier GROUP BY uid")
-    dups = parquet_files(join(scratch, "dups"))
     con.execute("CREATE TEMP TABLE dups AS SELECT * FROM read_parquet($d)", {"d": dups})
-    con.execute("CREATE TEMP TABLE assigned AS SELECT uid, cluster FROM read_parquet($a)",
-                {"a": parquet_files(join(scratch, "assign"))})
+    con.execute("CREATE TEMP TABLE assigned AS SELECT uid, cluster FROM read_parquet($a)", {"a": assigned})
     con.execute(f"""
         CREATE TEMP VIEW final AS
         SELECT e.filename, e.file_row_number, e.uid,
@@ -301,8 +301,12 @@ def run_semantic(cfg: SemanticConfig) -> dict:
     engine = {"engine": cfg.engine, "workers": cfg.workers, "ray_address": cfg.ray_address}
     assigned = run_map(assign_shard, [AssignJob(u, s, tuple(a[i] for a in after), join(scratch, "centroids.npy"),
                                                 scratch, buckets) for i, (s, u) in enumerate(files)], **engine)
-    deduped = run_map(dedup_bucket, [BucketJob(scratch, b, cfg.threshold) for b in range(buckets)], **engine)
-    counts = write_verdicts(cfg, files, after, scratch)
+    # This run's files by name: an earlier run into the same --out (other shards, more buckets) may have left more
+    assign_files = tuple(join(scratch, "assign", f"{s}.parquet") for s, _ in files)
+    deduped = run_map(dedup_bucket, [BucketJob(scratch, assign_files, b, cfg.threshold) for b in range(buckets)],
+                      **engine)
+    dup_files = [join(scratch, "dups", f"{b:05d}.parquet") for b in range(buckets)]
+    counts = write_verdicts(cfg, files, after, list(assign_files), dup_files)
     sizes = Counter()
     for r in deduped:
         sizes[r["bucket"]] = r["rows"]

@@ -5,6 +5,7 @@ The pipeline folder is read by convention (each part optional except raw/):
   verdicts/<stage>/    filter verdicts, one folder per stage (uid, keep, reason)
   balance/selection/   balance selection (uid, status, reason, matched); queries.parquet names the entries
   corpus/              training shards' corpus manifests and index.json (wit shards write)
+  embeddings/          `wit embed`'s output: the CLIP-score distribution (shards/score_audit.py)
 The funnel walks the stages in that order; each stage removes rows with a reason, and rows in = dropped + kept.
 """
 from __future__ import annotations
@@ -22,10 +23,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from wit.shards.options import opt  # noqa: E402
 from wit.shards.schema import OK  # noqa: E402
+from wit.shards.score_audit import clip_score_report, plot_clip_scores  # noqa: E402
 from wit.shards.storage import (  # noqa: E402
     WitError, absolute, exists, fs_and_path, join, read_json, write_atomic, write_json_atomic,
 )
-from wit.shards.tables import read_folder, read_parquet  # noqa: E402
+from wit.shards.tables import parquet_files, read_folder, read_parquet  # noqa: E402
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,7 +38,7 @@ class AuditConfig:
 
 
 # The pipeline's order of verdict stages; a stage's rows carry the earlier stages' drops, so it counts only its own.
-STAGE_ORDER = ("text", "images", "dedup")
+STAGE_ORDER = ("text", "images", "dedup", "clip_score", "semantic")
 
 
 def _folders(url: str) -> list[str]:
@@ -107,6 +109,9 @@ def audit(cfg: AuditConfig) -> str:
     report["leakage_removed"] = sum(n for r, n in reasons.items() if r.startswith("eval_leak"))
     if has_selection:
         report["queries"] = query_report(con, root, has_corpus, cfg.top)
+    embeddings = join(root, "embeddings")
+    if exists(embeddings) and parquet_files(embeddings):
+        report["clip_scores"] = clip_score_report(embeddings)
     return write_report(out, report)
 
 
@@ -170,6 +175,8 @@ def write_report(out: str, report: dict) -> str:
             ax.loglog(range(1, len(q["counts_before"]) + 1), q["counts_before"], label="matched pool"),
             ax.loglog(range(1, len(q["counts_after"]) + 1), q["counts_after"], label="corpus"),
             ax.set_xlabel("entry rank"), ax.set_ylabel("pairs per entry"), ax.legend())))
+    if report.get("clip_scores"):
+        plots.append(_png(out, "clip_scores.png", lambda ax: plot_clip_scores(ax, report["clip_scores"])))
     # the JSON holds what each plot shows: the funnel above, the size histogram, count curves at log-spaced ranks
     slim = {k: v for k, v in report.items() if k != "image_short_side"}
     if sizes:
@@ -223,6 +230,12 @@ def render_html(report: dict, plots: list[str]) -> str:
         for which in ("top", "bottom"):
             parts.append(f"<table><tr><th>{which} entry</th><th>corpus</th><th>pool</th></tr>" + "".join(
                 f"<tr><td>{e(str(n))}</td><td>{a:,}</td><td>{b:,}</td></tr>" for n, a, b in q[which]) + "</table>")
+    if "clip_scores" in report:
+        c = report["clip_scores"]
+        quantiles = ", ".join(f"{100 * float(q):g}%: {v:.3f}" for q, v in c["quantiles"].items() if v is not None)
+        mean = f"mean {c['mean']:.3f}; " if c["mean"] is not None else ""
+        parts.append(f"<h2>CLIP scores</h2><p>{c['scored']:,} pairs scored, {c['unscored']:,} without a score; "
+                     f"{mean}quantiles {e(quantiles) or 'none'}</p>")
     parts.append("<h2>Top domains</h2><table><tr><th>domain</th><th>pairs</th></tr>" + "".join(
         f"<tr><td>{e(str(d))}</td><td>{n:,}</td></tr>" for d, n in report["top_domains"]) + "</table>")
     parts.append("<h2>Plots</h2>" + "".join(f"<p><img src='{e(p)}' alt='{e(p)}'></p>" for p in plots))

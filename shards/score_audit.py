@@ -1,8 +1,8 @@
 """The CLIP-score section of the audit: the distribution of `wit embed`'s scores, out of core (DuckDB).
 
-Self-contained so the audit can take it as one section: `clip_score_report(folder, con)` returns a small dict (rows
-scored and not, mean, quantiles, a 40-bin histogram) for the JSON report, and `plot_clip_scores(ax, section)` draws it.
-The audit finds the embeddings at `<root>/embeddings/` (`wit embed ... --out <root>/embeddings`).
+`clip_score_report(folder, con)` returns a small dict (rows scored and not, mean, quantiles, a 40-bin histogram) for
+the JSON report, and `plot_clip_scores(ax, section)` draws it. `wit audit` finds the embeddings at `<root>/embeddings/`
+(`wit embed ... --out <root>/embeddings`); `wit filter clip-score` puts the same dict in its summary.
 """
 from __future__ import annotations
 

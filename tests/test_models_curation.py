@@ -17,9 +17,12 @@ from tests.conftest import SHARED_DATA
 from tests.filters_helpers import jpeg, write_shard
 from tests.ingest_helpers import wit
 
-POOL = 60  # distinct photos in the crawl
-SWAPPED = 10  # of them, the last SWAPPED have their captions rotated among themselves (mismatched pairs)
+TRAIN = 100  # photos the model is trained on (each with its mirror image)
+POOL = 40  # of them, distinct photos in the crawl
+SWAPPED = 8  # of them, the last SWAPPED have their captions rotated among themselves (mismatched pairs)
 COPIES = 10  # mirrored and recoloured copies of the first COPIES photos are planted in the crawl
+# The module's first test also pays for the fixture's training run: minutes on a shared 2-core machine
+pytestmark = pytest.mark.timeout(2400)
 
 
 def small(im: Image.Image, side: int = 64) -> Image.Image:
@@ -35,7 +38,7 @@ def photos() -> list[tuple[str, Image.Image, list[str]]]:
         with open(folder / "captions.csv", newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 caps.setdefault(row["image"], []).append(row["caption"])
-        names = sorted(caps)[:200]
+        names = sorted(caps)[:TRAIN]
         return [(n, small(Image.open(folder / "images" / n).convert("RGB")), caps[n]) for n in names]
     from wit.ingest.sample_images import package_photos
 
@@ -235,9 +238,27 @@ def test_semantic_dedup_equals_all_pairs_components_with_one_cluster(world, embe
     assert {u: v["dup_of"] for u, v in sem.items() if v["reason"] and v["reason"].startswith("semantic")} == expected
 
 
-def test_every_verdict_folder_adds_up_in_the_audit_funnel(world, embedded):
-    from wit.shards.score_audit import clip_score_report
+def test_semantic_dedup_into_an_older_output_judges_only_this_run(world, embedded, tmp_path):
+    """A second run into the same --out over fewer shards must not read the first run's scratch files."""
+    out = tmp_path / "again"
+    first = wit("dedup-semantic", str(embedded), "--out", str(out), "--threshold", "0.9", "--clusters", "1",
+                "--workers", "1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    one = tmp_path / "one_shard"
+    (one / "_wit").mkdir(parents=True)
+    plan = json.loads((embedded / "_wit" / "embed.json").read_text())
+    (one / "_wit" / "embed.json").write_text(json.dumps({**plan, "shards": ["00000"]}))
+    (one / "00000.parquet").write_bytes((embedded / "00000.parquet").read_bytes())
+    r = wit("dedup-semantic", str(one), "--out", str(out), "--threshold", "0.9", "--clusters", "1", "--workers", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    here = set(table(one))
+    verdicts = pq.read_table(out / "00000.parquet").to_pylist()
+    assert {v["uid"] for v in verdicts} == here
+    assert all(v["dup_of"] in here for v in verdicts if v["dup_of"])  # never the copy kept in the other shard
+    assert json.loads(r.stdout)["assigned"] == sum(v["reason"] is None for v in table(one).values())
 
+
+def test_every_verdict_folder_adds_up_in_the_audit_funnel_and_the_audit_shows_the_scores(world, embedded):
     root = world["root"]
     needed = ("images", "dedup", "clip_score", "semantic")
     if not all((root / "verdicts" / s).is_dir() for s in needed):
@@ -251,9 +272,15 @@ def test_every_verdict_folder_adds_up_in_the_audit_funnel(world, embedded):
         assert step["rows_in"] == step["kept"] + sum(step["dropped"].values()), step
         assert "no verdict" not in step["dropped"], step
     assert report["funnel"][0]["rows_in"] == len(world["rows"])
-    section = clip_score_report(str(embedded))
+    assert stages.index("dedup") < stages.index("semantic")
+    section = report["clip_scores"]  # the audit finds <root>/embeddings
     assert section["scored"] == sum(r["status"] == "ok" for r in world["rows"])
+    assert section["unscored"] == len(world["rows"]) - section["scored"]
     assert sum(section["histogram"]["counts"]) == section["scored"]
+    scores = [v["clip_score"] for v in table(embedded).values() if v["clip_score"] is not None]
+    assert section["min"] == pytest.approx(min(scores)) and section["max"] == pytest.approx(max(scores))
+    assert (root / "audit" / "clip_scores.png").stat().st_size > 0
+    assert "CLIP scores" in (root / "audit" / "report.html").read_text()
 
 
 def test_bad_input_is_one_line(world, embedded, tmp_path):
