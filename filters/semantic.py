@@ -13,7 +13,7 @@
 Memory: the fit holds the sample, a dedup task one bucket (about --bucket-rows rows) and one cluster's similarity
 block (1,024 rows x the cluster); the rest is DuckDB with its memory limit.
 k-means by faiss-cpu rather than scikit-learn's MiniBatchKMeans: on 200,000 x 512 floats, k = 200, 20 iterations,
-faiss took 3.4 CPU s and MiniBatchKMeans 57 (bench/README.md), and faiss takes the same code to 100K clusters.
+faiss took 3.1 CPU s and MiniBatchKMeans 39 (bench/README.md), and faiss takes the same code to 100K clusters.
 """
 from __future__ import annotations
 
