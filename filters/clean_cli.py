@@ -1,4 +1,5 @@
-"""`wit filter text`, `wit filter images`, `wit dedup`: clean a pool or a crawl, with every verdict in parquet."""
+"""`wit filter text|images|clip-score`, `wit dedup`, `wit dedup-semantic`: clean a pool or a crawl, with every verdict
+in parquet."""
 from __future__ import annotations
 
 import json
@@ -7,8 +8,10 @@ from wit.shards.options import DefaultsHelp, add_arguments, from_args
 
 
 def register(sub) -> None:
+    from wit.filters.clip_score import ClipScoreConfig
     from wit.filters.dedup import DedupConfig
     from wit.filters.images import ImagesConfig
+    from wit.filters.semantic import SemanticConfig
     from wit.filters.text import TextConfig
 
     f = sub.add_parser("filter", help="text and image filters; one verdict file per input file or shard")
@@ -52,6 +55,31 @@ def register(sub) -> None:
     add_arguments(d, DedupConfig)
     d.set_defaults(run=_dedup)
 
+    c = fsub.add_parser(
+        "clip-score", formatter_class=DefaultsHelp,
+        help="keep pairs whose CLIP score (from `wit embed`) is at least --min S, or the --top-fraction F best",
+        description="Judge every row of every shard of a `wit embed` folder by its CLIP score (cosine of the image "
+        "and text embedding): clip_score_below:<threshold>, or the reason the row has no embedding "
+        "(not_ok_in_ingest, decode_error, ...). --top-fraction's threshold is the pool's global quantile (DuckDB, "
+        "out of core). Writes OUT/<shard>.parquet (uid, keep, reason, dup_of, clip_score) and "
+        "OUT/_wit/clip_score_summary.json (threshold, counts, the score distribution).",
+    )
+    add_arguments(c, ClipScoreConfig)
+    c.set_defaults(run=_clip_score)
+
+    sem = sub.add_parser(
+        "dedup-semantic", formatter_class=DefaultsHelp,
+        help="SemDeDup: near-duplicate images by embedding (k-means clusters, cosine threshold within each)",
+        description="Semantic dedup on `wit embed`'s image embeddings: spherical k-means (faiss) on a sample, every "
+        "image assigned to its nearest centroid, then per cluster the pairs with cosine >= --threshold are "
+        "duplicates; each connected group keeps its smallest uid, the others get semantic_dup_of:<uid>. Clusters "
+        "are grouped into buckets, each an independent task. Finds copies that pHash misses (mirrored, recoloured, "
+        "re-cropped). Rows an --after stage dropped keep its reason. Writes OUT/<shard>.parquet (uid, keep, reason, "
+        "dup_of, cluster) and OUT/_wit/semantic_summary.json.",
+    )
+    add_arguments(sem, SemanticConfig)
+    sem.set_defaults(run=_semantic)
+
 
 
 def _print(summary: dict) -> None:
@@ -69,6 +97,20 @@ def _images(args) -> int:
     from wit.filters.images import ImagesConfig, run_images
 
     _print(run_images(from_args(ImagesConfig, args)))
+    return 0
+
+
+def _clip_score(args) -> int:
+    from wit.filters.clip_score import ClipScoreConfig, run_clip_score
+
+    _print(run_clip_score(from_args(ClipScoreConfig, args)))
+    return 0
+
+
+def _semantic(args) -> int:
+    from wit.filters.semantic import SemanticConfig, run_semantic
+
+    _print(run_semantic(from_args(SemanticConfig, args)))
     return 0
 
 

@@ -5,6 +5,7 @@ The pipeline folder is read by convention (each part optional except raw/):
   verdicts/<stage>/    filter verdicts, one folder per stage (uid, keep, reason)
   balance/selection/   balance selection (uid, status, reason, matched); queries.parquet names the entries
   corpus/              training shards' corpus manifests and index.json (wit shards write)
+  embeddings/          `wit embed`'s output: the CLIP-score distribution (shards/score_audit.py)
 The funnel walks the stages in that order; each stage removes rows with a reason, and rows in = dropped + kept.
 Every folder is a DuckDB view over its parquet files and every figure an aggregate query, so the report of a
 billion-row pool needs a memory limit, not a machine that holds it; the gallery (shards/gallery.py) shows up to
@@ -24,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from wit.shards import gallery  # noqa: E402
 from wit.shards.options import opt  # noqa: E402
+from wit.shards.score_audit import clip_score_report, plot_clip_scores  # noqa: E402
 from wit.shards.sql import SQLOptions, ident, register_filesystem, run_sql  # noqa: E402
 from wit.shards.storage import (  # noqa: E402
     WitError, absolute, exists, fs_and_path, join, read_json, write_atomic, write_json_atomic,
@@ -41,7 +43,7 @@ class AuditConfig(SQLOptions):
 
 
 # The pipeline's order of verdict stages; a stage's rows carry the earlier stages' drops, so it counts only its own.
-STAGE_ORDER = ("text", "images", "dedup")
+STAGE_ORDER = ("text", "images", "dedup", "clip_score", "semantic")
 
 
 def _folders(url: str) -> list[str]:
@@ -150,6 +152,9 @@ def audit(cfg: AuditConfig) -> str:
         report["queries"] = query_report(con, root, has_corpus, cfg.top)
     if cfg.gallery:
         report["gallery"] = gallery.build(con, steps, _eval_sets(root))
+    embeddings = join(root, "embeddings")
+    if exists(embeddings) and parquet_files(embeddings):
+        report["clip_scores"] = clip_score_report(embeddings, con)
     con.close()
     return write_report(out, report)
 
@@ -256,6 +261,8 @@ def write_report(out: str, report: dict) -> str:
             ax.loglog(*zip(*q["count_curves"]["before"]), label="matched pool"),
             ax.loglog(*zip(*(q["count_curves"]["after"] or [(1, 0)])), label="corpus"),
             ax.set_xlabel("entry rank"), ax.set_ylabel("pairs per entry"), ax.legend())))
+    if report.get("clip_scores"):
+        plots.append(_png(out, "clip_scores.png", lambda ax: plot_clip_scores(ax, report["clip_scores"])))
     # the JSON holds what each plot shows: the funnel above, the size histogram, count curves at log-spaced ranks
     slim = {k: v for k, v in report.items() if k not in ("image_short_side", "gallery")}
     if len(sides):
@@ -313,6 +320,12 @@ def render_html(report: dict, plots: list[str], gallery_html: str = "") -> str:
         for which in ("top", "bottom"):
             parts.append(f"<table><tr><th>{which} entry</th><th>corpus</th><th>pool</th></tr>" + "".join(
                 f"<tr><td>{e(str(n))}</td><td>{a:,}</td><td>{b:,}</td></tr>" for n, a, b in q[which]) + "</table>")
+    if "clip_scores" in report:
+        c = report["clip_scores"]
+        quantiles = ", ".join(f"{100 * float(q):g}%: {v:.3f}" for q, v in c["quantiles"].items() if v is not None)
+        mean = f"mean {c['mean']:.3f}; " if c["mean"] is not None else ""
+        parts.append(f"<h2>CLIP scores</h2><p>{c['scored']:,} pairs scored, {c['unscored']:,} without a score; "
+                     f"{mean}quantiles {e(quantiles) or 'none'}</p>")
     parts.append("<h2>Top domains</h2><table><tr><th>domain</th><th>pairs</th></tr>" + "".join(
         f"<tr><td>{e(str(d))}</td><td>{n:,}</td></tr>" for d, n in report["top_domains"]) + "</table>")
     parts.append("<h2>Plots</h2>" + "".join(f"<p><img src='{e(p)}' alt='{e(p)}'></p>" for p in plots))

@@ -145,3 +145,40 @@ VERDICT = pa.schema(
         pa.field("dup_of", pa.string()),  # uid of the kept copy, for exact and near duplicates
     ]
 )
+
+
+# ---- Model embeddings (trainer/embed.py writes them; filters: clip-score, semantic dedup read them) -------------
+
+# `wit embed` writes one file per input shard, `<embed dir>/<shard>.parquet`, one row per manifest row in manifest
+# order. `image` and `text` are the model's L2-normalised embeddings (float32, a fixed-size list as long as the
+# model's width) and `clip_score` is their cosine; all three are null exactly when `reason` says why the row has
+# none (not_ok_in_ingest, missing_in_tar, tar_unreadable, decode_error). The file's schema metadata names the model
+# that made it (EMBED_MODEL_KEY: name and a hash of its weights), so a resumed run never mixes two models.
+# `<embed dir>/_wit/embed.json` (EMBED_PLAN) is written first and lists every shard the folder must hold.
+EMBED_PLAN = "_wit/embed.json"
+EMBED_MODEL_KEY = b"wit.embedder"
+
+
+def embedding_schema(dim: int) -> pa.Schema:
+    vector = pa.list_(pa.float32(), dim)
+    return pa.schema(
+        [
+            pa.field("uid", pa.string(), nullable=False),
+            pa.field("image", vector),
+            pa.field("text", vector),
+            pa.field("clip_score", pa.float32()),
+            pa.field("reason", pa.string()),  # null when the row has embeddings
+        ]
+    )
+
+
+def embedding_problem(schema: pa.Schema) -> str | None:
+    """What keeps `schema` from being an embedding file's (None when it is one)."""
+    names = schema.names
+    for name in ("uid", "image", "text", "clip_score", "reason"):
+        if name not in names:
+            return f"no column {name!r} (columns: {', '.join(names)})"
+    for name in ("image", "text"):
+        if not pa.types.is_fixed_size_list(schema.field(name).type):
+            return f"column {name!r} is {schema.field(name).type}, not a fixed-size list of float32"
+    return None

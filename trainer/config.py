@@ -25,6 +25,9 @@ class TrainConfig:
                                       "of its corpus manifest (`wit curate balance --online`, then `wit shards write`), "
                                       "drawn from (seed, epoch, uid); the epoch lays out only the kept samples")
     seed: int = opt(0, "seed of the data order, augmentation and initialisation")
+    loss: str = opt("clip", "clip: symmetric InfoNCE (softmax); siglip: the sigmoid loss, with a learnable bias "
+                            "(temperature starts at 10, bias at -10), exchanged between neighbouring ranks",
+                    choices=("clip", "siglip"))
     lr: float = opt(5e-4, "peak learning rate (AdamW), after warmup")
     warmup: int = opt(100, "linear warmup steps, then cosine to zero at `steps`", minimum=0)
     weight_decay: float = opt(0.2, "not applied to gains, biases and the temperature", minimum=0)

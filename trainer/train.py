@@ -25,7 +25,7 @@ from wit.trainer import checkpoint
 from wit.trainer.config import TrainConfig
 from wit.trainer.data import ShardLoader, resolve_shards
 from wit.trainer.gpu_decode import DeviceBatches, decode_mode, prepared_ahead
-from wit.trainer.loss import MAX_LOGIT_SCALE, clip_loss
+from wit.trainer.loss import LOSSES, MAX_LOGIT_SCALE, clip_loss, model_kwargs
 
 MODEL_CONFIGS = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIGS)
@@ -146,7 +146,7 @@ def train(cfg: TrainConfig) -> int:
     torch.manual_seed(cfg.seed)
     logging.disable(logging.WARNING)  # open_clip warns that it loads no pretrained weights: a fresh run has none
     try:
-        model = open_clip.create_model(cfg.model, device=device)
+        model = open_clip.create_model(cfg.model, device=device, **model_kwargs(cfg.loss))
     finally:
         logging.disable(logging.NOTSET)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
@@ -195,7 +195,7 @@ def train(cfg: TrainConfig) -> int:
             group["lr"] = lr
 
         optimizer.zero_grad(set_to_none=True)
-        loss = forward_backward(forward, ddp, images, texts, valid, cfg.accum, autocast)
+        loss = forward_backward(forward, ddp, images, texts, valid, cfg.accum, autocast, LOSSES[cfg.loss])
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
@@ -259,14 +259,14 @@ def tensorboard_writer(out: Path):
     return SummaryWriter(str(out / "tensorboard"), flush_secs=10)
 
 
-def forward_backward(forward, ddp, images, texts, valid, accum: int, autocast) -> torch.Tensor:
+def forward_backward(forward, ddp, images, texts, valid, accum: int, autocast, objective=clip_loss) -> torch.Tensor:
     """Loss and gradients of the whole batch. With accum > 1, feature-cached accumulation: features of all
     micro-batches first without gradients, then each micro-batch again with gradients against the cached rest.
     Activations of one micro-batch at a time; the same gradients as one pass over the whole batch."""
     if accum == 1:
         with autocast:
-            image_features, text_features, logit_scale = forward(images, texts)
-        loss = clip_loss(image_features.float(), text_features.float(), logit_scale.float(), valid)
+            image_features, text_features, *temperature = forward(images, texts)  # scale (and SigLIP's bias)
+        loss = objective(image_features.float(), text_features.float(), *(x.float() for x in temperature), valid)
         loss.backward()
         return loss.detach()
     chunks = list(zip(images.chunk(accum), texts.chunk(accum)))
@@ -277,12 +277,12 @@ def forward_backward(forward, ddp, images, texts, valid, accum: int, autocast) -
         last = k == accum - 1
         with no_sync() if no_sync and not last else contextlib.nullcontext():
             with autocast:
-                image_k, text_k, logit_scale = forward(i, t)
+                image_k, text_k, *temperature = forward(i, t)
             if not last:  # the temperature's gradient once (in the last pass), not once per micro-batch
-                logit_scale = logit_scale.detach()
+                temperature = [x.detach() for x in temperature]
             image = torch.cat([c[0] for c in cached[:k]] + [image_k] + [c[0] for c in cached[k + 1:]])
             text = torch.cat([c[1] for c in cached[:k]] + [text_k] + [c[1] for c in cached[k + 1:]])
-            loss = clip_loss(image.float(), text.float(), logit_scale.float(), valid)
+            loss = objective(image.float(), text.float(), *(x.float() for x in temperature), valid)
             loss.backward()
     return loss.detach()
 

@@ -67,7 +67,9 @@ def load_model(model: str | None, checkpoint: str | None, random_init: bool, dev
         raise WitError(f"--model {name}: unknown to open_clip and not in {MODEL_CONFIGS}")
     logging.disable(logging.WARNING)  # open_clip warns "no pretrained weights": we load them ourselves below
     try:
-        net, _, preprocess = open_clip.create_model_and_transforms(name, device="cpu")
+        # a SigLIP-trained checkpoint holds the sigmoid loss's bias: the model needs the parameter to load it
+        bias = {"init_logit_bias": 0.0} if state is not None and "logit_bias" in strip_prefixes(state) else {}
+        net, _, preprocess = open_clip.create_model_and_transforms(name, device="cpu", **bias)
     finally:
         logging.disable(logging.NOTSET)
     if state is not None:
