@@ -38,6 +38,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_proc.py, shared by the benchmarks
+from _proc import tree_rss  # noqa: E402
 import webdataset as wds  # noqa: E402
 
 from wit.shards.reshard import ReshardConfig, reshard  # noqa: E402
@@ -184,27 +186,6 @@ def synthetic_pool(folder: Path, samples: int, workers: int) -> None:
         list(pool.map(_synthetic_shard, tasks, chunksize=4))
 
 
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        todo.extend(children.get(p, []))
-        try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:
-            pass
-    return total
 
 
 _RUN = """
@@ -232,7 +213,7 @@ def run_reshard(pool: Path, out: Path, engine: str, workers: int | None, memory_
 
     def watch() -> None:
         while not stop.wait(0.2):
-            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            peak[0] = max(peak[0], tree_rss(proc.pid))
             if out.is_dir():
                 for stats in out.glob("*_stats.json"):
                     tar = out / stats.name.replace("_stats.json", ".tar")

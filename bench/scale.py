@@ -37,6 +37,9 @@ import time
 from multiprocessing import get_context
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_proc.py, shared by the benchmarks
+from _proc import tree_rss  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 PER_SHARD = 10_000
 ENTRIES = 500_000
@@ -162,27 +165,6 @@ PAYLOAD = _payload()
 
 
 # ---------------------------------------------------------------------------------------------------- measuring
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:
-            pass
-        todo += children.get(p, [])
-    return total
 
 
 def measure(cmd: list[str], log: Path) -> tuple[float, int, int]:
