@@ -54,7 +54,7 @@ def top_fraction_threshold(cfg: ClipScoreConfig, urls: list[str]) -> tuple[int, 
     bins = run_sql(con, f"""
         SELECT floor(clip_score::DOUBLE * {BINS_PER_UNIT})::BIGINT AS b, count(*) AS n
         FROM read_parquet($files) WHERE reason IS NULL AND clip_score IS NOT NULL GROUP BY b ORDER BY b DESC""",
-                   {"files": urls}, what="clip-score quantile", temp_dir=cfg.temp_dir).fetchnumpy()
+                   {"files": urls}, what="clip-score quantile").fetchnumpy()
     total = int(bins["n"].sum())
     if not total:
         raise WitError(f"{cfg.embeddings}: no row has a CLIP score")

@@ -288,7 +288,7 @@ def run_semantic(cfg: SemanticConfig) -> dict:
     con = cfg.connect(output=cfg.out)
     _register(con, urls)
     embedded = run_sql(con, "SELECT count(*) FROM read_parquet($f) WHERE reason IS NULL", {"f": urls},
-                       what="count embeddings", temp_dir=cfg.temp_dir).fetchone()[0]
+                       what="count embeddings").fetchone()[0]
     if not embedded:
         raise WitError(f"{cfg.embeddings}: no row has an embedding")
     clusters = cfg.clusters or max(1, round(embedded / cfg.cluster_size))
