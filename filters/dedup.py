@@ -31,7 +31,7 @@ from wit.shards.options import opt
 from wit.shards.sql import SQLOptions, literal, register_filesystem, run_sql
 from wit.shards.tables import parquet_files, read_parquet, write_parquet
 from wit.shards.schema import VERDICT
-from wit.shards.storage import WitError, fs_and_path, join
+from wit.shards.storage import WitError, fs_and_path, join, remove_scratch
 
 BUCKET_CAP = 10_000  # rows of one band bucket beyond which it is joined by sub-bands (a 10K bucket: 5e7 pairs)
 
@@ -239,7 +239,7 @@ def dedup(cfg: DedupConfig) -> dict:
                    WHERE keep AND uid NOT IN (SELECT uid FROM gone)""")
     stats = dedup_core(con, cfg.near_k, cfg.exact, cfg.bucket_cap)
     # the rows whose verdict changes here, by input file; every other row keeps the image stage's verdict
-    _remove(scratch)
+    remove_scratch(scratch)
     _sql(con, f"""
         COPY (SELECT v.f, v.row,
                      CASE WHEN g.uid IS NOT NULL THEN g.reason
@@ -252,7 +252,7 @@ def dedup(cfg: DedupConfig) -> dict:
     counts: Counter = Counter()
     for i, (src, name) in enumerate(zip(files, names)):
         counts.update(finish_file(src, join(scratch, f"f={i}"), join(cfg.out, f"{name}.parquet")))
-    _remove(scratch)
+    remove_scratch(scratch)
     stats.update(shards=len(names), kept=counts.pop("kept", 0),
                  dropped=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))))
     return stats
@@ -280,8 +280,3 @@ def finish_file(src: str, changes: str, target: str) -> Counter:
     kinds = pc.fill_null(pc.list_element(pc.split_pattern(table["reason"], ":", max_splits=1), 0), "kept")
     return Counter({k.as_py(): m.as_py() for k, m in zip(*pc.value_counts(kinds).flatten())})
 
-
-def _remove(folder: str) -> None:
-    fs, path = fs_and_path(folder)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)

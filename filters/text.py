@@ -25,7 +25,7 @@ from wit.shards.options import opt
 from wit.shards.runner import EngineOptions, imap, run_map
 from wit.shards.schema import OK, VERDICT, pair_uid, row_uids
 from wit.shards.sql import SQLOptions, literal, register_filesystem, run_sql
-from wit.shards.storage import WitError, absolute, expand, fs_and_path, join
+from wit.shards.storage import WitError, absolute, expand, fs_and_path, join, remove_scratch
 from wit.shards.tables import open_parquet, parquet_files, read_parquet, shard_order, write_parquet
 
 NOT_OK = "not_ok_in_ingest"
@@ -222,7 +222,7 @@ def run_text(cfg: TextConfig) -> dict:
             for f, s in zip(files, stems)]
     rows = run_map(judge_file, jobs, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address)
     summary = dedup_rows(cfg, [j.rows_out for j in jobs], sum(rows), [join(out, f"{s}.parquet") for s in stems])
-    _remove(rows_dir)
+    remove_scratch(rows_dir)
     return summary
 
 
@@ -236,7 +236,7 @@ def dedup_rows(cfg: TextConfig, parts: list[str], n_rows: int, targets: list[str
     counts: Counter = Counter()
     for c in imap(finish_file, finish, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address):
         counts.update(c)
-    _remove(dups_dir)
+    remove_scratch(dups_dir)
     n = sum(counts.values())
     return {"files": len(parts), "rows": n, "kept": counts.pop("kept", 0), "dropped": dict(counts)}
 
@@ -279,7 +279,7 @@ def find_dups(con, parts: list[str], n_rows: int, dups_dir: str, pair_dedup: boo
                  k AS (SELECT nurl, min(uid) AS keeper FROM c GROUP BY nurl HAVING count(*) > 1)
             SELECT c.f, c.row, 'url_dup_of:' || k.keeper, k.keeper FROM c JOIN k USING (nurl)
             WHERE c.uid <> k.keeper""", what="text dedup (URLs)")
-    _remove(dups_dir)
+    remove_scratch(dups_dir)
     run_sql(con, f"""COPY (SELECT * FROM pair_dups UNION ALL SELECT * FROM url_dups) TO {literal(dups_dir)}
                      (FORMAT parquet, PARTITION_BY (f), OVERWRITE_OR_IGNORE)""", what="text dedup (writing)")
 
@@ -311,10 +311,3 @@ def finish_file(job: FinishJob) -> dict[str, int]:
     kinds = pc.fill_null(pc.list_element(pc.split_pattern(reason, ":", max_splits=1), 0), "kept")
     return {k.as_py(): n.as_py() for k, n in zip(*pc.value_counts(kinds).flatten())}
 
-
-def _remove(*folders: str) -> None:
-    """Remove wit's own scratch folders (under <out>/_wit)."""
-    for folder in folders:
-        fs, path = fs_and_path(folder)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)

@@ -58,6 +58,13 @@ def move(fs, src: str, dst: str) -> None:
         fs.mv(src, dst)  # object stores: copy then delete; the new key appears whole
 
 
+def remove_scratch(url: str) -> None:
+    """Remove a folder wit itself wrote (its scratch under `<out>/_wit/`), if it is there; never a user's folder."""
+    fs, path = fs_and_path(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
 def read_json(url: str):
     fs, path = fs_and_path(url)
     with fs.open(path, "rb") as f:
