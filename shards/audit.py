@@ -18,19 +18,15 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from wit.shards import gallery  # noqa: E402
-from wit.shards.options import opt  # noqa: E402
-from wit.shards.score_audit import clip_score_report, plot_clip_scores  # noqa: E402
-from wit.shards.sql import SQLOptions, ident, register_filesystem, run_sql  # noqa: E402
-from wit.shards.storage import (  # noqa: E402
+from wit.shards import gallery
+from wit.shards.options import opt
+from wit.shards.score_audit import clip_score_report, plot_clip_scores
+from wit.shards.sql import SQLOptions, ident, register_filesystem, run_sql
+from wit.shards.storage import (
     WitError, absolute, exists, fs_and_path, join, read_json, write_atomic, write_json_atomic,
 )
-from wit.shards.tables import parquet_files, read_schema  # noqa: E402
+from wit.shards.tables import parquet_files, read_schema
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -231,14 +227,17 @@ def _log_ranks(con, table: str, n: int, points: int = 200) -> list[tuple[int, in
 
 
 def _png(out: str, name: str, draw) -> str:
-    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
-    draw(ax)
-    fig.tight_layout()
+    # matplotlib's object API, imported here: no pyplot state or GUI backend, and `wit shards` / `wit audit`
+    # start without the second or so that importing pyplot costs
     import io
 
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.2), dpi=100)
+    draw(fig.subplots())
+    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     write_atomic(join(out, name), buf.getvalue())
     return name
 
