@@ -13,9 +13,10 @@ def register(sub) -> None:
         "download",
         help="crawl URL-caption lists into WebDataset shards with parquet manifests (resumable)",
         description=(
-            "Crawl URL-caption lists into {shard:05d}.tar + {shard}.parquet (wit manifest) + {shard}_stats.json, "
-            "using img2dataset. Running the same command again resumes; a shard counts only when its tar, "
-            "manifest and stats agree."
+            "Crawl URL-caption lists into {shard}.tar + {shard}.parquet (wit manifest) + {shard}_stats.json, "
+            "using img2dataset; shard names have five digits (00000), more when the crawl plans over 10,000 "
+            "shards, one width per crawl. Running the same command again resumes; a shard counts only when its "
+            "tar, manifest and stats agree."
         ),
         formatter_class=DefaultsHelp,
     )

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from wit.shards.options import opt
 
-SHARD_DIGITS = 5  # img2dataset's `{shard:05d}.tar`
 HEADER_OPTOUTS = ("noai", "noimageai", "noindex", "noimageindex")  # X-Robots-Tag directives honoured
 
 

@@ -24,8 +24,8 @@ from wit.ingest.output import (
     one_line_when_disk_full,
     own_shard_file,
     own_shards,
+    planned_shards,
     read_record,
-    shard_name,
 )
 from wit.ingest.progress import ShardProgress
 from wit.ingest.summary import summarize
@@ -57,17 +57,14 @@ def _download(cfg: DownloadConfig) -> dict:
     done = resume_scan(cfg)
     start = time.time()
     run_engine(cfg, input_dir=join(cfg.out, "_wit", "input"), done=done, start_shard=0, total_rows=sum(inputs))
-    finished = {int(n) for n in crawl_shard_names(cfg.out)}
-    missing = [shard_name(i) for i in range(expected_shards(inputs, cfg.shard_size)) if i not in finished]
-    new = {shard_name(i) for i in finished - done}
+    shards = own_shards(read_record(cfg.out))
+    finished = {int(n) for n in crawl_shard_names(cfg.out, shards)}
+    missing = [shards.name(i) for i in range(planned_shards(inputs, cfg.shard_size)) if i not in finished]
+    new = {shards.name(i) for i in finished - done}
     summary = summarize(cfg.out, started=start, new_shards=new)
     summary["missing_shards"] = missing
     write_json_atomic(join(cfg.out, "_wit", "summary.json"), summary)
     return summary
-
-
-def expected_shards(counts: list[int], shard_size: int) -> int:
-    return sum(math.ceil(n / shard_size) for n in counts)
 
 
 def verify_shards(cfg: DownloadConfig, names: list[str]) -> list[ShardCheck]:
@@ -118,7 +115,7 @@ def run_engine(cfg: DownloadConfig, input_dir: str, done: set[int], start_shard:
         input_dir, "parquet", "url", "caption", None, None, CARRIED_COLUMNS,
         cfg.shard_size, done, tmp, start_shard,
     )
-    downloader = build_downloader(cfg, reader.column_list, staging)
+    downloader = build_downloader(cfg, reader.column_list, staging, own_shards(read_record(cfg.out)).width)
     if cfg.distributor == "multiprocessing":
         run = distributors.multiprocessing_distributor
     elif cfg.distributor == "pyspark":

@@ -38,7 +38,7 @@ finally:
 
 from wit.ingest.crawl_stats import FetchStats
 from wit.ingest.fetch import FetchSettings, fetcher
-from wit.ingest.output import disk_full, disk_full_error
+from wit.ingest.output import disk_full, disk_full_error, shard_name
 from wit.ingest.reasons import reason_for
 from wit.shards.schema import FAILED, MANIFEST, OK
 from wit.shards.storage import fs_and_path, join, read_json, write_json_atomic
@@ -161,7 +161,7 @@ class WitDownloader:
 
     def __call__(self, row):
         _quiet_disk_full_at_exit()
-        name = f"{row[0]:0{self.oom_shard_count}d}"
+        name = shard_name(row[0], self.oom_shard_count)
         try:
             self.download_shard(row)
             finish_shard(self.staging, self.output, name)
@@ -225,15 +225,15 @@ class WitDownloader:
         writer.close()
         write_stats(self.staging, shard_id, len(rows), counts["success"], counts["failed_to_download"],
                     counts["failed_to_resize"], start, time.time(), errors, self.oom_shard_count)
-        stats_file = join(self.staging, f"{shard_id:0{self.oom_shard_count}d}_stats.json")
+        stats_file = join(self.staging, f"{shard_name(shard_id, self.oom_shard_count)}_stats.json")
         write_json_atomic(stats_file, {**read_json(stats_file), "fetch": stats.to_json()})
 
 
-def build_downloader(cfg, column_list: list[str], staging: str) -> WitDownloader:
-    """The worker's callable for a `wit download` config (ingest/config.py)."""
+def build_downloader(cfg, column_list: list[str], staging: str, name_width: int) -> WitDownloader:
+    """The worker's callable for a `wit download` config (ingest/config.py), naming shards `name_width` digits wide
+    (the run record's: img2dataset's writers and keys take it as their `oom_shard_count`)."""
     from img2dataset.writer import WebDatasetSampleWriter
 
-    from wit.ingest.config import SHARD_DIGITS
     from wit.ingest.guard import GuardPolicy
 
     resizer = SafeResizer(
@@ -252,7 +252,7 @@ def build_downloader(cfg, column_list: list[str], staging: str) -> WitDownloader
     )
     return WitDownloader(fetch=fetch, resizer=resizer, sample_writer_class=WebDatasetSampleWriter,
                          column_list=column_list, staging=staging, output=cfg.out,
-                         number_sample_per_shard=cfg.shard_size, oom_shard_count=SHARD_DIGITS)
+                         number_sample_per_shard=cfg.shard_size, oom_shard_count=name_width)
 
 
 def _quiet_disk_full_at_exit() -> None:

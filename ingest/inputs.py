@@ -8,7 +8,8 @@
    `schema.row_uids` gives when it reads the lists in order.
 3. The content (list names, row counts, digests, shard size) is compared with the run record; the new input
    then takes the place of `_wit/input/`, and the record keeps the lists' fingerprint (size and mtime or etag
-   of every file). A resume whose lists still have that fingerprint reuses the input without reading a list.
+   of every file) and, from the crawl's first run on, the width of its shard names (`output.name_width`). A
+   resume whose lists still have that fingerprint reuses the input without reading a list.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wit.ingest.config import DownloadConfig
-from wit.ingest.output import crawl_sql, entries, read_record, run_record_url
+from wit.ingest.output import crawl_sql, entries, name_width, planned_shards, read_record, run_record_url
 from wit.shards.lists import find_lists, read_list
 from wit.shards.runner import run_map
 from wit.shards.schema import INPUT, repeat_uid
@@ -79,7 +80,9 @@ def prepare_inputs(cfg: DownloadConfig) -> list[int]:
     if not (record and _holds(final, names)):  # else the input in place is this very one
         _replace_folder(fs, fs_and_path(staged)[1], fs_and_path(final)[1])
     _remove(fs, prepare_path)
-    write_json_atomic(run_record_url(cfg.out), {**record, **fingerprint, "sources_sha256": sources})
+    # the names' width is chosen once, by the crawl's first run; a record without one is from before: five digits
+    width = {} if record else {"name_width": name_width(planned_shards(fingerprint["rows"], cfg.shard_size))}
+    write_json_atomic(run_record_url(cfg.out), {**record, **fingerprint, **width, "sources_sha256": sources})
     return fingerprint["rows"]
 
 

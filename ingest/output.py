@@ -2,7 +2,8 @@
 
 The run record (`_wit/run.json`) makes a folder a crawl's own. A crawl refuses a non-empty folder without one,
 and it only ever deletes what it wrote itself: its scratch under `_wit/`, and the files of the shards its run
-record lists (the crawl's shards and each retry's), never a name that merely starts with digits.
+record lists (the crawl's shards and each retry's), never a name that merely starts with digits. The record also
+keeps the width of the crawl's shard names, and `shard_name` is the one place a name is made.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import math
 import os
 import re
 import shutil
+from dataclasses import dataclass
 
 from wit.shards.storage import WitError, fs_and_path, join, read_json
 from wit.shards.verify import shard_names
@@ -22,9 +24,45 @@ SCRATCH = "_wit"
 _SHARD_FILE = re.compile(r"(\d{5,})(?:\.tar|\.parquet|_stats\.json)(\.tmp-[0-9a-f]{8})?")
 
 
-def shard_name(number: int) -> str:
-    """img2dataset's `{shard:05d}`; past 99,999 the names grow a digit, so compare shard numbers, never names."""
-    return f"{number:05d}"
+NAME_WIDTH = 5  # img2dataset's `{shard:05d}`, and the width of every crawl whose run record names none
+
+
+def name_width(planned: int) -> int:
+    """Digits of a new crawl's shard names, chosen once from its planned shards and kept in its run record.
+
+    Every name a crawl writes should have one length, so that `ls` and any tool that sorts names as text list
+    them in shard order. Retries number their shards after the crawl's, and one retry re-crawls at most every row,
+    so it adds at most as many shards as the crawl plans: room for ten times the plan leaves nine full retries
+    before a name could grow a digit (readers compare shard numbers, so even that stays right). At least five:
+    a crawl of up to 10,000 shards is named as img2dataset names it, and as every crawl was named before.
+    """
+    return max(NAME_WIDTH, len(str(10 * planned - 1)))
+
+
+def planned_shards(rows: list[int], shard_size: int) -> int:
+    """The crawl's own shards: each list's rows cut into shards of `shard_size` (img2dataset's reader)."""
+    return sum(math.ceil(n / shard_size) for n in rows)
+
+
+def shard_name(number: int, width: int) -> str:
+    """The one place a crawl shard's name is made: its number, zero-padded to the crawl's width."""
+    return f"{number:0{width}d}"
+
+
+@dataclass(frozen=True)
+class OwnShards:
+    """The shard numbers a run record lists (the crawl's, then each retry's) and the width of their names."""
+    ranges: tuple[range, ...]
+    width: int = NAME_WIDTH
+
+    def name(self, number: int) -> str:
+        return shard_name(number, self.width)
+
+    def number(self, name: str) -> int | None:
+        """The number of a name this crawl wrote for one of its shards, else None (`00004` is not `000004`)."""
+        if not (name.isascii() and name.isdigit()) or self.name(int(name)) != name:
+            return None
+        return int(name) if any(int(name) in r for r in self.ranges) else None
 
 
 def run_record_url(out: str) -> str:
@@ -59,30 +97,29 @@ def check_own_folder(out: str) -> None:
                    "give --out an empty or new folder")
 
 
-def own_shards(record: dict) -> list[range]:
-    """The shard numbers the run record lists: the crawl's, then each retry's."""
-    crawl = sum(math.ceil(n / record["shard_size"]) for n in record.get("rows", []))
-    return [range(crawl)] + [range(first, stop) for first, stop in record.get("retries", [])]
+def own_shards(record: dict) -> OwnShards:
+    """The shards the run record lists, named at the width it keeps (five for a record from before it kept one)."""
+    crawl = planned_shards(record.get("rows", []), record["shard_size"])
+    ranges = [range(crawl)] + [range(first, stop) for first, stop in record.get("retries", [])]
+    return OwnShards(tuple(ranges), record.get("name_width", NAME_WIDTH))
 
 
-def own_shard_file(name: str, shards: list[range]) -> tuple[int, bool] | None:
+def own_shard_file(name: str, shards: OwnShards) -> tuple[int, bool] | None:
     """(shard number, is a leftover temporary) when `name` is a file of one of `shards`, else None."""
     m = _SHARD_FILE.fullmatch(name)
-    if not m or shard_name(int(m.group(1))) != m.group(1):
-        return None
-    number = int(m.group(1))
-    return (number, bool(m.group(2))) if any(number in r for r in shards) else None
+    number = shards.number(m.group(1)) if m else None
+    return None if number is None else (number, bool(m.group(2)))
 
 
 def read_record(out: str) -> dict:
     return read_json(run_record_url(out))
 
 
-def crawl_shard_names(out: str, shards: list[range] | None = None) -> list[str]:
-    """The crawl's published shards (those with a stats file that the run record lists), in shard order."""
+def crawl_shard_names(out: str, shards: OwnShards | None = None) -> list[str]:
+    """The crawl's published shards (those with a stats file, named as the run record's shards), in shard order."""
     if shards is None:
         shards = own_shards(read_record(out))
-    return [n for n in shard_names(out) if any(int(n) in r for r in shards)]
+    return [n for n in shard_names(out) if shards.number(n) is not None]
 
 
 class DiskFull(OSError):

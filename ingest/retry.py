@@ -16,16 +16,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wit.ingest.config import DownloadConfig
-from wit.ingest.download import expected_shards, resume_scan, run_engine
+from wit.ingest.download import resume_scan, run_engine
 from wit.ingest.inputs import prepare_inputs
 from wit.ingest.lock import crawl_lock
 from wit.ingest.output import (
     crawl_shard_names,
     crawl_sql,
     one_line_when_disk_full,
+    own_shards,
+    planned_shards,
     read_record,
     run_record_url,
-    shard_name,
 )
 from wit.ingest.reasons import is_transient
 from wit.ingest.summary import manifest_files, summarize
@@ -48,7 +49,7 @@ def retry_failed(cfg: DownloadConfig) -> dict:
 def _retry_failed(cfg: DownloadConfig) -> dict:
     counts = prepare_inputs(cfg)  # the same lists, or a clear error
     done = resume_scan(cfg)
-    crawl_shards = expected_shards(counts, cfg.shard_size)
+    crawl_shards = planned_shards(counts, cfg.shard_size)
     unfinished = crawl_shards - len([i for i in done if i < crawl_shards])
     if unfinished:
         print(f"{unfinished} shard(s) of the crawl are unfinished; `wit download` without --retry-failed finishes them")
@@ -57,18 +58,20 @@ def _retry_failed(cfg: DownloadConfig) -> dict:
     # after the crawl's own shard numbers, even unfinished ones: a retry shard must never take the number of a
     # crawl shard that a later run still has to write
     first = max(max(done, default=-1) + 1, crawl_shards)
-    batch = join(cfg.out, "_wit", f"retry-{shard_name(first)}")
+    record = read_record(cfg.out)
+    name = own_shards(record).name  # the crawl's width: retry shards are named as its own
+    batch = join(cfg.out, "_wit", f"retry-{name(first)}")
     todo = transient_failures(cfg, join(batch, "00000.parquet"))
     if todo:
-        print(f"retrying {todo:,} rows that failed transiently, into shards from {shard_name(first)}")
-        record = read_record(cfg.out)  # list the retry's shards first: a crawl deletes only shards it lists
+        print(f"retrying {todo:,} rows that failed transiently, into shards from {name(first)}")
+        # list the retry's shards first: a crawl deletes only shards it lists
         retries = record.get("retries", []) + [[first, first + math.ceil(todo / cfg.shard_size)]]
         write_json_atomic(run_record_url(cfg.out), {**record, "retries": retries})
         run_engine(cfg, input_dir=batch, done=set(), start_shard=first, total_rows=todo)
         supersede(cfg)
     else:
         print("no transient failures to retry")
-    summary = summarize(cfg.out, started=start, new_shards=set(crawl_shard_names(cfg.out)) - {shard_name(i) for i in done})
+    summary = summarize(cfg.out, started=start, new_shards=set(crawl_shard_names(cfg.out)) - {name(i) for i in done})
     write_json_atomic(join(cfg.out, "_wit", "summary.json"), summary)
     return summary
 
@@ -92,15 +95,17 @@ def transient_failures(cfg: DownloadConfig, target: str) -> int:
 
 def supersede(cfg: DownloadConfig) -> int:
     """Mark a failed row superseded when a later shard holds an attempt at the same input row. Shard numbers are
-    compared as numbers (past 99,999 the names grow a digit)."""
+    compared as numbers (a crawl from before the run record kept its names' width has 5-digit names that grow a
+    digit past 99,999); the names are the manifests' own."""
     files = manifest_files(cfg.out)
     if not files:
         return 0
     sql = """
-        WITH m AS (SELECT shard::BIGINT AS n, key, status, source_file, source_row FROM read_parquet(?)),
-             latest AS (SELECT source_file, source_row, max(n) AS latest FROM m GROUP BY ALL HAVING count(*) > 1)
-        SELECT m.n, m.key, latest.latest FROM m JOIN latest USING (source_file, source_row)
-        WHERE m.status = ? AND latest.latest > m.n ORDER BY m.n"""
+        WITH m AS (SELECT shard::BIGINT AS n, shard, key, status, source_file, source_row FROM read_parquet(?)),
+             latest AS (SELECT source_file, source_row, max(n) AS latest_n, arg_max(shard, n) AS latest
+                        FROM m GROUP BY source_file, source_row HAVING count(*) > 1)
+        SELECT m.n, m.shard, m.key, latest.latest FROM m JOIN latest USING (source_file, source_row)
+        WHERE m.status = ? AND latest.latest_n > m.n ORDER BY m.n"""
     changed = 0
     with crawl_sql(cfg.out, cfg.memory_limit, cfg.temp_dir) as con, sql_errors(con, "superseding retried rows"):
         pending: list[pa.RecordBatch] = []
@@ -117,13 +122,13 @@ def supersede(cfg: DownloadConfig) -> int:
 
 
 def _supersede_shard(out: str, updates: pa.Table) -> int:
-    """Rewrite one manifest: the rows named in `updates` (n, key, latest) become superseded."""
-    name = shard_name(updates.column(0)[0].as_py())
+    """Rewrite one manifest: the rows named in `updates` (n, shard, key, latest) become superseded."""
+    name = updates["shard"][0].as_py()
     trusted = marked(out, name)  # the shard stays verified: only failed rows change
     t = read_parquet(join(out, f"{name}.parquet"))
     at = pc.index_in(t["key"], value_set=updates["key"])
     hit = pc.is_valid(at)
-    reasons = pa.array([f"retried_in:{shard_name(n)}" for n in updates["latest"].to_pylist()], pa.string())
+    reasons = pa.array([f"retried_in:{latest}" for latest in updates["latest"].to_pylist()], pa.string())
     for column, value in (("status", pa.scalar(SUPERSEDED)), ("reason", pc.take(reasons, at))):
         i = t.schema.get_field_index(column)
         t = t.set_column(i, t.schema.field(i), pc.if_else(hit, value, t[column]))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wit.ingest.output import own_shard_file, own_shards
+from wit.ingest.output import name_width, own_shard_file, own_shards, shard_name
 from tests.conftest import write_csv
 from tests.ingest_helpers import FAST, wit
 
@@ -59,13 +59,30 @@ def test_a_crawl_deletes_only_the_shards_its_run_record_lists(tmp_path):
 
 def test_own_shard_file_knows_its_names():
     shards = own_shards({"rows": [5, 3], "shard_size": 2, "retries": [[100_000, 100_002]]})
-    assert shards == [range(5), range(100_000, 100_002)]
+    assert shards.ranges == (range(5), range(100_000, 100_002))
+    assert shards.width == 5  # a record from before the width was kept: img2dataset's five digits
     assert own_shard_file("00004.tar", shards) == (4, False)
     assert own_shard_file("00004_stats.json.tmp-0123abcd", shards) == (4, True)
     assert own_shard_file("100001.parquet", shards) == (100_001, False)  # six digits past 99,999
     for name in ("00005.tar", "4.tar", "0004.tar", "000004.tar", "00004.png", "00004", "00004.tar.bak",
-                 "2023", "099999.tar", "100002.tar"):
+                 "2023", "099999.tar", "100002.tar", "0000\u00b2.tar"):
         assert own_shard_file(name, shards) is None, name
+
+    wide = own_shards({"rows": [5], "shard_size": 1, "retries": [[5, 7]], "name_width": 6})
+    assert own_shard_file("000004.tar", wide) == (4, False) and own_shard_file("000006_stats.json", wide) == (6, False)
+    for name in ("00004.tar", "0000004.tar", "000007.tar"):  # another width's name is not this crawl's
+        assert own_shard_file(name, wide) is None, name
+
+
+def test_the_name_width_leaves_room_for_nine_full_retries():
+    assert [name_width(p) for p in (0, 1, 9_999, 10_000)] == [5, 5, 5, 5]  # img2dataset's names, as always
+    assert [name_width(p) for p in (10_001, 100_000, 100_001, 160_000)] == [6, 6, 7, 7]
+    for planned in (1, 7, 10_000, 10_001, 123_456, 160_000, 10**9):
+        width = name_width(planned)
+        last = planned + 9 * planned - 1  # the crawl's shards, then nine retries as large as the crawl
+        names = [shard_name(n, width) for n in (0, planned - 1, planned, last)]
+        assert {len(n) for n in names} == {width}, (planned, names)
+        assert sorted(names) == names  # so they list in shard order as text
 
 
 def test_a_second_run_on_a_locked_output_is_refused_in_one_line(tmp_path):

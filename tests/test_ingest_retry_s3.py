@@ -109,3 +109,46 @@ def test_shard_numbers_past_99999_compare_as_numbers(tmp_path):
     assert transient_failures(cfg, str(tmp_path / "todo.parquet")) == 3
     todo = pq.read_table(tmp_path / "todo.parquet")
     assert todo["source_row"].to_pylist() == [1, 0, 2]  # shard 99999 before shard 100000
+
+
+def test_a_run_record_with_six_digit_names_makes_resume_and_retry_write_six_digits(tmp_path, real_images):
+    from wit.ingest.loopback import LoopbackImageServer
+
+    with LoopbackImageServer(real_images, flaky_failures=2) as server:  # fails the crawl and its resume
+        _six_digits(tmp_path, server, sorted(real_images))
+
+
+def _six_digits(tmp_path, server, names):
+    import json
+
+    rows = [(f"{server.url}/img/{names[0]}", "good 0"), (f"{server.url}/flaky/{names[1]}", "flaky"),
+            (f"{server.url}/img/{names[2]}", "good 2"), (f"{server.url}/404", "gone")]
+    out = tmp_path / "out"
+    args = ["download", str(write_csv(tmp_path / "l.csv", rows)), "--out", str(out), "--allow-net", "127.0.0.1/32",
+            "--shard-size", "2", *FAST]
+    assert wit(*args).returncode == 0
+    record = json.loads((out / "_wit" / "run.json").read_text())
+    assert record["name_width"] == 5 and shard_names(str(out)) == ["00000", "00001"]  # a small crawl: as always
+    # the record of a crawl whose plan needs six digits (over 10,000 shards), stopped before its first shard: the
+    # width is the record's, which resume and --retry-failed must keep
+    for p in [*out.glob("0000[01]*"), *(out / "_wit" / "verified").glob("*")]:
+        p.unlink()
+    (out / "_wit" / "run.json").write_text(json.dumps({**record, "name_width": 6}))
+
+    r = wit(*args)
+    assert r.returncode == 0, r.stderr
+    assert shard_names(str(out)) == ["000000", "000001"] and "this run      2 shards" in r.stdout
+    r = wit(*args, "--retry-failed")
+    assert r.returncode == 0, r.stderr
+    assert "into shards from 000002" in r.stdout
+    published = sorted(p.name for p in out.iterdir() if p.name != "_wit")
+    assert published == [f"00000{i}{ext}" for i in range(3) for ext in (".parquet", ".tar", "_stats.json")]
+    m = manifests(out).to_pylist()
+    assert all(row["key"] is None or row["key"].startswith(row["shard"]) for row in m)  # img2dataset's keys too
+    assert {row["shard"] for row in m} == {"000000", "000001", "000002"}
+    old = [row for row in m if row["status"] == "superseded"]
+    assert [(row["caption"], row["reason"]) for row in old] == [("flaky", "retried_in:000002")]
+    live = [row for row in m if row["status"] != "superseded"]
+    assert sorted(row["source_row"] for row in live) == [0, 1, 2, 3]
+    assert all(verify_shard(str(out), n).ok for n in shard_names(str(out)))
+    assert wit(*args).returncode == 0 and shard_names(str(out)) == ["000000", "000001", "000002"]  # all trusted
