@@ -1,13 +1,22 @@
 """Read URL-caption lists (parquet, csv, tsv, jsonl, txt; local, s3://, https://) into wit's input schema.
 
+A list is read in batches of at most `BATCH_ROWS` rows (`iter_list_batches`), never whole: parquet by row
+batches of the url and caption columns, csv/tsv through Arrow's streaming reader, txt by lines. jsonl is still
+read whole (Arrow's streaming JSON reader fixes the columns and their types from the first block, where the whole
+file's reading unifies them, and would turn lists that read today into errors). `read_list` is those batches as
+one table, for the callers that want one file's rows together.
+
 File-level problems (missing file, empty list, no URL column, bad encoding) raise WitError naming the file and
 line. Row-level problems (a malformed URL) stay in the data as an `invalid` reason: the row is recorded in the
 manifest as failed instead of stopping the crawl.
 """
 from __future__ import annotations
 
+import codecs
+import contextlib
 import json
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -15,14 +24,21 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from wit.shards.schema import INPUT, pair_uid, row_uids
-from wit.shards.storage import WitError, expand, fs_and_path
+from wit.shards.schema import INPUT, number_uids, pair_uid
+from wit.shards.storage import WitError, expand, fs_and_path, is_local
 from wit.shards.tables import arrow_reader
 
 FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")
 URL_COLUMNS = ("url", "URL", "image_url", "img_url", "link")
 CAPTION_COLUMNS = ("caption", "TEXT", "text", "alt", "ALT", "alt_text", "title")
 MAX_URL_LENGTH = 2048
+# Rows of a list held in Python at once. A row costs ~400 bytes there (url, caption, uid and reason as str
+# objects), so a batch is ~50 MB per task and 64 tasks on a 64-core node stay near 3 GB, whatever the size of a
+# list file (LAION-2B's are ~18M rows); yet a batch is large enough that the per-batch costs (a parquet row
+# group, Arrow's calls) stay small beside the per-row ones.
+BATCH_ROWS = 131_072
+CSV_BLOCK = 1 << 20  # Arrow's CSV parse block: grown (x16) only for a row larger than a block
+MAX_CSV_BLOCK = 2**31 - 1
 
 
 def find_lists(patterns: list[str]) -> list[str]:
@@ -67,25 +83,47 @@ def read_list(url: str, fmt: str | None = None, url_col: str | None = None, capt
     `seen` counts the pairs of the lists read before this one, so that a repeated pair gets its own uid. Without
     `number_repeats` every row gets its pair's uid, for a caller that numbers the repeats of many lists itself.
     """
+    seen = Counter() if seen is None else seen
+    batches = []
+    for batch in iter_list_batches(url, fmt, url_col, caption_col):
+        if number_repeats:
+            uids = pa.array(number_uids(batch.column(0).to_pylist(), seen), pa.string())
+            batch = batch.set_column(0, INPUT.field("uid"), uids)
+        batches.append(batch)
+    return pa.Table.from_batches(batches, schema=INPUT)
+
+
+def iter_list_batches(url: str, fmt: str | None = None, url_col: str | None = None, caption_col: str | None = None,
+                      batch_rows: int | None = None) -> Iterator[pa.RecordBatch]:
+    """One list file as INPUT-schema batches of at most `batch_rows` rows (default `BATCH_ROWS`), in row order:
+    every row with its pair's uid (`pair_uid`; repeats are not numbered here), its file, its 0-based row in that
+    file and its `invalid` reason. An empty list is a WitError, raised once the whole file has been read."""
     fmt = fmt or list_format(url)
-    table = _read_table(url, fmt)
-    if table.num_rows == 0:
-        raise WitError(f"{url}: the list is empty")
-    ucol = _pick_column(url, table, url_col, URL_COLUMNS, "URL", "--url-col")
-    ccol = None if fmt == "txt" else _pick_column(url, table, caption_col, CAPTION_COLUMNS, "caption", "--caption-col")
-    urls = text_values(table.column(ucol))
-    captions = [""] * len(urls) if ccol is None else text_values(table.column(ccol))
-    return pa.table(
-        {
-            "uid": row_uids(zip(urls, captions), seen) if number_repeats else list(map(pair_uid, urls, captions)),
+    columns: list[str] = []
+
+    def pick(names: list[str]) -> list[str]:
+        """The url (and caption) column among the file's column names: the columns to read."""
+        columns[:] = [_pick_column(url, names, url_col, URL_COLUMNS, "URL", "--url-col")]
+        if fmt != "txt":
+            columns.append(_pick_column(url, names, caption_col, CAPTION_COLUMNS, "caption", "--caption-col"))
+        return list(dict.fromkeys(columns))
+
+    offset = 0
+    for chunk in _rebatch(_guarded(url, fmt, _chunks(url, fmt, pick, batch_rows or BATCH_ROWS)),
+                          batch_rows or BATCH_ROWS):
+        urls = text_values(chunk.column(columns[0]))
+        captions = text_values(chunk.column(columns[1])) if len(columns) > 1 else [""] * len(urls)
+        yield pa.RecordBatch.from_pydict({
+            "uid": list(map(pair_uid, urls, captions)),
             "url": urls,
             "caption": captions,
             "source_file": [url] * len(urls),
-            "source_row": list(range(len(urls))),
+            "source_row": list(range(offset, offset + len(urls))),
             "invalid": [url_problem(u) for u in urls],
-        },
-        schema=INPUT,
-    )
+        }, schema=INPUT)
+        offset += len(urls)
+    if offset == 0:
+        raise WitError(f"{url}: the list is empty")
 
 
 def url_problem(url: str | None) -> str | None:
@@ -117,8 +155,7 @@ def _as_text(value) -> str | None:
     return str(value)
 
 
-def _pick_column(url, table, given, candidates, what, flag) -> str:
-    names = table.column_names
+def _pick_column(url, names, given, candidates, what, flag) -> str:
     if given:
         if given not in names:
             raise WitError(f"{url}: no column {given!r} (columns: {', '.join(names)})")
@@ -139,43 +176,235 @@ def only_once(url: str, names: list[str], name: str) -> str:
     return name
 
 
-def _read_table(url: str, fmt: str) -> pa.Table:
+def _chunks(url: str, fmt: str, pick: Callable[[list[str]], list[str]], batch_rows: int) -> Iterator[pa.Table]:
+    """The picked columns of a list, in tables of any size; `pick` is called once the file is known not empty."""
+    if fmt == "parquet":
+        return _parquet_chunks(url, pick, batch_rows)
+    if fmt == "txt":
+        return _txt_chunks(url, pick, batch_rows)
+    if fmt == "jsonl":
+        return _jsonl_chunks(url, pick)
+    return _csv_chunks(url, "\t" if fmt == "tsv" else ",", pick)
+
+
+def _guarded(url: str, fmt: str, chunks: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """The chunks, with whatever reading them raises turned into a one-line WitError naming the file (and line)."""
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            return
+        except WitError:
+            raise
+        except FileNotFoundError:
+            raise WitError(f"{url}: no such file") from None
+        except pa.ArrowInvalid as err:
+            msg = str(err).splitlines()[0]
+            if "Empty CSV file" in msg:
+                raise WitError(f"{url}: the list is empty") from None
+            line = _line_of(url, msg) if fmt in ("csv", "tsv") else ""
+            raise WitError(f"{url}{line}: malformed {fmt} ({msg})") from None
+        except Exception as err:
+            raise WitError(f"{url}: cannot read ({type(err).__name__}: {err})") from None
+        yield chunk
+
+
+def _rebatch(chunks: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """Tables of any size cut into tables of exactly `rows` rows (the last one fewer); no empty ones."""
+    held: list[pa.Table] = []
+    count = 0
+    for chunk in chunks:
+        if not chunk.num_rows:
+            continue
+        held.append(chunk)
+        count += chunk.num_rows
+        while count >= rows:
+            table = pa.concat_tables(held)
+            yield table.slice(0, rows)
+            held, count = [table.slice(rows)], count - rows
+    if count:
+        yield pa.concat_tables(held)
+
+
+def _open(url: str, **kwargs):
     fs, path = fs_and_path(url)
-    compression = "gzip" if url.lower().endswith(".gz") else None
-    try:
-        with fs.open(path, "rb", compression=compression) as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise WitError(f"{url}: no such file") from None
-    except Exception as err:
-        raise WitError(f"{url}: cannot read ({type(err).__name__}: {err})") from None
-    try:
-        if fmt == "parquet":
-            return pq.read_table(arrow_reader(data))
-        _check_utf8(url, data)
-        if fmt == "jsonl":
-            return _read_jsonl(url, data)
-        if fmt == "txt":
-            lines = data.decode("utf-8").splitlines()
-            return pa.table({"url": [line.strip() for line in lines if line.strip()]})
-        return _read_csv(url, data, "\t" if fmt == "tsv" else ",")
-    except WitError:
-        raise
-    except pa.ArrowInvalid as err:
-        msg = str(err).splitlines()[0]
-        if "Empty CSV file" in msg:
-            raise WitError(f"{url}: the list is empty") from None
-        raise WitError(f"{url}{_line_of(data, msg)}: malformed {fmt} ({msg})") from None
+    if "http" in fs.protocol:
+        kwargs.setdefault("block_size", 0)  # one streamed GET: any web server, with or without range requests
+    return fs.open(path, "rb", compression="gzip" if url.lower().endswith(".gz") else None, **kwargs)
 
 
-def _read_csv(url: str, data: bytes, delimiter: str) -> pa.Table:
-    table = _with_big_blocks(lambda block: pacsv.read_csv(
-        arrow_reader(data), read_options=pacsv.ReadOptions(block_size=block),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(strings_can_be_null=False, column_types=None),
-    ), len(data))
-    _check_quotes_closed(url, data, table)
-    return table
+def _parquet_chunks(url: str, pick, batch_rows: int) -> Iterator[pa.Table]:
+    fs, path = fs_and_path(url)
+    with contextlib.ExitStack() as stack:
+        if url.lower().endswith(".gz") or "http" in fs.protocol:
+            with _open(url) as f:  # no seeking in a gzip stream, nor on every web server: the file whole, as before
+                source = pq.ParquetFile(arrow_reader(f.read()))
+        elif is_local(url):
+            source = pq.ParquetFile(path)  # Arrow reads the file itself
+        else:  # an object store: ranged reads of the footer and of the two columns
+            source = pq.ParquetFile(stack.enter_context(fs.open(path, "rb")))
+        stack.callback(source.close)
+        if source.metadata.num_rows:
+            columns = pick(source.schema_arrow.names)
+            for batch in source.iter_batches(batch_size=batch_rows, columns=columns):
+                yield pa.Table.from_batches([batch])
+
+
+def _txt_chunks(url: str, pick, batch_rows: int) -> Iterator[pa.Table]:
+    """One URL per line; blank lines skipped. Each line break-terminated piece is decoded by itself, which splits
+    the lines exactly as `str.splitlines` over the whole text does (no UTF-8 sequence holds the byte 0x0a)."""
+    pick(["url"])
+    urls: list[str] = []
+    offset = 0
+    with _open(url) as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise _not_utf8(url, number, raw[err.start], offset + err.start) from None
+            offset += len(raw)
+            urls += [s for s in (line.strip() for line in text.splitlines()) if s]
+            if len(urls) >= batch_rows:
+                yield pa.table({"url": urls})
+                urls = []
+    if urls:
+        yield pa.table({"url": urls})
+
+
+def _jsonl_chunks(url: str, pick) -> Iterator[pa.Table]:
+    """jsonl is read whole (see the module docstring); the batches are cut from the one table."""
+    with _open(url) as f:
+        data = f.read()
+    _check_utf8(url, data)
+    table = _read_jsonl(url, data)
+    if table.num_rows:
+        yield table.select(pick(table.column_names))
+
+
+def _csv_chunks(url: str, delimiter: str, pick) -> Iterator[pa.Table]:
+    """Arrow's streaming CSV reader, a block at a time. Arrow refuses a row larger than a block ("straddles two
+    block boundaries"), which a long caption is: then the file is read again with larger blocks, skipping the rows
+    already handed on."""
+    block, done = CSV_BLOCK, 0
+    while True:
+        try:
+            for chunk in _csv_pass(url, delimiter, pick, block, done):
+                done += chunk.num_rows
+                yield chunk
+            return
+        except pa.ArrowInvalid as err:
+            if "straddles" not in str(err) or block >= MAX_CSV_BLOCK:
+                raise
+            block = min(block * 16, MAX_CSV_BLOCK)
+
+
+def _csv_pass(url: str, delimiter: str, pick, block: int, skip: int) -> Iterator[pa.Table]:
+    """One reading of a csv/tsv: its header first (one block), then the picked columns, and the last column for
+    the unclosed-quote check, all as text. Positional names, so that a repeated header name cannot confuse them;
+    and text, because a streaming reader fixes a column's type from the first block, where reading a file whole
+    widened it (a caption column of numbers that turns to words)."""
+    parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
+    with _open(url) as f:
+        header = pacsv.open_csv(_Utf8Checked(url, f), read_options=pacsv.ReadOptions(block_size=block),
+                                parse_options=parse)
+        names = header.schema.names
+        first = next((b for b in header if b.num_rows), None)
+        header.close()
+    if first is None:
+        return
+    wanted = pick(names)
+    read = list(dict.fromkeys([names.index(c) for c in wanted] + [len(names) - 1]))
+    positional = [str(i) for i in range(len(names))]
+    with _open(url) as f:
+        stream = _Utf8Checked(url, f)
+        reader = pacsv.open_csv(stream, parse_options=parse, read_options=pacsv.ReadOptions(
+            block_size=block, column_names=positional, skip_rows=1), convert_options=pacsv.ConvertOptions(
+            include_columns=[positional[i] for i in read], column_types={positional[i]: pa.string() for i in read},
+            strings_can_be_null=False))
+        last = None
+        for batch in reader:
+            if batch.num_rows:
+                last = batch.column(str(len(names) - 1))[-1].as_py()
+            if skip >= batch.num_rows:
+                skip -= batch.num_rows
+                continue
+            table = pa.Table.from_batches([batch.slice(skip)])
+            skip = 0
+            yield table.select([positional[names.index(c)] for c in wanted]).rename_columns(wanted)
+        _check_quotes_closed(url, stream, last)
+
+
+class _Utf8Checked:
+    """A list's bytes as Arrow's CSV reader pulls them, each read checked to be UTF-8 (the first bad byte is a
+    WitError naming its line and offset, raised before Arrow parses it), counting line breaks and keeping the last
+    reads: a row spans at most two blocks, so they hold the last field for the unclosed-quote check."""
+
+    closed = False
+
+    def __init__(self, url: str, f):
+        self.url, self.f = url, f
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.offset = self.lines = 0
+        self.last: deque[bytes] = deque(maxlen=3)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        pending = self.decoder.getstate()[0]  # the start of a character cut by the previous read
+        try:
+            self.decoder.decode(data, final=not data)
+        except UnicodeDecodeError as err:
+            seen = pending + data
+            line = self.lines + seen.count(b"\n", 0, err.start) + 1
+            raise _not_utf8(self.url, line, seen[err.start], self.offset - len(pending) + err.start) from None
+        self.offset += len(data)
+        self.lines += data.count(b"\n")
+        if data:
+            self.last.append(data)
+        return data
+
+    def tail(self) -> bytes:
+        return b"".join(self.last)
+
+
+def _check_quotes_closed(url: str, stream: _Utf8Checked, last: str | None) -> None:
+    """Arrow reads a quote that is never closed as a last field running to the end of the file, and says nothing.
+    Only then does the file end with that field's text (quotes doubled) right after a quote: a field that was
+    closed ends with its closing quote, and an unquoted one starts after a delimiter or a line break."""
+    if last is None:
+        return
+    tail, data = b'"' + last.replace('"', '""').encode(), stream.tail()
+    if data.endswith(tail) and not (last == "" and data.endswith(b'""')):
+        line = stream.lines - data[len(data) - len(tail):].count(b"\n") + 1
+        raise WitError(f"{url}:{line}: malformed csv (a quote opened on this line is never closed)")
+
+
+def _line_of(url: str, msg: str) -> str:
+    """':N' for the 1-based line that Arrow's CSV error quotes ("...: <row text>"), or '' when it cannot tell: the
+    file read again line by line (only on this error), its lines numbered as `str.splitlines` numbers them."""
+    _, sep, row = msg.rpartition(": ")
+    if not sep or not row:
+        return ""
+    hits, number = [], 0
+    with _open(url) as f:
+        for raw in f:
+            for line in raw.decode("utf-8", "replace").splitlines():
+                number += 1
+                if line.strip() == row.strip():
+                    hits.append(number)
+                    if len(hits) > 1:
+                        return ""
+    return f":{hits[0]}" if hits else ""
+
+
+def _not_utf8(url: str, line: int, byte: int, offset: int) -> WitError:
+    return WitError(f"{url}:{line}: text is not UTF-8 (byte {byte:#04x} at offset {offset})")
+
+
+def _check_utf8(url: str, data: bytes) -> None:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(url, data.count(b"\n", 0, err.start) + 1, data[err.start], err.start) from None
 
 
 def _with_big_blocks(read, size: int):
@@ -187,39 +416,6 @@ def _with_big_blocks(read, size: int):
         if "straddles" not in str(err):
             raise
     return read(min(size + 1, 2**31 - 1))
-
-
-def _check_quotes_closed(url: str, data: bytes, table: pa.Table) -> None:
-    """Arrow reads a quote that is never closed as a last field running to the end of the file, and says nothing.
-    Only then does the file end with that field's text (quotes doubled) right after a quote: a field that was
-    closed ends with its closing quote, and an unquoted one starts after a delimiter or a line break."""
-    if not table.num_rows or not pa.types.is_string(table.schema.field(table.num_columns - 1).type):
-        return
-    last = table.column(table.num_columns - 1)[-1].as_py()
-    if last is None:
-        return
-    tail = b'"' + last.replace('"', '""').encode()
-    if data.endswith(tail) and not (last == "" and data.endswith(b'""')):
-        line = data.count(b"\n", 0, len(data) - len(tail)) + 1
-        raise WitError(f"{url}:{line}: malformed csv (a quote opened on this line is never closed)")
-
-
-def _line_of(data: bytes, msg: str) -> str:
-    """':N' for the 1-based line that Arrow's CSV error quotes ("...: <row text>"), or '' when it cannot tell."""
-    _, sep, row = msg.rpartition(": ")
-    if not sep or not row:
-        return ""
-    lines = data.decode("utf-8", "replace").splitlines()
-    hits = [i for i, line in enumerate(lines) if line.strip() == row.strip()]
-    return f":{hits[0] + 1}" if len(hits) == 1 else ""
-
-
-def _check_utf8(url: str, data: bytes) -> None:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise WitError(f"{url}:{line}: text is not UTF-8 (byte {data[err.start]:#04x} at offset {err.start})") from None
 
 
 def _read_jsonl(url: str, data: bytes) -> pa.Table:
