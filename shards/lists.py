@@ -32,11 +32,12 @@ FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")
 URL_COLUMNS = ("url", "URL", "image_url", "img_url", "link")
 CAPTION_COLUMNS = ("caption", "TEXT", "text", "alt", "ALT", "alt_text", "title")
 MAX_URL_LENGTH = 2048
-# Rows of a list held in Python at once. A row costs ~400 bytes there (url, caption, uid and reason as str
-# objects), so a batch is ~50 MB per task and 64 tasks on a 64-core node stay near 3 GB, whatever the size of a
-# list file (LAION-2B's are ~18M rows); yet a batch is large enough that the per-batch costs (a parquet row
-# group, Arrow's calls) stay small beside the per-row ones.
-BATCH_ROWS = 131_072
+# Rows of a list held at once. At its peak a batch costs ~1.5 KB a row of resident memory (the Python strings of
+# url, caption, uid and reason, their Arrow copies, the parquet pages read and written, the allocators' slack):
+# ~100 MB per task, so 64 tasks on a 64-core node stay near 6 GB whatever the size of a list file (LAION-2B's are
+# ~18M rows, which read whole took ~15 GB each); yet a batch is large enough that the per-batch costs (a parquet
+# row group of the normalised input, Arrow's calls) stay small beside the per-row ones.
+BATCH_ROWS = 65_536
 CSV_BLOCK = 1 << 20  # Arrow's CSV parse block: grown (x16) only for a row larger than a block
 MAX_CSV_BLOCK = 2**31 - 1
 
@@ -111,19 +112,24 @@ def iter_list_batches(url: str, fmt: str | None = None, url_col: str | None = No
     offset = 0
     for chunk in _rebatch(_guarded(url, fmt, _chunks(url, fmt, pick, batch_rows or BATCH_ROWS)),
                           batch_rows or BATCH_ROWS):
-        urls = text_values(chunk.column(columns[0]))
-        captions = text_values(chunk.column(columns[1])) if len(columns) > 1 else [""] * len(urls)
-        yield pa.RecordBatch.from_pydict({
-            "uid": list(map(pair_uid, urls, captions)),
-            "url": urls,
-            "caption": captions,
-            "source_file": [url] * len(urls),
-            "source_row": list(range(offset, offset + len(urls))),
-            "invalid": [url_problem(u) for u in urls],
-        }, schema=INPUT)
-        offset += len(urls)
+        yield _input_batch(url, chunk, columns, offset)
+        offset += chunk.num_rows
     if offset == 0:
         raise WitError(f"{url}: the list is empty")
+
+
+def _input_batch(url: str, chunk: pa.Table, columns: list[str], offset: int) -> pa.RecordBatch:
+    """The INPUT rows of one chunk (its Python lists die here, before the next chunk's are made)."""
+    urls = text_values(chunk.column(columns[0]))
+    captions = text_values(chunk.column(columns[1])) if len(columns) > 1 else [""] * len(urls)
+    return pa.RecordBatch.from_pydict({
+        "uid": list(map(pair_uid, urls, captions)),
+        "url": urls,
+        "caption": captions,
+        "source_file": [url] * len(urls),
+        "source_row": list(range(offset, offset + len(urls))),
+        "invalid": [url_problem(u) for u in urls],
+    }, schema=INPUT)
 
 
 def url_problem(url: str | None) -> str | None:
