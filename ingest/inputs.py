@@ -1,10 +1,11 @@
 """The crawl's input: every list normalised into `_wit/input/NNNNN.parquet`, once, without holding the pool.
 
 1. Each list file is read and normalised in its own task (`run_map`: a process pool, or Ray), which writes
-   `_wit/prepare/input/NNNNN.parquet` with the pair uid of every row and returns its row count and a digest.
+   `_wit/prepare/input/NNNNN.parquet` with the pair uid of every row and returns its row count and a digest. It
+   reads, writes and digests a batch of `lists.BATCH_ROWS` rows at a time, so no task holds a whole list.
 2. Repeated pairs are numbered by DuckDB: a window over the pair, in list then row order, among the rows whose
    pair occurs more than once. Each file's repeats stream to `_wit/prepare/repeats/NNNNN.parquet`, and that
-   file's task gives those rows (only those) the uid `schema.repeat_uid` derives, so every uid is what
+   file's task (again a batch at a time) gives those rows (only those) the uid `schema.repeat_uid` derives, so every uid is what
    `schema.row_uids` gives when it reads the lists in order.
 3. The content (list names, row counts, digests, shard size) is compared with the run record; the new input
    then takes the place of `_wit/input/`, and the record keeps the lists' fingerprint (size and mtime or etag
