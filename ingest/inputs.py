@@ -178,7 +178,7 @@ def apply_repeats(task: tuple[str, str]) -> None:
 
     def batches():
         for batch in open_parquet(target).iter_batches(batch_size=BATCH_ROWS):
-            start = batch.column(4)[0].as_py()  # a normalised list's source_row is its row number
+            start = batch.column("source_row")[0].as_py()  # a normalised list's source_row is its row number
             rows, ns = repeats.before(start + batch.num_rows)
             if len(rows):
                 uids = batch.column(0)

@@ -308,7 +308,9 @@ def _csv_pass(url: str, delimiter: str, pick, block: int, skip: int) -> Iterator
     """One reading of a csv/tsv: its header first (one block), then the picked columns, and the last column for
     the unclosed-quote check, all as text. Positional names, so that a repeated header name cannot confuse them;
     and text, because a streaming reader fixes a column's type from the first block, where reading a file whole
-    widened it (a caption column of numbers that turns to words)."""
+    widened it as it went (a caption column of numbers that turns to words). So a cell is read as written: a
+    caption column of numbers only, which reading whole typed as numbers ("1.50" became "1.5", an all-empty one
+    null), keeps its text now."""
     parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
     with _open(url) as f:
         header = pacsv.open_csv(_Utf8Checked(url, f), read_options=pacsv.ReadOptions(block_size=block),
