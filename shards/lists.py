@@ -6,6 +6,10 @@ read whole (Arrow's streaming JSON reader fixes the columns and their types from
 file's reading unifies them, and would turn lists that read today into errors). `read_list` is those batches as
 one table, for the callers that want one file's rows together.
 
+Arrow only ever reads a local path (or, for jsonl, a copy in its own memory), never a Python file object, for the
+reason `shards/tables.py` gives: a list that is not a local file (s3://, https://, any .gz) is first streamed,
+gunzipped, into a temporary file under $TMPDIR, a few MB at a time, and that file is removed once it is read.
+
 File-level problems (missing file, empty list, no URL column, bad encoding) raise WitError naming the file and
 line. Row-level problems (a malformed URL) stay in the data as an `invalid` reason: the row is recorded in the
 manifest as failed instead of stopping the crawl.
@@ -15,7 +19,9 @@ from __future__ import annotations
 import codecs
 import contextlib
 import json
-from collections import Counter, deque
+import os
+import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
@@ -40,6 +46,7 @@ MAX_URL_LENGTH = 2048
 BATCH_ROWS = 65_536
 CSV_BLOCK = 1 << 20  # Arrow's CSV parse block: grown (x16) only for a row larger than a block
 MAX_CSV_BLOCK = 2**31 - 1
+COPY_CHUNK = 4 << 20  # bytes moved at a time when a list is copied to a local file or checked to be UTF-8
 
 
 def find_lists(patterns: list[str]) -> list[str]:
@@ -109,11 +116,11 @@ def iter_list_batches(url: str, fmt: str | None = None, url_col: str | None = No
             columns.append(_pick_column(url, names, caption_col, CAPTION_COLUMNS, "caption", "--caption-col"))
         return list(dict.fromkeys(columns))
 
-    offset = 0
-    for chunk in _rebatch(_guarded(url, fmt, _chunks(url, fmt, pick, batch_rows or BATCH_ROWS)),
-                          batch_rows or BATCH_ROWS):
-        yield _input_batch(url, chunk, columns, offset)
-        offset += chunk.num_rows
+    rows, offset = batch_rows or BATCH_ROWS, 0
+    with _local_copy(url) as path:
+        for chunk in _rebatch(_guarded(url, fmt, path, _chunks(url, path, fmt, pick, rows)), rows):
+            yield _input_batch(url, chunk, columns, offset)
+            offset += chunk.num_rows
     if offset == 0:
         raise WitError(f"{url}: the list is empty")
 
@@ -182,18 +189,62 @@ def only_once(url: str, names: list[str], name: str) -> str:
     return name
 
 
-def _chunks(url: str, fmt: str, pick: Callable[[list[str]], list[str]], batch_rows: int) -> Iterator[pa.Table]:
-    """The picked columns of a list, in tables of any size; `pick` is called once the file is known not empty."""
+@contextlib.contextmanager
+def _local_copy(url: str) -> Iterator[str]:
+    """A local path to the list's bytes: a local file itself, anything else (s3://, https://, any .gz) copied,
+    gunzipped on the way, into a temporary file under $TMPDIR that is removed when done. So Arrow only ever reads a
+    path (see the module docstring)."""
+    if is_local(url) and not url.lower().endswith(".gz"):
+        yield fs_and_path(url)[1]
+        return
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="wit-list-", suffix=".list")
+    except OSError as err:
+        raise WitError(f"{url}: cannot make a temporary copy in {tempfile.gettempdir()} ({err.strerror})") from None
+    try:
+        try:
+            with open(fd, "wb") as copy:
+                for data in _fetched(url):
+                    copy.write(data)
+        except OSError as err:  # `_fetched` raises WitErrors only: this is the copy
+            raise WitError(f"{url}: cannot copy it to {tmp} ({err.strerror or err})") from None
+        yield tmp
+    finally:
+        os.remove(tmp)
+
+
+def _fetched(url: str) -> Iterator[bytes]:
+    """The list's bytes (gunzipped), `COPY_CHUNK` at a time; what fails in reading them is a WitError."""
+    try:
+        with _open(url) as f:
+            while data := f.read(COPY_CHUNK):
+                yield data
+    except FileNotFoundError:
+        raise WitError(f"{url}: no such file") from None
+    except Exception as err:
+        raise WitError(f"{url}: cannot read ({type(err).__name__}: {err})") from None
+
+
+def _open(url: str):
+    fs, path = fs_and_path(url)
+    kwargs = {"block_size": 0} if "http" in fs.protocol else {}  # one streamed GET: any web server, ranges or not
+    return fs.open(path, "rb", compression="gzip" if url.lower().endswith(".gz") else None, **kwargs)
+
+
+def _chunks(url: str, path: str, fmt: str, pick: Callable[[list[str]], list[str]],
+            batch_rows: int) -> Iterator[pa.Table]:
+    """The picked columns of a list (read from the local `path`), in tables of any size; `pick` is called once the
+    file is known not empty."""
     if fmt == "parquet":
-        return _parquet_chunks(url, pick, batch_rows)
+        return _parquet_chunks(path, pick, batch_rows)
     if fmt == "txt":
-        return _txt_chunks(url, pick, batch_rows)
+        return _txt_chunks(url, path, pick, batch_rows)
     if fmt == "jsonl":
-        return _jsonl_chunks(url, pick)
-    return _csv_chunks(url, "\t" if fmt == "tsv" else ",", pick)
+        return _jsonl_chunks(url, path, pick)
+    return _csv_chunks(url, path, "\t" if fmt == "tsv" else ",", pick)
 
 
-def _guarded(url: str, fmt: str, chunks: Iterator[pa.Table]) -> Iterator[pa.Table]:
+def _guarded(url: str, fmt: str, path: str, chunks: Iterator[pa.Table]) -> Iterator[pa.Table]:
     """The chunks, with whatever reading them raises turned into a one-line WitError naming the file (and line)."""
     while True:
         try:
@@ -208,7 +259,7 @@ def _guarded(url: str, fmt: str, chunks: Iterator[pa.Table]) -> Iterator[pa.Tabl
             msg = str(err).splitlines()[0]
             if "Empty CSV file" in msg:
                 raise WitError(f"{url}: the list is empty") from None
-            line = _line_of(url, msg) if fmt in ("csv", "tsv") else ""
+            line = _line_of(path, msg) if fmt in ("csv", "tsv") else ""
             raise WitError(f"{url}{line}: malformed {fmt} ({msg})") from None
         except Exception as err:
             raise WitError(f"{url}: cannot read ({type(err).__name__}: {err})") from None
@@ -232,37 +283,24 @@ def _rebatch(chunks: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
         yield pa.concat_tables(held)
 
 
-def _open(url: str, **kwargs):
-    fs, path = fs_and_path(url)
-    if "http" in fs.protocol:
-        kwargs.setdefault("block_size", 0)  # one streamed GET: any web server, with or without range requests
-    return fs.open(path, "rb", compression="gzip" if url.lower().endswith(".gz") else None, **kwargs)
-
-
-def _parquet_chunks(url: str, pick, batch_rows: int) -> Iterator[pa.Table]:
-    fs, path = fs_and_path(url)
-    with contextlib.ExitStack() as stack:
-        if url.lower().endswith(".gz") or "http" in fs.protocol:
-            with _open(url) as f:  # no seeking in a gzip stream, nor on every web server: the file whole, as before
-                source = pq.ParquetFile(arrow_reader(f.read()))
-        elif is_local(url):
-            source = pq.ParquetFile(path)  # Arrow reads the file itself
-        else:  # an object store: ranged reads of the footer and of the two columns
-            source = pq.ParquetFile(stack.enter_context(fs.open(path, "rb")))
-        stack.callback(source.close)
+def _parquet_chunks(path: str, pick, batch_rows: int) -> Iterator[pa.Table]:
+    source = pq.ParquetFile(path)
+    try:
         if source.metadata.num_rows:
             columns = pick(source.schema_arrow.names)
             for batch in source.iter_batches(batch_size=batch_rows, columns=columns):
                 yield pa.Table.from_batches([batch])
+    finally:
+        source.close()
 
 
-def _txt_chunks(url: str, pick, batch_rows: int) -> Iterator[pa.Table]:
+def _txt_chunks(url: str, path: str, pick, batch_rows: int) -> Iterator[pa.Table]:
     """One URL per line; blank lines skipped. Each line break-terminated piece is decoded by itself, which splits
     the lines exactly as `str.splitlines` over the whole text does (no UTF-8 sequence holds the byte 0x0a)."""
     pick(["url"])
     urls: list[str] = []
     offset = 0
-    with _open(url) as f:
+    with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
                 text = raw.decode("utf-8")
@@ -277,24 +315,26 @@ def _txt_chunks(url: str, pick, batch_rows: int) -> Iterator[pa.Table]:
         yield pa.table({"url": urls})
 
 
-def _jsonl_chunks(url: str, pick) -> Iterator[pa.Table]:
+def _jsonl_chunks(url: str, path: str, pick) -> Iterator[pa.Table]:
     """jsonl is read whole (see the module docstring); the batches are cut from the one table."""
-    with _open(url) as f:
+    _check_utf8(url, path)
+    with open(path, "rb") as f:
         data = f.read()
-    _check_utf8(url, data)
     table = _read_jsonl(url, data)
     if table.num_rows:
         yield table.select(pick(table.column_names))
 
 
-def _csv_chunks(url: str, delimiter: str, pick) -> Iterator[pa.Table]:
-    """Arrow's streaming CSV reader, a block at a time. Arrow refuses a row larger than a block ("straddles two
-    block boundaries"), which a long caption is: then the file is read again with larger blocks, skipping the rows
+def _csv_chunks(url: str, path: str, delimiter: str, pick) -> Iterator[pa.Table]:
+    """Arrow's streaming CSV reader, a block at a time, once the file is known to be UTF-8 (which also counts its
+    lines, for the unclosed-quote check). Arrow refuses a row larger than a block ("straddles two block
+    boundaries"), which a long caption is: then the file is read again with larger blocks, skipping the rows
     already handed on."""
+    lines = _check_utf8(url, path)
     block, done = CSV_BLOCK, 0
     while True:
         try:
-            for chunk in _csv_pass(url, delimiter, pick, block, done):
+            for chunk in _csv_pass(url, path, delimiter, pick, block, done, lines):
                 done += chunk.num_rows
                 yield chunk
             return
@@ -304,7 +344,7 @@ def _csv_chunks(url: str, delimiter: str, pick) -> Iterator[pa.Table]:
             block = min(block * 16, MAX_CSV_BLOCK)
 
 
-def _csv_pass(url: str, delimiter: str, pick, block: int, skip: int) -> Iterator[pa.Table]:
+def _csv_pass(url: str, path: str, delimiter: str, pick, block: int, skip: int, lines: int) -> Iterator[pa.Table]:
     """One reading of a csv/tsv: its header first (one block), then the picked columns, and the last column for
     the unclosed-quote check, all as text. Positional names, so that a repeated header name cannot confuse them;
     and text, because a streaming reader fixes a column's type from the first block, where reading a file whole
@@ -312,88 +352,56 @@ def _csv_pass(url: str, delimiter: str, pick, block: int, skip: int) -> Iterator
     caption column of numbers only, which reading whole typed as numbers ("1.50" became "1.5", an all-empty one
     null), keeps its text now."""
     parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
-    with _open(url) as f:
-        header = pacsv.open_csv(_Utf8Checked(url, f), read_options=pacsv.ReadOptions(block_size=block),
-                                parse_options=parse)
-        names = header.schema.names
-        first = next((b for b in header if b.num_rows), None)
-        header.close()
+    header = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block), parse_options=parse)
+    names = header.schema.names
+    first = next((b for b in header if b.num_rows), None)
+    header.close()
     if first is None:
         return
     wanted = pick(names)
     read = list(dict.fromkeys([names.index(c) for c in wanted] + [len(names) - 1]))
     positional = [str(i) for i in range(len(names))]
-    with _open(url) as f:
-        stream = _Utf8Checked(url, f)
-        reader = pacsv.open_csv(stream, parse_options=parse, read_options=pacsv.ReadOptions(
-            block_size=block, column_names=positional, skip_rows=1), convert_options=pacsv.ConvertOptions(
-            include_columns=[positional[i] for i in read], column_types={positional[i]: pa.string() for i in read},
-            strings_can_be_null=False))
-        last = None
-        for batch in reader:
-            if batch.num_rows:
-                last = batch.column(str(len(names) - 1))[-1].as_py()
-            if skip >= batch.num_rows:
-                skip -= batch.num_rows
-                continue
-            table = pa.Table.from_batches([batch.slice(skip)])
-            skip = 0
-            yield table.select([positional[names.index(c)] for c in wanted]).rename_columns(wanted)
-        _check_quotes_closed(url, stream, last)
+    reader = pacsv.open_csv(path, parse_options=parse, read_options=pacsv.ReadOptions(
+        block_size=block, column_names=positional, skip_rows=1), convert_options=pacsv.ConvertOptions(
+        include_columns=[positional[i] for i in read], column_types={positional[i]: pa.string() for i in read},
+        strings_can_be_null=False))
+    last = None
+    for batch in reader:
+        if batch.num_rows:
+            last = batch.column(str(len(names) - 1))[-1].as_py()
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        table = pa.Table.from_batches([batch.slice(skip)])
+        skip = 0
+        yield table.select([positional[names.index(c)] for c in wanted]).rename_columns(wanted)
+    _check_quotes_closed(url, path, lines, last)
 
 
-class _Utf8Checked:
-    """A list's bytes as Arrow's CSV reader pulls them, each read checked to be UTF-8 (the first bad byte is a
-    WitError naming its line and offset, raised before Arrow parses it), counting line breaks and keeping the last
-    reads: a row spans at most two blocks, so they hold the last field for the unclosed-quote check."""
-
-    closed = False
-
-    def __init__(self, url: str, f):
-        self.url, self.f = url, f
-        self.decoder = codecs.getincrementaldecoder("utf-8")()
-        self.offset = self.lines = 0
-        self.last: deque[bytes] = deque(maxlen=3)
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        pending = self.decoder.getstate()[0]  # the start of a character cut by the previous read
-        try:
-            self.decoder.decode(data, final=not data)
-        except UnicodeDecodeError as err:
-            seen = pending + data
-            line = self.lines + seen.count(b"\n", 0, err.start) + 1
-            raise _not_utf8(self.url, line, seen[err.start], self.offset - len(pending) + err.start) from None
-        self.offset += len(data)
-        self.lines += data.count(b"\n")
-        if data:
-            self.last.append(data)
-        return data
-
-    def tail(self) -> bytes:
-        return b"".join(self.last)
-
-
-def _check_quotes_closed(url: str, stream: _Utf8Checked, last: str | None) -> None:
+def _check_quotes_closed(url: str, path: str, lines: int, last: str | None) -> None:
     """Arrow reads a quote that is never closed as a last field running to the end of the file, and says nothing.
     Only then does the file end with that field's text (quotes doubled) right after a quote: a field that was
-    closed ends with its closing quote, and an unquoted one starts after a delimiter or a line break."""
+    closed ends with its closing quote, and an unquoted one starts after a delimiter or a line break. So the file's
+    last bytes are read, as many as that text and one more (`lines` is the file's count of line breaks)."""
     if last is None:
         return
-    tail, data = b'"' + last.replace('"', '""').encode(), stream.tail()
+    tail = b'"' + last.replace('"', '""').encode()
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - len(tail) - 1))
+        data = f.read()
     if data.endswith(tail) and not (last == "" and data.endswith(b'""')):
-        line = stream.lines - data[len(data) - len(tail):].count(b"\n") + 1
+        line = lines - tail.count(b"\n") + 1
         raise WitError(f"{url}:{line}: malformed csv (a quote opened on this line is never closed)")
 
 
-def _line_of(url: str, msg: str) -> str:
+def _line_of(path: str, msg: str) -> str:
     """':N' for the 1-based line that Arrow's CSV error quotes ("...: <row text>"), or '' when it cannot tell: the
     file read again line by line (only on this error), its lines numbered as `str.splitlines` numbers them."""
     _, sep, row = msg.rpartition(": ")
     if not sep or not row:
         return ""
     hits, number = [], 0
-    with _open(url) as f:
+    with open(path, "rb") as f:
         for raw in f:
             for line in raw.decode("utf-8", "replace").splitlines():
                 number += 1
@@ -404,15 +412,30 @@ def _line_of(url: str, msg: str) -> str:
     return f":{hits[0]}" if hits else ""
 
 
+def _check_utf8(url: str, path: str) -> int:
+    """The file's count of line breaks, once its text is known to be UTF-8: the first byte that is not is a
+    WitError naming its line and offset. Read `COPY_CHUNK` at a time through an incremental decoder, which joins a
+    character cut between two reads."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = lines = 0
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(COPY_CHUNK)
+            pending = decoder.getstate()[0]  # the start of a character cut by the previous read
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError as err:
+                seen = pending + data
+                line = lines + seen.count(b"\n", 0, err.start) + 1
+                raise _not_utf8(url, line, seen[err.start], offset - len(pending) + err.start) from None
+            if not data:
+                return lines
+            offset += len(data)
+            lines += data.count(b"\n")
+
+
 def _not_utf8(url: str, line: int, byte: int, offset: int) -> WitError:
     return WitError(f"{url}:{line}: text is not UTF-8 (byte {byte:#04x} at offset {offset})")
-
-
-def _check_utf8(url: str, data: bytes) -> None:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise _not_utf8(url, data.count(b"\n", 0, err.start) + 1, data[err.start], err.start) from None
 
 
 def _with_big_blocks(read, size: int):
