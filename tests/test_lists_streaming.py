@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.json as pajson
 import pyarrow.parquet as pq
+import pytest
 
 from wit.ingest import inputs
 from wit.ingest.config import DownloadConfig
 from wit.shards import lists
 from wit.shards.lists import url_problem
 from wit.shards.schema import INPUT, pair_uid, row_uids
+from wit.shards.storage import WitError
 from tests.ingest_helpers import REPO
 
 BATCH = 16
@@ -132,9 +137,10 @@ def test_normalising_a_large_list_takes_the_memory_of_a_batch_not_of_the_list(tm
         assert grown_mb < 130, (name, grown_mb)
 
 
-def test_lists_on_s3_are_read_in_batches_as_local_ones_and_the_process_exits_cleanly(tmp_path, s3_bucket):
-    # parquet on an object store is read by ranged reads through a Python file object, which Arrow must not hold at
-    # interpreter exit (that aborted the process once: see shards/tables.py); a few fresh interpreters catch it
+def test_lists_on_s3_are_read_in_batches_as_local_ones_and_leave_no_copy_behind(tmp_path, s3_bucket, monkeypatch):
+    # a list on S3 (or any .gz) is copied to a temporary file that Arrow reads by its path; the copy is removed
+    # however the reading ends (read through, abandoned after one batch, a malformed row), and fresh interpreters
+    # exit cleanly (rc 0: Arrow held no Python file object at exit, see shards/tables.py)
     import gzip
 
     import s3fs
@@ -144,14 +150,87 @@ def test_lists_on_s3_are_read_in_batches_as_local_ones_and_the_process_exits_cle
     pq.write_table(table, tmp_path / "l.parquet", row_group_size=64)
     pacsv.write_csv(table, tmp_path / "l.csv")
     (tmp_path / "l.csv.gz").write_bytes(gzip.compress((tmp_path / "l.csv").read_bytes()))
+    (tmp_path / "ragged.csv").write_text("url,caption\nhttp://127.0.0.1:9/1.jpg,x\nhttp://127.0.0.1:9/2.jpg,x,y\n")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     script = "import sys\nfrom wit.shards.lists import read_list\nprint(read_list(sys.argv[1]).num_rows)\n"
-    for name in ("l.parquet", "l.csv", "l.csv.gz"):
+    for name in ("l.parquet", "l.csv", "l.csv.gz", "ragged.csv"):
         fs.put_file(str(tmp_path / name), f"{s3_bucket}/{name}")
+    for name in ("l.parquet", "l.csv", "l.csv.gz"):
         local = lists.read_list(str(tmp_path / name), number_repeats=False)
         remote = pa.Table.from_batches(list(lists.iter_list_batches(f"{s3_bucket}/{name}", batch_rows=50)))
         assert remote.drop_columns(["source_file"]).equals(local.drop_columns(["source_file"])), name
+        assert not list(temp.iterdir()), name
+        batches = lists.iter_list_batches(f"{s3_bucket}/{name}", batch_rows=50)
+        assert next(batches).num_rows == 50 and len(list(temp.iterdir())) == 1, name  # the copy, while it is read
+        batches.close()
+        assert not list(temp.iterdir()), name
         for _ in range(3):
             r = subprocess.run([sys.executable, "-c", script, f"{s3_bucket}/{name}"], cwd=REPO, capture_output=True,
-                               text=True, timeout=300)
+                               text=True, timeout=300, env={**os.environ, "TMPDIR": str(temp)})
             assert (r.returncode, r.stdout.strip()) == (0, "400"), (name, r.returncode, r.stderr[-1000:])
+            assert not list(temp.iterdir()), name
+    with pytest.raises(WitError, match=r"ragged\.csv:3: malformed csv"):
+        lists.read_list(f"{s3_bucket}/ragged.csv")
+    assert not list(temp.iterdir())
+
+
+def test_arrow_is_handed_paths_or_its_own_memory_never_a_python_file(tmp_path, s3_bucket, monkeypatch):
+    """Every Arrow reader a list goes through gets a path or an Arrow buffer, whatever the format and the place: a
+    Python file object in Arrow's threads can abort the process at exit, too rarely for a run to show it."""
+    import gzip
+
+    import s3fs
+
+    from wit.ingest.loopback import LoopbackImageServer
+
+    rows = _pairs(40, 0)
+    table = pa.table({"url": [u for u, _ in rows], "caption": [c for _, c in rows]})
+    pq.write_table(table, tmp_path / "l.parquet")
+    pacsv.write_csv(table, tmp_path / "l.csv")
+    (tmp_path / "l.tsv").write_text("url\tcaption\n" + "".join(f"{u}\tphoto {i}\n" for i, (u, _) in enumerate(rows)))
+    (tmp_path / "l.jsonl").write_text("".join(json.dumps({"url": u, "caption": c}) + "\n" for u, c in rows))
+    (tmp_path / "l.txt").write_text("".join(u + "\n" for u, _ in rows))
+    for name in ("l.parquet", "l.csv", "l.jsonl"):
+        (tmp_path / (name + ".gz")).write_bytes(gzip.compress((tmp_path / name).read_bytes()))
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    for name in ("l.parquet", "l.csv", "l.jsonl"):
+        fs.put_file(str(tmp_path / name), f"{s3_bucket}/{name}")
+    handed, reading = [], []
+
+    def watched(read):
+        def reader(source, *args, **kwargs):
+            handed.append((reading[-1], source))
+            return read(source, *args, **kwargs)
+        return reader
+
+    for module, name in ((pacsv, "open_csv"), (pacsv, "read_csv"), (pq, "ParquetFile"), (pq, "read_table"),
+                         (pajson, "read_json")):
+        monkeypatch.setattr(module, name, watched(getattr(module, name)))
+    served = {name: (tmp_path / name).read_bytes() for name in ("l.parquet", "l.csv", "l.csv.gz")}
+    with LoopbackImageServer(served) as server:
+        urls = [str(tmp_path / n) for n in ("l.parquet", "l.csv", "l.tsv", "l.jsonl", "l.txt", "l.parquet.gz",
+                                            "l.csv.gz", "l.jsonl.gz")]
+        urls += [f"{s3_bucket}/{n}" for n in ("l.parquet", "l.csv", "l.jsonl")]
+        urls += [f"{server.url}/img/{n}" for n in served]
+        for url in urls:
+            reading.append(url)
+            assert lists.read_list(url).num_rows == 40, url
+    assert {u for u, _ in handed} == {u for u in urls if not u.endswith(".txt")}  # all but txt read by Arrow
+    assert all(isinstance(s, (str, pa.NativeFile)) for _, s in handed), [(u, type(s)) for u, s in handed]
+
+
+def test_utf8_is_checked_a_chunk_at_a_time_with_the_line_and_offset_of_the_whole_file(tmp_path, monkeypatch):
+    # a bad byte right after a character cut between two reads, on a later line: every chunk size gives the line
+    # and offset that decoding the whole file gives
+    data = "url,caption\nhttp://127.0.0.1:9/1.jpg,café ünï\nhttp://127.0.0.1:9/2.jpg,naïve".encode() + b"\xe9x\n"
+    (tmp_path / "bad.csv").write_bytes(data)
+    start = data.index(b"\xe9x")
+    assert data[:start + 1].decode("utf-8", "replace").endswith("\ufffd")  # the fixture's one bad byte
+    for chunk in range(1, len(data) + 2):
+        monkeypatch.setattr(lists, "COPY_CHUNK", chunk)
+        with pytest.raises(WitError) as err:
+            lists.read_list(str(tmp_path / "bad.csv"))
+        assert str(err.value) == f"{tmp_path / 'bad.csv'}:3: text is not UTF-8 (byte 0xe9 at offset {start})", chunk
