@@ -122,9 +122,10 @@ def _big_list(folder, name: str, n: int) -> str:
 
 
 def test_normalising_a_large_list_takes_the_memory_of_a_batch_not_of_the_list(tmp_path):
-    # 350K rows in batches of 16K: the peak grew ~80 MB (parquet) and ~90 MB (csv) over what a 100-row list took.
-    # Reading the list whole (the code before the streaming, this same script) grew it by ~290 and ~300 MB, ~850
-    # bytes a row, and that grows with the list; so did one batch as large as the list (~300 MB).
+    # 350K rows in batches of 16K: the peak grew ~80 MB (parquet) and ~115 MB (csv) over what a 100-row list took
+    # (csv's includes Arrow's read-ahead: its streaming reader queues up to 32 parse blocks of 1 MB, which a file it
+    # reads by its path fills). Reading the list whole (the code before the streaming, this same script) grew it by
+    # ~290 and ~300 MB, ~850 bytes a row, and that grows with the list; so did one batch as large as the list.
     n = 350_000
     for name in ("big.parquet", "big.csv"):
         big, small = _big_list(tmp_path, name, n), _big_list(tmp_path, "small." + name.split(".")[1], 100)
@@ -134,7 +135,7 @@ def test_normalising_a_large_list_takes_the_memory_of_a_batch_not_of_the_list(tm
         assert r.returncode == 0, r.stderr[-2000:]
         assert pq.ParquetFile(out).metadata.num_rows == n
         grown_mb = int(r.stdout.split()[-1])
-        assert grown_mb < 130, (name, grown_mb)
+        assert grown_mb < 170, (name, grown_mb)
 
 
 def test_lists_on_s3_are_read_in_batches_as_local_ones_and_leave_no_copy_behind(tmp_path, s3_bucket, monkeypatch):
