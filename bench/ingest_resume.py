@@ -2,15 +2,18 @@
 
 Anchor and wit run one after the other in one run, each step in a fresh process whose peak RSS is sampled over
 its whole process tree (the driver and its pool) from /proc:
-  prepare  (anchor) every list read in one process with one Counter of every uid, every table held, then
-           written (how `prepare_inputs` worked before); (wit) `ingest.inputs.prepare_inputs`: one task per list
-           file, repeats numbered by a DuckDB window; then wit again on the same lists (a resume: reused).
+  prepare  (anchor) every list read whole (`anchor_read_list`: how `read_list` read one before it streamed) in
+           one process with one Counter of every uid, every table held, then written (how `prepare_inputs` worked
+           before); (wit) `ingest.inputs.prepare_inputs`: one task per list file, each read and written in
+           batches of `BATCH_ROWS` rows, repeats numbered by a DuckDB window; then wit again on the same lists (a
+           resume: reused).
   resume   (anchor) `verify_shard` on every shard in turn, every tar read to its end (the old `resume_scan`);
            (wit) `resume_scan` without markers (a per-shard map that reads every tar and marks it), then again
            with the markers (a resume: nothing read but the markers and the files' sizes and mtimes).
 The lists are synthetic parquet files (~80-character captions, 5% of the rows repeating an earlier pair, within
 and across files); the shards are img2dataset-layout tars of tiny samples (65% ok), so metadata costs dominate.
-Both prepares must give the same uids. Run: `make bench-ingest-resume args="--rows 4000000"`.
+Both prepares must give the same uids. Run: `make bench-ingest-resume args="--rows 4000000"`; `--rows-per-file`
+sets the size of a list file (the default is `--files` files, whatever `--rows`).
 """
 from __future__ import annotations
 
@@ -87,6 +90,24 @@ def make_shards(out: Path, rows: int, shard_rows: int) -> int:
     return shards
 
 
+def anchor_read_list(path: str, seen: Counter):
+    """A parquet list read as `read_list` read it before it streamed: the file's bytes whole, one Arrow table, and
+    Python lists of every url, caption, uid and reason."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from wit.shards.lists import text_values, url_problem
+    from wit.shards.schema import INPUT, row_uids
+    from wit.shards.tables import arrow_reader
+
+    with open(path, "rb") as f:
+        table = pq.read_table(arrow_reader(f.read()))
+    urls, captions = text_values(table.column("url")), text_values(table.column("caption"))
+    return pa.table({"uid": row_uids(zip(urls, captions), seen), "url": urls, "caption": captions,
+                     "source_file": [path] * len(urls), "source_row": list(range(len(urls))),
+                     "invalid": [url_problem(u) for u in urls]}, schema=INPUT)
+
+
 def run_step(step: str, args) -> None:
     """One measured step, in this (fresh) process."""
     from wit.ingest.config import DownloadConfig
@@ -97,12 +118,11 @@ def run_step(step: str, args) -> None:
 
         import pyarrow.parquet as pq
 
-        from wit.shards.lists import read_list
         from wit.shards.storage import write_atomic
 
         seen, tables = Counter(), []
         for path in lists:
-            tables.append(read_list(path, seen=seen))
+            tables.append(anchor_read_list(path, seen))
         for i, table in enumerate(tables):
             sink = io.BytesIO()
             pq.write_table(table, sink)
@@ -168,6 +188,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic lists")
     parser.add_argument("--files", type=int, default=8, help="list files")
+    parser.add_argument("--rows-per-file", type=int, help="rows of each list file (then --files is rows / this)")
     parser.add_argument("--resume-rows", type=int, default=500_000, help="rows of the synthetic finished crawl")
     parser.add_argument("--shard-rows", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2)
@@ -178,6 +199,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.step:
         return run_step(args.step, args)
+    if args.rows_per_file:
+        args.files = max(1, -(-args.rows // args.rows_per_file))
 
     import pyarrow.parquet as pq
 

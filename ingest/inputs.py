@@ -1,10 +1,11 @@
 """The crawl's input: every list normalised into `_wit/input/NNNNN.parquet`, once, without holding the pool.
 
 1. Each list file is read and normalised in its own task (`run_map`: a process pool, or Ray), which writes
-   `_wit/prepare/input/NNNNN.parquet` with the pair uid of every row and returns its row count and a digest.
+   `_wit/prepare/input/NNNNN.parquet` with the pair uid of every row and returns its row count and a digest. It
+   reads, writes and digests a batch of `lists.BATCH_ROWS` rows at a time, so no task holds a whole list.
 2. Repeated pairs are numbered by DuckDB: a window over the pair, in list then row order, among the rows whose
    pair occurs more than once. Each file's repeats stream to `_wit/prepare/repeats/NNNNN.parquet`, and that
-   file's task gives those rows (only those) the uid `schema.repeat_uid` derives, so every uid is what
+   file's task (again a batch at a time) gives those rows (only those) the uid `schema.repeat_uid` derives, so every uid is what
    `schema.row_uids` gives when it reads the lists in order.
 3. The content (list names, row counts, digests, shard size) is compared with the run record; the new input
    then takes the place of `_wit/input/`, and the record keeps the lists' fingerprint (size and mtime or etag
@@ -24,12 +25,12 @@ import pyarrow.compute as pc
 
 from wit.ingest.config import DownloadConfig
 from wit.ingest.output import crawl_sql, entries, name_width, planned_shards, read_record, run_record_url
-from wit.shards.lists import find_lists, read_list
+from wit.shards.lists import BATCH_ROWS, find_lists, iter_list_batches
 from wit.shards.runner import run_map
 from wit.shards.schema import INPUT, repeat_uid
 from wit.shards.sql import sql_errors
 from wit.shards.storage import WitError, exists, fs_and_path, join, move, write_json_atomic
-from wit.shards.tables import open_parquet, read_parquet, write_parquet
+from wit.shards.tables import open_parquet, write_parquet, write_parquet_stream
 
 REPEAT = pa.schema([pa.field("source_row", pa.int64()), pa.field("n", pa.int64())])
 
@@ -107,11 +108,33 @@ def lists_fingerprint(files: list[str]) -> str | None:
 
 
 def normalise_list(task: ListTask) -> dict:
-    """One list -> its normalised input (pair uids, numbered later); its row count and a digest of its pairs."""
-    table = read_list(task.src, task.fmt, task.url_col, task.caption_col, number_repeats=False)
-    write_parquet(task.target, table)
-    digest = hashlib.sha256("\n".join(table["uid"].to_pylist()).encode()).hexdigest()
-    return {"rows": table.num_rows, "pairs_sha256": digest}
+    """One list -> its normalised input (pair uids, numbered later), written batch by batch as it is read (never
+    the whole list in memory); its row count and a digest of its pairs."""
+    digest = LineDigest()
+
+    def batches():
+        for batch in iter_list_batches(task.src, task.fmt, task.url_col, task.caption_col):
+            digest.update(batch.column(0).to_pylist())
+            yield batch
+
+    rows = write_parquet_stream(task.target, INPUT, batches())
+    return {"rows": rows, "pairs_sha256": digest.hexdigest()}
+
+
+class LineDigest:
+    """sha256 of strings joined by line breaks, fed a batch at a time: the digest of `"\n".join(all of them)`, as
+    the run records of every crawl since the first hold it."""
+
+    def __init__(self, digest=None):
+        self.digest, self.first = digest or hashlib.sha256(), True
+
+    def update(self, values: list[str]) -> None:
+        if values:
+            self.digest.update((("" if self.first else "\n") + "\n".join(values)).encode())
+            self.first = False
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
 
 
 def number_repeats(cfg: DownloadConfig, inputs: list[str], folder: str) -> list[tuple[int, str]]:
@@ -151,14 +174,41 @@ def _flush(part: list[pa.RecordBatch], written: list[tuple[int, str]]) -> None:
 
 
 def apply_repeats(task: tuple[str, str]) -> None:
-    """Give the repeated rows of one normalised list their derived uids."""
+    """Give the repeated rows of one normalised list their derived uids, a batch at a time: the repeats file
+    (source_row, n), sorted by row, is read alongside, and each batch takes the repeats of its rows."""
     target, repeats_file = task
-    table = read_parquet(target)
-    repeats = read_parquet(repeats_file)
-    uids = table["uid"].to_pylist()
-    for row, n in zip(repeats["source_row"].to_pylist(), repeats["n"].to_pylist()):
-        uids[row] = repeat_uid(uids[row], n)
-    write_parquet(target, table.set_column(0, INPUT.field("uid"), pa.array(uids, pa.string())))
+    repeats = _Repeats(open_parquet(repeats_file).iter_batches(batch_size=BATCH_ROWS))
+
+    def batches():
+        for batch in open_parquet(target).iter_batches(batch_size=BATCH_ROWS):
+            start = batch.column("source_row")[0].as_py()  # a normalised list's source_row is its row number
+            rows, ns = repeats.before(start + batch.num_rows)
+            if len(rows):
+                uids = batch.column(0)
+                mask = pc.is_in(pa.array(range(start, start + batch.num_rows), pa.int64()), rows)
+                new = [repeat_uid(u, n) for u, n in zip(pc.filter(uids, mask).to_pylist(), ns.to_pylist())]
+                batch = batch.set_column(0, INPUT.field("uid"), pc.replace_with_mask(uids, mask, pa.array(new)))
+            yield batch
+
+    write_parquet_stream(target, INPUT, batches())
+
+
+class _Repeats:
+    """The rows of a repeats file in order, handed out by source_row range."""
+
+    def __init__(self, batches):
+        self.batches, self.held = batches, pa.table({"source_row": pa.array([], pa.int64()), "n": pa.array([], pa.int64())})
+
+    def before(self, end: int) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+        """The (source_row, n) of the repeats whose source_row < end, not handed out before."""
+        while not self.held.num_rows or self.held["source_row"][-1].as_py() < end:
+            batch = next(self.batches, None)
+            if batch is None:
+                break
+            self.held = pa.concat_tables([self.held, pa.Table.from_batches([batch]).cast(REPEAT)])
+        cut = pc.sum(pc.less(self.held["source_row"], end)).as_py() or 0
+        taken, self.held = self.held.slice(0, cut), self.held.slice(cut)
+        return taken["source_row"], taken["n"]
 
 
 def _holds(folder: str, names: list[str]) -> bool:
@@ -199,5 +249,7 @@ def _legacy_digest(tasks: list[ListTask]) -> str:
     """The digest records held before `pairs_sha256`: sha256 over each list's uids joined by line breaks."""
     digest = hashlib.sha256()
     for task in tasks:
-        digest.update("\n".join(read_parquet(task.target, ["uid"])["uid"].to_pylist()).encode())
+        lines = LineDigest(digest)
+        for batch in open_parquet(task.target).iter_batches(batch_size=BATCH_ROWS, columns=["uid"]):
+            lines.update(batch.column(0).to_pylist())
     return digest.hexdigest()

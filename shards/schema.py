@@ -67,10 +67,13 @@ def row_uids(pairs: Iterable[tuple[str | None, str | None]], seen: Counter | Non
     has its own key through filters, balance, reshard and the audit, and dedup (same bytes) is what removes the
     copy, with `dup_of` naming the first. `seen` carries the counts from list to list of one crawl.
     """
-    seen = Counter() if seen is None else seen
+    return number_uids((pair_uid(url, caption) for url, caption in pairs), Counter() if seen is None else seen)
+
+
+def number_uids(pair_uids: Iterable[str], seen: Counter) -> list[str]:
+    """`row_uids` from the pairs' uids: the n-th repeat (counted in `seen`, which it updates) gets `repeat_uid`."""
     uids = []
-    for url, caption in pairs:
-        uid = pair_uid(url, caption)
+    for uid in pair_uids:
         n, seen[uid] = seen[uid], seen[uid] + 1
         uids.append(repeat_uid(uid, n) if n else uid)
     return uids
