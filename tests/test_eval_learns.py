@@ -47,7 +47,8 @@ def test_trained_model_scores_far_above_chance_and_a_random_one_does_not(tmp_pat
         d.mkdir(parents=True, exist_ok=True)
         (d / f"{i:04d}.jpg").write_bytes(jpeg)
     index = _write_shards(tmp_path / "shards", samples[:TRAIN])
-    r = wit("train", "--data", index, "--model", "wit-tiny", "--out", str(tmp_path / "run"), "--steps", "300",
+    # 150 steps: 54.9% top-1 (300 steps: 62.6%; chance 10%), far over the 30% asked below, in half the time
+    r = wit("train", "--data", index, "--model", "wit-tiny", "--out", str(tmp_path / "run"), "--steps", "150",
             "--batch-size", "64", "--warmup", "30", "--workers", "1", "--no-tensorboard", timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
 
