@@ -62,14 +62,20 @@ def test_crawl_from_and_to_s3(tmp_path, s3_bucket, image_server, real_images):
     assert r.returncode == 0 and "this run      0 shards" in r.stdout
 
 
-def test_retry_before_the_crawl_finished_loses_no_row(tmp_path, image_server, real_images):
-    names = sorted(real_images)
-    rows = [(f"{image_server.url}/img/{names[0]}", "good 0"), (f"{image_server.url}/flaky/{names[1]}", "flaky"),
-            (f"{image_server.url}/img/{names[2]}", "good 2"), (f"{image_server.url}/img/{names[3]}", "good 3")]
+def _crawl_in_two_shards(tmp_path, server, last: list[str], names: list[str]):
+    """A finished crawl of 4 rows in 2 shards (a good image, a flaky one, a good one, then `last`: path, caption)."""
+    rows = [(f"{server.url}/img/{names[0]}", "good 0"), (f"{server.url}/flaky/{names[1]}", "flaky"),
+            (f"{server.url}/img/{names[2]}", "good 2"), (f"{server.url}/{last[0]}", last[1])]
     out = tmp_path / "out"
     args = ["download", str(write_csv(tmp_path / "l.csv", rows)), "--out", str(out), "--allow-net", "127.0.0.1/32",
             "--shard-size", "2", *FAST]
     assert wit(*args).returncode == 0
+    return out, args
+
+
+def test_retry_before_the_crawl_finished_loses_no_row(tmp_path, image_server, real_images):
+    names = sorted(real_images)
+    out, args = _crawl_in_two_shards(tmp_path, image_server, [f"img/{names[3]}", "good 3"], names)
     (out / "00001_stats.json").unlink()  # the crawl's second shard is unfinished
 
     r = wit(*args, "--retry-failed")
@@ -121,12 +127,7 @@ def test_a_run_record_with_six_digit_names_makes_resume_and_retry_write_six_digi
 def _six_digits(tmp_path, server, names):
     import json
 
-    rows = [(f"{server.url}/img/{names[0]}", "good 0"), (f"{server.url}/flaky/{names[1]}", "flaky"),
-            (f"{server.url}/img/{names[2]}", "good 2"), (f"{server.url}/404", "gone")]
-    out = tmp_path / "out"
-    args = ["download", str(write_csv(tmp_path / "l.csv", rows)), "--out", str(out), "--allow-net", "127.0.0.1/32",
-            "--shard-size", "2", *FAST]
-    assert wit(*args).returncode == 0
+    out, args = _crawl_in_two_shards(tmp_path, server, ["404", "gone"], names)
     record = json.loads((out / "_wit" / "run.json").read_text())
     assert record["name_width"] == 5 and shard_names(str(out)) == ["00000", "00001"]  # a small crawl: as always
     # the record of a crawl whose plan needs six digits (over 10,000 shards), stopped before its first shard: the
