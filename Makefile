@@ -11,6 +11,8 @@ out ?= data/raw
 args ?=
 # make corpus config=<pipeline.toml> [args="--plan" | args="--from balance" | args="--set balance.t=40000"]
 config ?=
+# make test [test_workers=N]: pytest-xdist processes; each test file runs whole in one of them (its module fixtures once)
+test_workers ?= 2
 
 .PHONY: venv test test-spark test-fallback lint demo corpus download clean help
 # bench-% is a pattern rule: naming a bench target .PHONY would make make skip it (and silently do nothing)
@@ -41,7 +43,7 @@ lint: venv
 	$(PY) -m ruff check .
 
 test: venv
-	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q -m "not spark" tests
+	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q -m "not spark" -n $(test_workers) --dist loadfile tests
 
 # the crawl on pyspark (local[2], Java 17): the `spark` extra, about 2 minutes on the shared 2 cores
 test-spark: venv
