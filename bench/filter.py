@@ -62,6 +62,9 @@ def pool_images(n: int) -> list[tuple[bytes, str]]:
 def write_pool(out: Path, images, swap: float, shard_size: int, seed: int) -> dict[str, bool]:
     """Crawl-layout shards (tar, manifest, stats); returns {uid: caption is mismatched}."""
     rng = np.random.default_rng(seed)
+    # Shuffled, as a crawl of the web is: in class order each shard would hold one or two classes, and the first
+    # model, which streams the pool shard by shard, would learn from a shuffle buffer of one class at a time.
+    images = [images[i] for i in rng.permutation(len(images))]
     labels = [label for _, label in images]
     captions = [TEMPLATES[i % len(TEMPLATES)].format(label) for i, label in enumerate(labels)]
     swapped = rng.choice(len(images), int(swap * len(images)), replace=False)
