@@ -86,6 +86,11 @@ def rank_shard(task: tuple[str, str, int, str]) -> int:
     return ok.num_rows
 
 
+def name_width(last_shard: int) -> int:
+    """Digits of every output shard name: five (img2dataset's) or more, one width for all, so names sort as numbers."""
+    return max(5, len(str(last_shard)))
+
+
 @dataclass(frozen=True)
 class Plan:
     folder: str  # holds by_src/ and by_out/
@@ -177,7 +182,8 @@ def build_plan(con, ranked: list[str], verdicts: tuple[str, ...], selection: str
             SELECT ok.*{matched}, (row_number() OVER (ORDER BY ok.rank, ok.uid) - 1)::BIGINT AS pos
             FROM ok {' '.join(keep)} {('WHERE ' + ' AND '.join(where)) if where else ''})""")
     fields = ", ".join(ident(c) for c in CORPUS_FIELDS) + matched.replace("sel.", "")
-    naming = (f"printf('%05d', out_no) AS shard, printf('%05d_%06d', out_no, pos % {int(shard_size)}) AS key")
+    width = name_width(q("SELECT coalesce(max(out_no), 0) FROM plan")[0][0])
+    naming = (f"printf('%0{width}d', out_no) AS shard, printf('%0{width}d_%06d', out_no, pos % {int(shard_size)}) AS key")
     tag = uuid.uuid4().hex[:8]
     staged = f"{folder}.new-{tag}" if is_local(folder) else os.path.join(_local_stage(con), f"plan-{tag}")
     os.makedirs(staged)
@@ -185,7 +191,7 @@ def build_plan(con, ranked: list[str], verdicts: tuple[str, ...], selection: str
         by = "src_shard" if part == "by_src" else "shard"
         q(f"COPY (SELECT {select} FROM plan) TO {literal(join(staged, part))} "
           f"(FORMAT parquet, PARTITION_BY ({by}), FILENAME_PATTERN 'part_{{i}}')")
-    counts = dict(q("SELECT printf('%05d', out_no), count(*) FROM plan GROUP BY out_no ORDER BY out_no"))
+    counts = dict(q(f"SELECT printf('%0{width}d', out_no), count(*) FROM plan GROUP BY out_no ORDER BY out_no"))
     sources = [r[0] for r in q("SELECT DISTINCT src_shard FROM plan ORDER BY src_shard")]
     n, xor, total = q("SELECT count(*), bit_xor(rank), sum(rank)::VARCHAR FROM plan")[0]
     for table in ("plan", "sel", "ok", *(f"verdict_{i}" for i in range(len(verdicts)))):

@@ -25,8 +25,8 @@ def _read(batch: pa.Table, raw: str, plan: str, only: list[int] | None, shard_si
     return table.append_column("out_no", pc.divide(table["pos"], pa.scalar(shard_size, pa.int64())))
 
 
-def _write(group: pa.Table, out: str, plan: str) -> pa.Table:
-    shard = f"{group['out_no'][0].as_py():05d}"
+def _write(group: pa.Table, out: str, plan: str, width: int) -> pa.Table:
+    shard = f"{group['out_no'][0].as_py():0{width}d}"
     rows = read_partition(plan, "by_out", "shard", shard)
     n = write_output(out, shard, rows, group.select(["pos", "key", "jpg"]), where="the Ray shuffle")
     return pa.table({"shard": [shard], "samples": [n]})
@@ -46,8 +46,8 @@ def exchange(cfg, plan, senders: list[str], todo: list[str]) -> None:
     ds = ray.data.from_items([{"src": s} for s in senders], override_num_blocks=len(senders))
     ds = ds.map_batches(_read, batch_size=1, batch_format="pyarrow",
                         fn_kwargs={"raw": cfg.raw, "plan": plan.folder, "only": only, "shard_size": cfg.shard_size})
-    ds = ds.groupby("out_no", num_partitions=len(todo)).map_groups(_write, batch_format="pyarrow",
-                                                              fn_kwargs={"out": cfg.out, "plan": plan.folder})
+    writing = {"out": cfg.out, "plan": plan.folder, "width": len(todo[0])}  # every name has the plan's width
+    ds = ds.groupby("out_no", num_partitions=len(todo)).map_groups(_write, batch_format="pyarrow", fn_kwargs=writing)
     written = {r["shard"]: r["samples"] for r in ds.take_all()}
     lost = sorted(set(todo) - set(written))
     if lost or any(written[s] != plan.counts[s] for s in written):

@@ -86,6 +86,15 @@ def test_intermediate_files_grow_with_shards_not_samples(pool, tmp_path):
         assert sorted(p.name for p in (tmp_path / f"k{groups}" / "_wit").iterdir()) == ["plan.json"]
 
 
+def test_output_names_have_one_width_that_sorts_as_numbers_past_99999_shards():
+    from wit.shards.reshard_plan import name_width
+
+    for shards in (1, 100_000, 100_001, 2_500_000):
+        names = [f"{n:0{name_width(shards - 1)}d}" for n in (0, 9, 10, 99_999, 100_000, shards - 1) if n < shards]
+        assert sorted(names) == names and len({len(n) for n in names}) == 1
+    assert name_width(0) == 5 and name_width(99_999) == 5 and name_width(100_000) == 6  # img2dataset's 5 as before
+
+
 def test_a_kill_in_the_middle_of_the_exchange_then_a_rerun_finishes_exactly(tmp_path):
     raw = tmp_path / "raw"
     uids = synthetic_crawl(raw, shards=40, per_shard=150, payload=512)
