@@ -188,15 +188,20 @@ def measure(cmd: list[str], log: Path) -> tuple[float, int, int]:
 
 
 def has_flag(python: str, command: list[str], flag: str) -> bool:
+    # not from the repository's folder, whose wit/ would shadow the door of another checkout's interpreter
     r = subprocess.run([python, "-m", "wit", *command, "--help"], capture_output=True, text=True,
-                       env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1"))
+                       env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1"), cwd=tempfile.gettempdir())
     return flag in r.stdout
 
 
 def commands(root: Path, python: str, limit: str, workers: int | None) -> dict[str, list[str]]:
     v = root / "verdicts"
-    lists = ("import sys; from wit.ingest.config import DownloadConfig; from wit.ingest.download import prepare_inputs; "
-             f"n = prepare_inputs(DownloadConfig(lists=({str(root / 'lists')!r},), out={str(root / 'crawl')!r})); "
+    # the crawl's DuckDB limit is a DownloadConfig field (`wit download --memory-limit`), when the code has one
+    lists = ("import dataclasses; from wit.ingest.config import DownloadConfig as C; "
+             "from wit.ingest.download import prepare_inputs; "
+             f"limit = {{'memory_limit': {limit!r}}} if 'memory_limit' in {{f.name for f in dataclasses.fields(C)}} "
+             "else {}; "
+             f"n = prepare_inputs(C(lists=({str(root / 'lists')!r},), out={str(root / 'crawl')!r}, **limit)); "
              "print(sum(n), 'rows normalised')")
     work = ["--workers", str(workers)] if workers else []
     steps = {
