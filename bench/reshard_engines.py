@@ -34,14 +34,14 @@ from wit.shards.reshard_plan import build_plan, rank_shard  # noqa: E402
 from wit.shards.sql import connect  # noqa: E402
 
 
-def _spark_partition(rows, out: str, plan: str, shard_size: int):
+def _spark_partition(rows, out: str, plan: str, width: int):
     """One Spark partition: rows ((out_no, pos), (key, jpg)) sorted by key; one output shard per run of out_no."""
     import pyarrow as pa
 
     from wit.shards.reshard_plan import read_partition
 
     def flush(out_no, keys, jpgs):
-        shard = f"{out_no:05d}"
+        shard = f"{out_no:0{width}d}"  # the plan's width, as the other engines name them
         R.write_output(out, shard, read_partition(plan, "by_out", "shard", shard),
                        pa.table({"key": keys, "jpg": pa.array(jpgs, pa.binary())}), where="the Spark shuffle")
 
@@ -63,7 +63,7 @@ def spark_exchange(cfg: R.ReshardConfig, plan, senders: list[str], todo: list[st
     spark = (SparkSession.builder.master(f"local[{cfg.workers or os.cpu_count()}]").appName("wit-reshard")
              .config("spark.ui.enabled", "false").config("spark.driver.host", "127.0.0.1")
              .config("spark.driver.bindAddress", "127.0.0.1").getOrCreate())
-    raw, folder, size, out, shards = cfg.raw, plan.folder, cfg.shard_size, cfg.out, len(todo)
+    raw, folder, size, out, shards, width = cfg.raw, plan.folder, cfg.shard_size, cfg.out, len(todo), len(todo[0])
 
     def read(src):
         t = R.read_source(raw, src, folder)
@@ -72,7 +72,7 @@ def spark_exchange(cfg: R.ReshardConfig, plan, senders: list[str], todo: list[st
 
     (spark.sparkContext.parallelize(senders, len(senders)).flatMap(read)
      .repartitionAndSortWithinPartitions(shards, lambda k: k[0] % shards)
-     .foreachPartition(lambda rows: _spark_partition(rows, out, folder, size)))
+     .foreachPartition(lambda rows: _spark_partition(rows, out, folder, width)))
 
 
 def local_exchange(cfg: R.ReshardConfig, plan, senders: list[str], todo: list[str]) -> None:
