@@ -104,7 +104,9 @@ def main() -> None:
     p.add_argument("--pool", type=int, default=10_000, help="CIFAR-10 training images in the pool")
     p.add_argument("--swap", type=float, default=0.3, help="fraction of captions swapped between images")
     p.add_argument("--keep", type=float, default=0.7, help="fraction kept by the filter and by the random subset")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=300, help="training steps of every compared model")
+    p.add_argument("--scorer-steps", type=int, default=None,
+                   help="training steps of the first (scoring) model; default: --steps")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--eval-images", type=int, default=2000, help="held-out CIFAR-10 test images (0: all 10,000)")
@@ -124,10 +126,12 @@ def main() -> None:
     n_shards = len(list((work / "raw").glob("*.tar")))
     pool = str(work / "raw" / f"{{00000..{n_shards - 1:05d}}}.tar")
 
-    def train(name: str, data: str, seed: int = 0, batch: int | None = None, loss: str = "clip") -> str:
+    def train(name: str, data: str, seed: int = 0, batch: int | None = None, loss: str = "clip",
+              steps: int | None = None) -> str:
+        steps = steps or args.steps
         run(f"train {name}", wit("train", "--data", data, "--model", "wit-tiny", "--out", str(work / name),
-                                 "--steps", str(args.steps), "--batch-size", str(batch or args.batch), "--seed",
-                                 str(seed), "--workers", str(args.workers), "--warmup", str(max(1, args.steps // 10)),
+                                 "--steps", str(steps), "--batch-size", str(batch or args.batch), "--seed",
+                                 str(seed), "--workers", str(args.workers), "--warmup", str(max(1, steps // 10)),
                                  "--loss", loss, "--log-every", "50", "--no-tensorboard"), env)
         return str(work / name / "checkpoints")
 
@@ -142,7 +146,7 @@ def main() -> None:
                                         "--verdicts", str(verdicts), "--shard-size", "1000", "--workers", "2"), env)
         return str(work / name / "index.json")
 
-    first = train("first", pool)
+    first = train("first", pool, steps=args.scorer_steps)
     scores = {"first (whole pool)": [zeroshot("first", first)]}
     run("embed the pool", wit("embed", str(work / "raw"), "--out", str(work / "embeddings"), "--checkpoint", first,
                               "--workers", "2"), env)
@@ -167,6 +171,8 @@ def main() -> None:
 
     print(f"\npool: {args.pool:,} CIFAR-10 training images, {bad_before:.0%} of captions mismatched; the filter kept "
           f"{len(kept):,} pairs, {bad_after:.1%} of them mismatched")
+    print(f"scoring model: {args.scorer_steps or args.steps} steps on the whole pool; the others "
+          f"{args.steps} steps")
     print(f"wit-tiny, {args.steps} steps of batch {args.batch} (SigLIP rows: their batch), CPU; zero-shot top-1 on "
           f"{args.eval_images or 10_000} CIFAR-10 test images, 18 CLIP templates")
     for name, values in scores.items():
