@@ -104,13 +104,14 @@ def main() -> None:
     p.add_argument("--pool", type=int, default=10_000, help="CIFAR-10 training images in the pool")
     p.add_argument("--swap", type=float, default=0.3, help="fraction of captions swapped between images")
     p.add_argument("--keep", type=float, default=0.7, help="fraction kept by the filter and by the random subset")
-    p.add_argument("--steps", type=int, default=300, help="training steps of every compared model")
+    p.add_argument("--steps", type=int, default=900, help="training steps of every compared model")
     p.add_argument("--scorer-steps", type=int, default=None,
                    help="training steps of the first (scoring) model; default: --steps")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--eval-images", type=int, default=2000, help="held-out CIFAR-10 test images (0: all 10,000)")
     p.add_argument("--siglip-batches", default="64,256", help="batch sizes of the SigLIP vs softmax runs ('' skips)")
+    p.add_argument("--siglip-steps", type=int, default=300, help="training steps of the SigLIP vs softmax runs")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--work", default=None, help="working folder (default: a new temporary one)")
     args = p.parse_args()
@@ -167,13 +168,15 @@ def main() -> None:
     for batch in [int(b) for b in args.siglip_batches.split(",") if b]:
         for loss in ("clip", "siglip"):
             name = f"{loss}-b{batch}"
-            scores[f"{loss} batch {batch} (whole pool)"] = [zeroshot(name, train(name, pool, 0, batch, loss))]
+            scores[f"{loss} batch {batch} (whole pool)"] = [zeroshot(name, train(name, pool, 0, batch, loss,
+                                                                                  args.siglip_steps))]
 
     print(f"\npool: {args.pool:,} CIFAR-10 training images, {bad_before:.0%} of captions mismatched; the filter kept "
           f"{len(kept):,} pairs, {bad_after:.1%} of them mismatched")
     print(f"scoring model: {args.scorer_steps or args.steps} steps on the whole pool; the others "
           f"{args.steps} steps")
-    print(f"wit-tiny, {args.steps} steps of batch {args.batch} (SigLIP rows: their batch), CPU; zero-shot top-1 on "
+    print(f"wit-tiny, {args.steps} steps of batch {args.batch} (SigLIP rows: {args.siglip_steps} steps of their "
+          f"batch), CPU; zero-shot top-1 on "
           f"{args.eval_images or 10_000} CIFAR-10 test images, 18 CLIP templates")
     for name, values in scores.items():
         spread = f" ± {statistics.stdev(values):.2f} (sd over {len(values)} seeds: " \
