@@ -73,6 +73,7 @@ def large_photos(n: int = 20) -> dict[str, bytes]:
     return package_photos()
 
 
+@pytest.mark.data_fallback  # large_photos differ without ../shared/data
 def test_large_jpegs_decode_reduced_to_img2datasets_size_and_look_the_same():
     ours, theirs = resizers(128)
     diffs = []
