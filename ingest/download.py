@@ -99,19 +99,20 @@ def resume_scan(cfg: DownloadConfig) -> set[int]:
 
 
 def run_engine(cfg: DownloadConfig, input_dir: str, done: set[int], start_shard: int, total_rows: int) -> None:
-    """Shard the normalised input with img2dataset's Reader and map WitDownloader over it."""
+    """Shard the normalised input (img2dataset's Reader, streamed) and map WitDownloader over it."""
     # img2dataset takes seconds to import: only a run that downloads pays for it, not a bad-input error. The engine
     # first: it loads img2dataset without torch.
     from wit.ingest.engine import CARRIED_COLUMNS, build_downloader  # isort: skip
 
     from img2dataset import distributor as distributors
-    from img2dataset.reader import Reader
+
+    from wit.ingest.reader import StreamingReader
 
     staging, tmp = join(cfg.out, "_wit", "staging"), join(cfg.out, "_wit", "tmp")
     fs, _ = fs_and_path(cfg.out)
     for folder in (staging, tmp):
         fs.makedirs(fs_and_path(folder)[1], exist_ok=True)
-    reader = Reader(
+    reader = StreamingReader(
         input_dir, "parquet", "url", "caption", None, None, CARRIED_COLUMNS,
         cfg.shard_size, done, tmp, start_shard,
     )
