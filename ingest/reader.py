@@ -1,4 +1,4 @@
-"""The crawl's reader: img2dataset's Reader, with one shard's rows in memory at a time.
+"""The crawl's reader: img2dataset's Reader, with one row group and one shard of a list in memory at a time.
 
 img2dataset's Reader loads each input file whole (`pq.read_table`) and writes all its shards before the first is
 handed on, so the driver holds a whole list: an 18M-row list is a table of a few GB. This one cuts the same shards
@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from img2dataset.reader import Reader
+
+from wit.shards.storage import fs_and_path
 
 
 class StreamingReader(Reader):
@@ -33,7 +34,7 @@ class StreamingReader(Reader):
 
     def _write(self, number: int, table: pa.Table) -> str:
         url = f"{self.tmp_path}/{number}.feather"  # the name and format img2dataset's downloader reads
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = fs_and_path(url)
         with fs.open(path, "wb") as f, pa.ipc.new_file(f, table.schema) as writer:
             writer.write_table(table)
         return url
