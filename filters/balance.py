@@ -76,13 +76,19 @@ def entry_probabilities(counts: np.ndarray, t: int) -> np.ndarray:
 
 
 def keep_probabilities(matched: pa.ListArray, p: np.ndarray) -> np.ndarray:
-    """1 - prod(1 - p_e) per row, summed in log space; a tail entry (p_e = 1) makes it exactly 1."""
-    ids = matched.flatten().to_numpy(zero_copy_only=False)
-    rows = np.repeat(np.arange(len(matched)), pc.list_value_length(matched).to_numpy(zero_copy_only=False))
-    with np.errstate(divide="ignore"):
-        log_q = np.log1p(-p[ids])  # -inf where p_e == 1
-    total = np.bincount(rows, weights=log_q, minlength=len(matched))
-    return -np.expm1(total)
+    """1 - prod(1 - p_e) per row, multiplied in each row's list order; a tail entry (p_e = 1) makes it exactly 1.
+
+    Only IEEE-754 subtractions and multiplications, each correctly rounded on every CPU, in a fixed order: the
+    bits are the same on every machine. (log1p/expm1 were not: numpy's AVX-512 versions round differently from its
+    other ones, so a selection written on one machine hashed differently on another.)"""
+    lengths = pc.fill_null(pc.list_value_length(matched), 0).to_numpy(zero_copy_only=False)
+    starts = matched.offsets.to_numpy()[:-1].astype(np.int64)  # into .values, which ignores a slice's offset
+    ids = matched.values.to_numpy(zero_copy_only=False)
+    q = np.ones(len(matched))
+    for j in range(int(lengths.max(initial=0))):  # the j-th entry of every row that has one
+        rows = np.flatnonzero(lengths > j)
+        q[rows] *= 1.0 - p[ids[starts[rows] + j]]
+    return 1.0 - q
 
 
 def in_pool(table: pa.Table, source: str, verdicts: tuple[str, ...]) -> np.ndarray:
