@@ -14,7 +14,7 @@ config ?=
 # make test [test_workers=N]: pytest-xdist processes; each test file runs whole in one of them (its module fixtures once)
 test_workers ?= 2
 
-.PHONY: venv test test-spark test-fallback lint demo corpus download clean help
+.PHONY: venv lock test test-spark test-fallback lint demo corpus download clean help
 # bench-% is a pattern rule: naming a bench target .PHONY would make make skip it (and silently do nothing)
 
 help:
@@ -23,6 +23,7 @@ help:
 	@echo "make test       run the test suite"
 	@echo "make test-spark the crawl on pyspark (installs the spark extra; needs Java)"
 	@echo "make test-fallback   the tests whose data falls back without ../shared/data, run that way (CI)"
+	@echo "make lock       move requirements.lock (the versions make venv installs) to today's releases, on purpose"
 	@echo "make lint       ruff (pyflakes rules) over the code"
 	@echo "make download shards=<lists> [out=<dir|s3://...>] [args='...']   crawl URL-caption lists into shards"
 	@echo "make bench-<name>   run bench/<name>.py against its anchor (see bench/README.md)"
@@ -32,12 +33,26 @@ help:
 	@echo "make eval task=zeroshot args='--data ... --checkpoint ...'   zero-shot, retrieval, linear probe"
 	@echo "make test-trainer | test-eval   one wing's tests"
 
-$(STAMP): pyproject.toml
+# requirements.lock: the exact versions CI tested, as pip constraints (they cap what pip picks and install nothing
+# by themselves, so a platform's own extras, e.g. CUDA wheels, are simply not needed elsewhere). `make lock` moves
+# them on purpose: a fresh venv resolves pyproject.toml's ranges today, and its freeze becomes the new lock; then
+# `rm -rf .venv && make test` before committing it.
+LOCK := requirements.lock
+
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -c $(LOCK) -e '.[test]'
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,spark]'
+	{ echo "# pip constraints: the versions CI tested. Written by 'make lock' on $$(date -u +%F)"; \
+	  echo "# ($$(.lock-venv/bin/python -c 'import platform; print("Python", platform.python_version(), platform.machine())')). Do not edit; see the Makefile."; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable --disable-pip-version-check | LC_ALL=C sort -f; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK) && rm -rf .lock-venv
 
 lint: venv
 	$(PY) -m ruff check .
@@ -47,7 +62,7 @@ test: venv
 
 # the crawl on pyspark (local[2], Java 17): the `spark` extra, about 2 minutes on the shared 2 cores
 test-spark: venv
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,spark]'
+	$(PY) -m pip install -q --disable-pip-version-check -c $(LOCK) -e '.[test,spark]'
 	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q -m spark tests
 
 # The tests marked data_fallback (tests/conftest.py) as a fresh clone with no ../shared/data runs them
