@@ -58,6 +58,8 @@ class DownloadConfig:
                                          "(repeatable), e.g. 127.0.0.1/32", many="append", metavar="CIDR", parse=cidr)
     max_bytes: int = opt(20 * 2**20, "largest response body accepted", minimum=1)
     max_pixels: int = opt(89_478_485, "largest declared image size (decompression-bomb guard)", minimum=1)
+    max_aspect_ratio: float | None = opt(None, "refuse an image whose long side is more than this many times its "
+                                               "short side, before decoding (bad_aspect; default: no limit)", minimum=1)
     allow_userinfo: bool = opt(False, "fetch URLs that carry user:password@ (refused as invalid_url otherwise)")
     user_agent_token: str = opt("wit", "token in the User-Agent, matched against robots.txt and X-Robots-Tag")
     ignore_robots: bool = opt(False, "do not honour robots.txt, the TDMRep header tdm-reservation: 1, nor X-Robots-Tag "

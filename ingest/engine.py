@@ -31,7 +31,7 @@ if _keep_torch_out:
 try:
     from img2dataset.downloader import compute_key
     from img2dataset.logger import CappedCounter, write_stats
-    from img2dataset.resizer import Resizer, ResizeMode
+    from img2dataset.resizer import Resizer, ResizeMode, SuppressStdoutStderr
 finally:
     if _keep_torch_out:
         del sys.modules["torch"]
@@ -59,6 +59,9 @@ _REDUCED = {  # libjpeg's DCT scaling: decode at 1/2, 1/4, 1/8 of the size
 }
 
 
+JPEG_MAX_SIDE = 65_500  # libjpeg's JPEG_MAX_DIMENSION: OpenCV cannot encode a JPEG with a longer side
+
+
 def image_header(data: bytes) -> tuple[str, int, int, str]:
     """(format, width, height, mode) from the header alone, or ValueError whose text starts with the reason."""
     try:
@@ -66,23 +69,34 @@ def image_header(data: bytes) -> tuple[str, int, int, str]:
             fmt, (width, height), mode = img.format, img.size, img.mode
     except Image.DecompressionBombError as err:
         raise ValueError(f"decompression_bomb: {err}") from None
+    except Image.UnidentifiedImageError:  # its text names our in-memory buffer (`<_io.BytesIO object at 0x..>`)
+        raise ValueError(f"{_unread_reason(data)}: no image format PIL knows starts with {data[:16]!r}") from None
     except Exception as err:  # noqa: BLE001 - PIL raises many kinds for a header it cannot read
-        looks_supported = data.startswith(SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
-        reason = "decode_error" if looks_supported else "unsupported_format"
-        raise ValueError(f"{reason}: {type(err).__name__}: {err}") from None
+        raise ValueError(f"{_unread_reason(data)}: {type(err).__name__}: {err}") from None
     if fmt not in FORMATS:
         raise ValueError(f"unsupported_format: {fmt} is not one of {', '.join(sorted(FORMATS))}")
     return fmt, width, height, mode
 
 
-class SafeResizer(Resizer):
-    """img2dataset's resizer behind a header check, cheaper on JPEGs.
+def _unread_reason(data: bytes) -> str:
+    """A header PIL cannot read: broken if it starts as a format we take, else a format we do not take."""
+    looks_supported = data.startswith(SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+    return "decode_error" if looks_supported else "unsupported_format"
 
-    Refused before any decoding: a header PIL cannot read or a format outside FORMATS (`unsupported_format`), a
-    declared size over `max_pixels` (`decompression_bomb`). A JPEG at least twice the target is decoded at 1/2,
-    1/4 or 1/8 of its size by libjpeg's DCT scaling (OpenCV's IMREAD_REDUCED, measured cheaper here than PIL's
-    `draft`), then resized to exactly the size img2dataset would give it; a JPEG that already has the target size is
-    decoded (to know it decodes) and stored as it came, not re-encoded. Everything else is img2dataset's path.
+
+class SafeResizer(Resizer):
+    """img2dataset's resizer behind a header check, cheaper on JPEGs, faithful to 16-bit and float images.
+
+    Refused before any decoding, from the header's size: a header PIL cannot read or a format outside FORMATS
+    (`unsupported_format`), a declared size over `max_pixels` (`decompression_bomb`), a long side over
+    `max_aspect_ratio` times the short one, or a resized size over `max_pixels` or with a side longer than a JPEG
+    can have (`bad_aspect`: resized to a 256 px short side, a 100-byte 1 x 8000 PNG would take 1.5 GB before the
+    encoder refused it). Then wit decodes and resizes to exactly the size img2dataset would give: a JPEG at least
+    twice the target is decoded at 1/2, 1/4 or 1/8 of its size by libjpeg's DCT scaling (OpenCV's IMREAD_REDUCED,
+    measured cheaper here than PIL's `draft`); a JPEG that already has the target size is decoded (to know it
+    decodes) and stored as it came, not re-encoded; 16-bit samples and floats in [0, 1] are scaled to 8 bits (the
+    JPEG encoder would clip them: white, black), other depths refused; transparency is matted on white, as
+    img2dataset does. img2dataset's own path is left for blurring.
     """
 
     max_pixels: int = 89_478_485  # PIL's own default limit
@@ -91,30 +105,45 @@ class SafeResizer(Resizer):
         data = img_stream.getvalue() if isinstance(img_stream, io.BytesIO) else img_stream.read()
         try:
             fmt, width, height, mode = image_header(data)
-        except ValueError as err:
+            self.check_size(width, height)
+            if blurring_bbox_list is not None or self.resize_mode not in _SIZES:
+                return super().__call__(io.BytesIO(data), blurring_bbox_list)
+            return self._resize(data, fmt, width, height, mode)
+        except Exception as err:  # noqa: BLE001 - as img2dataset's resizer: the error is the row's verdict
             return None, None, None, None, None, str(err)
-        if width * height > self.max_pixels:
-            return None, None, None, None, None, f"decompression_bomb: {width}x{height} pixels"
-        if fmt == "JPEG" and blurring_bbox_list is None and self.resize_mode in _SIZES:
-            try:
-                return self._jpeg(data, width, height, mode)
-            except Exception as err:  # noqa: BLE001 - as img2dataset's resizer: the error is the row's verdict
-                return None, None, None, None, None, str(err)
-        return super().__call__(io.BytesIO(data), blurring_bbox_list)
 
-    def _jpeg(self, data: bytes, width: int, height: int, mode: str):
-        size = self.image_size
-        new_w, new_h = _SIZES[self.resize_mode](width, height, size)
+    def check_size(self, width: int, height: int) -> None:
+        """Refuse from the declared size what would cost too much to decode or resize, or could not be stored."""
+        if width * height > self.max_pixels:
+            raise ValueError(f"decompression_bomb: {width}x{height} pixels")
+        aspect = max(width, height) / max(1, min(width, height))
+        if aspect > self.max_aspect_ratio:
+            raise ValueError(f"bad_aspect: {width}x{height}, long side / short side {aspect:.1f} is over "
+                             f"--max-aspect-ratio {self.max_aspect_ratio:g}")
+        if self.resize_mode in _SIZES:
+            new_w, new_h = self.target_size(width, height)
+            if max(new_w, new_h) > JPEG_MAX_SIDE:
+                raise ValueError(f"bad_aspect: {width}x{height} would be resized to {new_w}x{new_h}, a side over "
+                                 f"the {JPEG_MAX_SIDE} px a JPEG can have")
+            if new_w * new_h > self.max_pixels:
+                raise ValueError(f"bad_aspect: {width}x{height} would be resized to {new_w}x{new_h}, over "
+                                 f"--max-pixels {self.max_pixels}")
+
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size img2dataset resizes to, before a crop or a border."""
+        new_w, new_h = _SIZES[self.resize_mode](width, height, self.image_size)
         if self.resize_only_if_bigger and min(new_w / width, new_h / height) > 1:
-            new_w, new_h = width, height
-        flags = _REDUCED.get((reduction(width, height, new_w, new_h), mode != "L"), cv2.IMREAD_UNCHANGED)
-        flags |= cv2.IMREAD_IGNORE_ORIENTATION  # as img2dataset's IMREAD_UNCHANGED: EXIF orientation not applied
-        cv2.setNumThreads(1)
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-        if img is None:
-            return None, None, None, None, None, "decode_error: Image decoding error"
-        if (new_w, new_h) == (width, height) and self.resize_mode in (ResizeMode.keep_ratio, ResizeMode.no):
+            return width, height
+        return new_w, new_h
+
+    def _resize(self, data: bytes, fmt: str, width: int, height: int, mode: str):
+        size = self.image_size
+        new_w, new_h = self.target_size(width, height)
+        img = decode(data, fmt, mode, reduction(width, height, new_w, new_h) if fmt == "JPEG" else 1)
+        if fmt == "JPEG" and (new_w, new_h) == (width, height) and self.resize_mode in (ResizeMode.keep_ratio,
+                                                                                       ResizeMode.no):
             return data, width, height, width, height, None  # already the target: keep the bytes as they came
+        img = matte_on_white(to_8bit(img))
         if img.shape[:2] != (new_h, new_w):
             downscale = new_w * new_h < width * height
             interpolation = self.downscale_interpolation if downscale else self.upscale_interpolation
@@ -125,8 +154,46 @@ class SafeResizer(Resizer):
             img = A.PadIfNeeded(min_height=size, min_width=size, border_mode=cv2.BORDER_CONSTANT,
                                 fill=[255, 255, 255], p=1.0)(image=img)["image"]
         out_h, out_w = img.shape[:2]
-        encoded = cv2.imencode(f".{self.encode_format}", img, params=self.encode_params)[1].tobytes()
-        return encoded, out_w, out_h, width, height, None
+        encoded, ok = cv2.imencode(f".{self.encode_format}", img, params=self.encode_params)[::-1]
+        if not ok:  # its buffer is then an empty tuple: `.tobytes()` would say only that
+            raise ValueError(f"encode_error: OpenCV could not encode a {out_w}x{out_h} image as {self.encode_format}")
+        return encoded.tobytes(), out_w, out_h, width, height, None
+
+
+def decode(data: bytes, fmt: str, mode: str, scale: int) -> np.ndarray:
+    """OpenCV's decoding: a JPEG at 1/scale of its size, anything else as img2dataset reads it (every channel, the
+    samples' own depth); EXIF orientation not applied, as img2dataset's IMREAD_UNCHANGED."""
+    cv2.setNumThreads(1)
+    if fmt == "JPEG":
+        flags = _REDUCED.get((scale, mode != "L"), cv2.IMREAD_UNCHANGED) | cv2.IMREAD_IGNORE_ORIENTATION
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    else:
+        with SuppressStdoutStderr():  # as img2dataset: libpng's warnings (`iCCP: known incorrect sRGB profile`)
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError("decode_error: Image decoding error")
+    return img
+
+
+def to_8bit(img: np.ndarray) -> np.ndarray:
+    """Samples scaled to 8 bits: 16-bit ones by 255/65535, floats from [0, 1]; other depths (signed or 32-bit
+    integers, floats outside [0, 1]) have no known scale and are refused."""
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        return cv2.convertScaleAbs(img, alpha=255 / 65535)
+    if img.dtype.kind == "f" and np.isfinite(img).all() and img.min() >= 0 and img.max() <= 1:
+        return cv2.convertScaleAbs(img, alpha=255)
+    what = "floating-point samples outside [0, 1]" if img.dtype.kind == "f" else f"{img.dtype} samples"
+    raise ValueError(f"unsupported_format: {what}, whose scale to 8 bits is unknown")
+
+
+def matte_on_white(img: np.ndarray) -> np.ndarray:
+    """An 8-bit image with an alpha channel composited on white, as img2dataset's resizer does."""
+    if img.ndim != 3 or img.shape[-1] != 4:
+        return img
+    alpha = img[:, :, 3, np.newaxis]
+    return np.rint((alpha / 255 * img[..., :3] + 255 - alpha).clip(min=0, max=255)).astype(np.uint8)
 
 
 def reduction(width: int, height: int, new_w: int, new_h: int) -> int:
@@ -240,7 +307,7 @@ def build_downloader(cfg, column_list: list[str], staging: str, name_width: int)
         image_size=cfg.image_size, resize_mode=cfg.resize_mode, resize_only_if_bigger=False,
         upscale_interpolation="lanczos", downscale_interpolation="area", encode_quality=cfg.encode_quality,
         encode_format="jpg", skip_reencode=False, disable_all_reencoding=False, min_image_size=0,
-        max_image_area=float("inf"), max_aspect_ratio=float("inf"),
+        max_image_area=float("inf"), max_aspect_ratio=cfg.max_aspect_ratio or float("inf"),
     )
     resizer.max_pixels = cfg.max_pixels
     fetch = FetchSettings(

@@ -25,7 +25,6 @@ from urllib.parse import urljoin
 
 import aiohttp
 import yarl
-from img2dataset.downloader import is_disallowed
 
 from wit.ingest import robots
 from wit.ingest.config import HEADER_OPTOUTS
@@ -369,22 +368,13 @@ def _request_url(url: str, target: Target, allow_userinfo: bool) -> yarl.URL:
     return parsed
 
 
-class _Headers:
-    """aiohttp's headers as img2dataset's X-Robots-Tag check reads them (an email.Message's get_all)."""
-
-    def __init__(self, headers):
-        self.headers = headers
-
-    def get_all(self, name, default):
-        return self.headers.getall(name, default)
-
-
 def _check_answer(response, s: FetchSettings) -> None:
     if response.status >= 400:
         retry_after = response.headers.get("Retry-After", "")
         raise Failure(f"http_{response.status}", f"HTTP Error {response.status}: {response.reason}",
                       float(retry_after) if retry_after.isdigit() else 0.0)
-    if s.header_optouts and is_disallowed(_Headers(response.headers), s.user_agent_token.lower(), set(s.header_optouts)):
+    optouts = response.headers.getall("X-Robots-Tag", [])
+    if s.header_optouts and robots.header_optout(optouts, s.user_agent_token, s.header_optouts):
         raise Failure("robots_optout", "use of the image disallowed by an X-Robots-Tag directive")
     if s.robots and response.headers.get("tdm-reservation", "").strip() == "1":
         raise Failure("tdm_reserved", "text and data mining rights reserved (TDMRep header tdm-reservation: 1)")

@@ -24,14 +24,16 @@ from urllib.parse import urlsplit
 # Everything a crawler must not reach by default: loopback, private, link-local (cloud metadata lives at
 # 169.254.169.254), carrier-grade NAT, multicast, reserved and unspecified ranges, and the IPv6 forms that carry
 # an IPv4 address a router may translate (IPv4-compatible ::/96, mapped, SIIT, local-use NAT64) or that are
-# deprecated (site-local); `check` also refuses whatever else the IANA registries mark not global.
+# deprecated (site-local); `check` also refuses whatever else the IANA registries mark not global. The last three
+# are IANA special-purpose ranges newer than Python's tables: the deprecated 6to4 relay anycast (RFC 7526),
+# SRv6 segment identifiers (RFC 9602) and IPv6 documentation (RFC 9637); no image is served from them.
 BLOCKED_NETS = tuple(
     ipaddress.ip_network(n)
     for n in (
         "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
         "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
         "::/96", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8", "::ffff:0:0/96", "::ffff:0:0:0/96",
-        "64:ff9b:1::/48",
+        "64:ff9b:1::/48", "192.88.99.0/24", "5f00::/16", "3fff::/20",
     )
 )
 NAT64 = ipaddress.ip_network("64:ff9b::/96")

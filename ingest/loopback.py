@@ -3,6 +3,7 @@ the tests and the benchmarks. It binds to 127.x.y.z only and every slow or endle
 
 Routes:  /img/<name>        the image            /404, /500, /503    that status
          /noai/<name>       image + X-Robots-Tag: noai               /tdm/<name>  image + tdm-reservation: 1
+         /tagged/<name>?tag=V   image + X-Robots-Tag: V
          /slow/<name>       waits `slow_seconds`, then the image
          /slowok/<name>     waits `slowok_delay`, then sends the image evenly over `slowok_seconds`
          /delay/<name>      waits `delay_seconds`, then the image (keeps a connection busy: politeness tests)
@@ -133,6 +134,8 @@ class LoopbackImageServer:
                     return self._send(200, image)
                 if head == "noai" and image:
                     return self._send(200, image, {"X-Robots-Tag": "noai"})
+                if head == "tagged" and image:
+                    return self._send(200, image, {"X-Robots-Tag": parse_qs(urlsplit(self.path).query)["tag"][0]})
                 if head == "tdm" and image:
                     return self._send(200, image, {"tdm-reservation": "1"})
                 if head == "slow" and image:

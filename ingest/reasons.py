@@ -11,7 +11,7 @@ OWN = frozenset({
     "ssrf_blocked", "invalid_url", "dns_error", "connection_error", "connection_reset", "tls_error", "bad_response",
     "timeout", "deadline", "too_slow", "host_unreachable", "too_large", "empty_body", "redirect_loop",
     "robots_optout", "robots_disallowed", "robots_unavailable", "tdm_reserved", "decompression_bomb",
-    "unsupported_format", "decode_error", "download_error",
+    "unsupported_format", "decode_error", "bad_aspect", "encode_error", "download_error",
 })
 _OWN = re.compile(r"^(http_\d{3}|[a-z_]+):")
 
@@ -35,7 +35,7 @@ _PATTERNS = (
     ("image decoding error", "decode_error"),
     ("image too small", "too_small"),
     ("image area too large", "image_too_large"),
-    ("aspect ratio too large", "bad_aspect_ratio"),
+    ("aspect ratio too large", "bad_aspect"),  # img2dataset's words; `wit filter images` says bad_aspect too
 )
 
 # Worth another try: in the run (`--retries`, with backoff) and later (`--retry-failed`).

@@ -128,3 +128,29 @@ def test_a_verification_failure_names_the_samples_that_differ():
                        "ok in the manifest but not in the tar: d; twice in the tar: c")
     many = key_mismatch([f"{i:03d}" for i in range(8)], set())
     assert many.endswith("000, 001, 002, 003, 004 and 3 more")
+
+
+def test_wide_and_16_bit_images_in_a_crawl(tmp_path):
+    import numpy as np
+
+    from wit.ingest.loopback import LoopbackImageServer
+
+    def png(img: Image.Image) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        return buf.getvalue()
+
+    deep = Image.fromarray(np.linspace(0, 65535, 300 * 300).reshape(300, 300).astype(np.uint16))  # a 16-bit ramp
+    images = {"thin.png": png(Image.new("RGB", (1, 8000))), "wide.png": png(Image.new("RGB", (600, 100))),
+              "deep.png": png(deep)}
+    with LoopbackImageServer(images, host="127.0.0.13") as server:
+        lst = write_csv(tmp_path / "l.csv", [(f"{server.url}/img/{name}", name) for name in images])
+        r = wit("download", str(lst), "--out", str(tmp_path / "o"), "--allow-net", "127.0.0.13/32",
+                "--max-aspect-ratio", "5", *FAST, "--processes", "1")
+    assert r.returncode == 0, r.stderr
+    m = {row["caption"]: row for row in manifests(tmp_path / "o").to_pylist()}
+    assert m["wide.png"]["reason"] == m["thin.png"]["reason"] == "bad_aspect"
+    assert m["wide.png"]["detail"] == "bad_aspect: 600x100, long side / short side 6.0 is over --max-aspect-ratio 5"
+    assert m["deep.png"]["status"] == "ok"
+    stored = np.asarray(Image.open(io.BytesIO(tar_samples(tmp_path / "o")[m["deep.png"]["key"]]["jpg"])))
+    assert abs(stored.mean() - 127.5) < 3  # the ramp, not white

@@ -14,7 +14,9 @@ from tests.ingest_helpers import FAST, manifests, wit
            "0.0.0.0", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "192.0.2.1", "2001:db8::1",
            "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "2002:7f00:1::1", "2002:a00:1::1", "2001:0:4136:e378:8000:63bf:80ff:fffe",
            # IPv4-compatible, SIIT (IPv4-translated), local-use NAT64 and site-local: deprecated or translated forms
-           "::127.0.0.1", "::ffff:0:7f00:1", "64:ff9b:1::7f00:1", "fec0::1", "::8.8.8.8", "64:ff9b:1::808:808"],
+           "::127.0.0.1", "::ffff:0:7f00:1", "64:ff9b:1::7f00:1", "fec0::1", "::8.8.8.8", "64:ff9b:1::808:808",
+           # IANA special-purpose ranges Python 3.11 calls global: 6to4 relay anycast, SRv6 SIDs, documentation
+           "192.88.99.1", "5f00::1", "3fff::1", "3fff:fff::1"],
 )
 def test_policy_blocks_non_public_addresses(ip):
     # pure address checks: nothing is sent anywhere

@@ -103,3 +103,84 @@ def test_a_jpeg_that_already_fits_is_kept_as_it_came(size):
     Image.open(io.BytesIO(data)).save(png, "PNG")
     converted, *_ = ours(io.BytesIO(png.getvalue()))
     assert converted[:3] == b"\xff\xd8\xff"  # not a JPEG: stored as one, as before
+
+
+def png(img: Image.Image | np.ndarray) -> bytes:
+    """PNG bytes of a PIL image, or of an array as OpenCV writes it (16-bit RGB and RGBA, which PIL cannot write)."""
+    if isinstance(img, np.ndarray):
+        return cv2.imencode(".png", img)[1].tobytes()
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def decoded(data: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).astype(float)
+
+
+def test_a_thin_image_is_refused_from_its_header_not_after_a_huge_resize():
+    thin = png(Image.new("RGB", (1, 8000), (200, 10, 10)))  # 113 bytes; 256 x 2,048,000 pixels once resized
+    ours, _ = resizers(256)
+    *_, error = ours(io.BytesIO(thin))
+    assert error == "bad_aspect: 1x8000 would be resized to 256x2048000, a side over the 65500 px a JPEG can have"
+    # refused before decoding: the same header before a broken body gets the same answer, not decode_error
+    header_only = png(Image.new("RGB", (1, 65000)))
+    header_only = header_only[:header_only.index(b"IDAT") + 8]
+    assert ours(io.BytesIO(header_only))[-1].startswith("bad_aspect: 1x65000")
+    many_pixels, _ = resizers(256, max_pixels=1_000_000)
+    thin_enough = png(Image.new("RGB", (40, 8000)))  # 320,000 pixels; 256 x 51,200 = 13 M once resized
+    assert many_pixels(io.BytesIO(thin_enough))[-1].startswith("bad_aspect: 40x8000 would be resized to 256x51200")
+    bordered = SafeResizer(image_size=256, **{**SETTINGS, "resize_mode": "border"})
+    assert bordered(io.BytesIO(thin))[1:] == (256, 256, 1, 8000, None)  # its long side to 256: nothing is huge
+
+
+def test_max_aspect_ratio_refuses_before_decoding():
+    ours = SafeResizer(image_size=64, max_aspect_ratio=3.0, **SETTINGS)
+    assert ours(io.BytesIO(png(Image.new("RGB", (300, 100)))))[-1] is None  # 3.0: kept
+    tall = png(Image.new("RGB", (100, 301)))
+    *_, error = ours(io.BytesIO(tall))
+    assert error == "bad_aspect: 100x301, long side / short side 3.0 is over --max-aspect-ratio 3"
+    header_only = tall[:tall.index(b"IDAT") + 8]  # refused from the header: the broken body is never decoded
+    assert ours(io.BytesIO(header_only))[-1] == error
+
+
+def gradient(h: int, w: int, top: int) -> np.ndarray:
+    return np.linspace(0, top, h * w).reshape(h, w)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_16_bit_images_are_scaled_to_8_bits(channels):
+    grey = gradient(64, 64, 65535)
+    planes = [grey, grey[::-1], grey[:, ::-1], np.full_like(grey, 65535)][:channels]  # the 4th: opaque alpha
+    image = np.rint(np.dstack(planes) if channels > 1 else grey).astype(np.uint16)
+    ours, _ = resizers(64)  # the size it has: encoded, not resized
+    out, *sizes, error = ours(io.BytesIO(png(image)))
+    assert error is None and sizes == [64, 64, 64, 64]
+    expected = np.rint(image[..., :3] / 257.0) if channels > 1 else np.rint(image / 257.0)
+    assert np.abs(decoded(out) - expected).mean() < 2.0  # JPEG's loss; clipped to 255 it was ~127 off
+
+
+def test_float_samples_in_0_1_are_scaled_and_others_refused():
+    ours, _ = resizers(64)
+    buf = io.BytesIO()
+    Image.fromarray(gradient(64, 64, 1.0).astype(np.float32), "F").save(buf, "TIFF")
+    out, *_, error = ours(io.BytesIO(buf.getvalue()))
+    assert error is None and np.abs(decoded(out) - np.rint(gradient(64, 64, 255))).mean() < 2.0
+    for array, mode in ((gradient(64, 64, 1000.0).astype(np.float32), "F"),
+                        (gradient(64, 64, 2**20).astype(np.int32), "I")):
+        buf = io.BytesIO()
+        Image.fromarray(array, mode).save(buf, "TIFF")
+        *_, error = ours(io.BytesIO(buf.getvalue()))
+        assert error.startswith("unsupported_format: ") and "scale to 8 bits is unknown" in error
+
+
+def test_an_8_bit_png_comes_out_as_img2datasets():
+    rgba = np.dstack([np.rint(gradient(120, 90, 255))] * 3 + [np.rint(gradient(120, 90, 255))[::-1]]).astype(np.uint8)
+    ours, theirs = resizers(64)
+    assert ours(io.BytesIO(png(rgba))) == theirs(io.BytesIO(png(rgba)))
+
+
+def test_errors_say_what_went_wrong():
+    ours, _ = resizers(256)
+    *_, error = ours(io.BytesIO(b"\x00\x01 not an image at all"))
+    assert error == "unsupported_format: no image format PIL knows starts with b'\\x00\\x01 not an image '"
