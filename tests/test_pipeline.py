@@ -5,6 +5,7 @@ through the whole corpus chain once as a pipeline; the other tests compare again
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -479,6 +480,31 @@ def test_a_redo_that_deletes_a_crawl_asks_for_force(crawl, monkeypatch, capsys):
     record = stage_records(crawl.parent / "out")["download"]
     assert record["state"] == "done" and record["config"]["image_size"] == 128
     assert main(["pipeline", "p.toml", "--set", "download.image_size=256", "--force"]) == 0  # as the others expect
+
+
+def test_on_a_terminal_the_redo_asks_and_no_keeps_the_crawl(crawl):
+    # a real terminal (a pty) for the pipeline's stdin, stdout and stderr (where input() writes its question): the
+    # question names what would be deleted; "n" keeps it
+    import pty
+
+    raw = crawl.parent / "out" / "raw"
+    before = files(raw)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "wit", "pipeline", "p.toml", "--set", "download.image_size=128"],
+                            cwd=crawl.parent, stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    seen = b""
+    while b"[y/N]" not in seen:
+        seen += os.read(leader, 4096)  # an OSError here: the pipeline ended without asking
+    os.write(leader, b"n\n")
+    with contextlib.suppress(OSError):  # EIO once the pipeline has ended and closed the terminal
+        while chunk := os.read(leader, 4096):
+            seen += chunk
+    os.close(leader)
+    assert proc.wait(timeout=300) == 2
+    assert b"the download stage's redo (options changed: image_size 256 -> 128) deletes raw: " in seen, seen
+    assert b"run again with --force to delete it" in seen, seen
+    assert files(raw) == before
 
 
 def test_more_train_steps_continue_the_run(reference, tmp_path, capfd):
