@@ -15,7 +15,7 @@ import re
 import shutil
 from dataclasses import dataclass
 
-from wit.shards.storage import WitError, fs_and_path, join, read_json
+from wit.shards.storage import WitError, entries, fs_and_path, join, read_json
 from wit.shards.verify import shard_names
 
 RUN_RECORD = ("_wit", "run.json")
@@ -67,18 +67,6 @@ class OwnShards:
 
 def run_record_url(out: str) -> str:
     return join(out, *RUN_RECORD)
-
-
-def entries(out: str) -> list[str]:
-    """Names directly under `out` (empty when it does not exist)."""
-    fs, path = fs_and_path(out)
-    fs.invalidate_cache(path)
-    try:
-        listing = fs.ls(path, detail=False)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    root = path.rstrip("/")
-    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in listing if p.rstrip("/") != root)
 
 
 def check_own_folder(out: str) -> None:

@@ -81,6 +81,18 @@ def exists(url: str) -> bool:
     return fs.exists(path)
 
 
+def entries(url: str) -> list[str]:
+    """Names directly under a folder (empty when it does not exist)."""
+    fs, path = fs_and_path(url)
+    fs.invalidate_cache(path)
+    try:
+        listing = fs.ls(path, detail=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    root = path.rstrip("/")
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in listing if p.rstrip("/") != root)
+
+
 def check_writable(url: str) -> None:
     """Fail early, in one line, when the output cannot be written."""
     fs, path = fs_and_path(url)

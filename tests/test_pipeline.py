@@ -5,6 +5,7 @@ through the whole corpus chain once as a pipeline; the other tests compare again
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -298,3 +299,247 @@ def test_the_shipped_demo_config_loads():
         args = build_parser().parse_args(argv[1:])
         assert from_args(type(step.config), args) == step.config, step.name
     assert STAGE_OF["train"].argv(pipe.context, train)[:4] == ["wit", "train", "--nproc", "1"]
+
+
+# ---------------------------------------------------------------------------------------------- safety (issue 24)
+def write_small(project: Path, stages=("queries", "match", "balance"), url: str = "http://127.0.0.1:9") -> Path:
+    """A pipeline in a project folder, every path relative to it: match and balance the URL list itself (balance
+    before download), then (when asked for) crawl the selection; without the crawl it takes seconds."""
+    project.mkdir(exist_ok=True)
+    write_csv(project / "list.csv", [(f"{url}/img/{i}", f"a {'cat' if i % 3 else 'dog'} photo {i}") for i in range(6)])
+    (project / "q.txt").write_text("cat\ndog\nphoto\n")
+    config = project / "p.toml"
+    config.write_text(f"""
+[pipeline]
+lists = ["list.csv"]
+out = "out"
+balance = "before"
+stages = {list(stages)}
+workers = 1
+
+[download]
+allow_net = ["127.0.0.1/32"]
+threads = 4
+
+[queries]
+extra = ["q.txt"]
+unigrams = "none"
+bigrams = "none"
+wordnet = "none"
+
+[balance]
+t = 3
+""")
+    return config
+
+
+def files(folder: Path) -> dict[str, tuple[int, int]]:
+    """relative path -> (size, mtime_ns) of every file under a folder: what a run that touches nothing leaves."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file() and "_wit" not in p.parts}
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_a_folder_the_pipeline_did_not_make_is_refused_and_kept(tmp_path, monkeypatch, capsys):
+    # a project folder with its own matches/ (out = "." would make any project folder the root): the pipeline must
+    # neither write into it nor, on a later redo, delete it
+    monkeypatch.chdir(tmp_path)
+    config = str(write_small(tmp_path))
+    note = tmp_path / "out" / "matches" / "note.txt"
+    note.parent.mkdir(parents=True)
+    note.write_text("mine")
+    assert main(["pipeline", config]) == 2
+    err = one_line(capsys)
+    assert f"{note.parent}: holds note.txt, which wit pipeline did not write" in err, err
+    assert note.read_text() == "mine" and sorted(os.listdir(note.parent)) == ["note.txt"]
+    assert not (tmp_path / "out" / "queries.parquet").exists()  # refused before any stage ran
+
+    note.unlink()
+    assert main(["pipeline", config]) == 0
+    # a record from before records listed the folders the pipeline made (no root, no created): a redo must not
+    # delete a folder it cannot show is its own
+    record_file = tmp_path / "out" / "_wit" / "pipeline" / "balance.json"
+    record = json.loads(record_file.read_text())
+    record_file.write_text(json.dumps({k: v for k, v in record.items() if k not in ("root", "created")}))
+    before = files(tmp_path / "out" / "balance")
+    capsys.readouterr()
+    assert main(["pipeline", config, "--set", "balance.t=2"]) == 2
+    assert "balance: holds " in one_line(capsys)
+    assert files(tmp_path / "out" / "balance") == before
+
+
+def test_a_second_pipeline_on_the_same_out_is_refused(tmp_path, monkeypatch, capsys):
+    from wit.shards.lock import output_lock
+
+    monkeypatch.chdir(tmp_path)
+    config = str(write_small(tmp_path))
+    with output_lock(str(tmp_path / "out"), "wit pipeline"):  # a real flock: the first run is still going
+        assert main(["pipeline", config]) == 2
+        err = one_line(capsys)
+        assert f"{tmp_path / 'out'}: another wit pipeline is writing here (pid {os.getpid()}" in err, err
+        assert not (tmp_path / "out" / "_wit" / "pipeline").exists()  # it wrote nothing
+        assert main(["pipeline", config, "--plan"]) == 0  # a plan writes nothing: it needs no lock
+    assert main(["pipeline", config]) == 0  # the lock of a run that ended is free again
+
+
+@pytest.mark.parametrize("content", ['{"stage": "balance", "state": "do', "[]", "{}"])
+def test_an_unreadable_stage_record_is_taken_as_not_finished(tmp_path, monkeypatch, capsys, content):
+    monkeypatch.chdir(tmp_path)
+    config = str(write_small(tmp_path))
+    assert main(["pipeline", config]) == 0
+    record = tmp_path / "out" / "_wit" / "pipeline" / "balance.json"
+    record.write_text(content)  # truncated, or not a record
+    capsys.readouterr()
+    assert main(["pipeline", config, "--plan"]) == 0
+    plan = capsys.readouterr().out
+    assert f"[3/3] balance  resume {record}: not " in plan and "taken as not finished" in plan, plan
+    assert "[2/3] match    skip" in plan
+    assert main(["pipeline", config]) == 0
+    assert json.loads(record.read_text())["state"] == "done"
+
+
+def test_a_folder_given_for_the_config_is_one_line(tmp_path, capsys):
+    assert main(["pipeline", str(tmp_path)]) == 2
+    assert f"{tmp_path}: a folder; give the pipeline's TOML file" in one_line(capsys)
+
+
+def test_a_renamed_project_is_the_same_pipeline(tmp_path, monkeypatch, server, capsys):
+    # the stage records must not hold where the project was: moved (mv keeps modification times), every stage
+    # is still finished and the crawl is not redone
+    first = tmp_path / "project"
+    config = write_small(first, ("queries", "match", "balance", "download"), server.url)
+    monkeypatch.chdir(first)
+    assert main(["pipeline", str(config)]) == 0
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    monkeypatch.chdir(moved)
+    capsys.readouterr()
+    assert main(["pipeline", "p.toml", "--plan"]) == 0
+    plan = capsys.readouterr().out
+    assert [line.split()[2] for line in plan.splitlines() if line.startswith("[")] == ["skip"] * 4, plan
+
+
+@pytest.fixture(scope="module")
+def crawl(tmp_path_factory, server):
+    """A finished crawl through the pipeline (the URL list's selection, balanced before download)."""
+    project = tmp_path_factory.mktemp("crawl")
+    config = write_small(project, ("queries", "match", "balance", "download"), server.url)
+    r = subprocess.run([sys.executable, "-m", "wit", "pipeline", "p.toml"], cwd=project, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert list((project / "out" / "raw").glob("*.tar"))
+    return config
+
+
+def test_fetch_options_apply_to_rows_not_yet_fetched_and_redo_nothing(crawl, monkeypatch, capsys):
+    monkeypatch.chdir(crawl.parent)
+    raw = crawl.parent / "out" / "raw"
+    before = files(raw)
+    fetch = ["download.per_host=4", "download.timeout=20", "download.retries=2", "download.host_failures=1",
+             "download.min_rate=10", "download.max_bytes=1000000", "download.processes=2"]
+    sets = [arg for s in fetch for arg in ("--set", s)]
+    capsys.readouterr()
+    assert main(["pipeline", "p.toml", "--plan", *sets]) == 0
+    plan = capsys.readouterr().out
+    assert "[4/4] download skip" in plan and "but for how it runs: host_failures 5 -> 1" in plan, plan
+    assert main(["pipeline", "p.toml", *sets]) == 0
+    assert files(raw) == before
+    capsys.readouterr()
+    assert main(["pipeline", "p.toml", "--plan", "--set", "download.retry_failed=true"]) == 0
+    assert "[4/4] download resume retry_failed set: the command runs again" in capsys.readouterr().out
+    assert main(["pipeline", "p.toml", "--set", "download.retry_failed=true"]) == 0  # re-crawls transient failures
+    assert files(raw) == before  # and there are none
+
+
+def test_options_naming_paths_under_the_root_compare_relative_to_it():
+    # train's checkpoint folder defaults to <out>/train/checkpoints: a moved root is not a changed option
+    from wit.records import option_changes
+
+    record = {"state": "done", "root": "/a/out", "config": {"ckpt": "/a/out/train/checkpoints", "data": ["/a/x"]}}
+    assert option_changes(record, {"ckpt": "/b/out/train/checkpoints", "data": ["/a/x"]}, "/b/out", set()) == []
+    assert option_changes(record, {"ckpt": "/b/ckpt", "data": ["/a/x"]}, "/b/out", set()) == [
+        ("ckpt", "<out>/train/checkpoints", "/b/ckpt")]
+
+
+def test_a_redo_that_deletes_a_crawl_asks_for_force(crawl, monkeypatch, capsys):
+    monkeypatch.chdir(crawl.parent)
+    raw = crawl.parent / "out" / "raw"
+    before = files(raw)
+    capsys.readouterr()
+    assert main(["pipeline", "p.toml", "--set", "download.image_size=128"]) == 2
+    err = one_line(capsys)
+    assert ("the download stage's redo (options changed: image_size 256 -> 128) deletes raw: " in err
+            and " files, " in err and "KiB" in err and "--force" in err), err
+    assert files(raw) == before  # nothing deleted, nothing rewritten
+    assert main(["pipeline", "p.toml", "--set", "download.image_size=128", "--force"]) == 0
+    record = stage_records(crawl.parent / "out")["download"]
+    assert record["state"] == "done" and record["config"]["image_size"] == 128
+    assert main(["pipeline", "p.toml", "--set", "download.image_size=256", "--force"]) == 0  # as the others expect
+
+
+def test_on_a_terminal_the_redo_asks_and_no_keeps_the_crawl(crawl):
+    # a real terminal (a pty) for the pipeline's stdin, stdout and stderr (where input() writes its question): the
+    # question names what would be deleted; "n" keeps it
+    import pty
+
+    raw = crawl.parent / "out" / "raw"
+    before = files(raw)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "wit", "pipeline", "p.toml", "--set", "download.image_size=128"],
+                            cwd=crawl.parent, stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    seen = b""
+    while b"[y/N]" not in seen:
+        seen += os.read(leader, 4096)  # an OSError here: the pipeline ended without asking
+    os.write(leader, b"n\n")
+    with contextlib.suppress(OSError):  # EIO once the pipeline has ended and closed the terminal
+        while chunk := os.read(leader, 4096):
+            seen += chunk
+    os.close(leader)
+    assert proc.wait(timeout=300) == 2
+    assert b"the download stage's redo (options changed: image_size 256 -> 128) deletes raw: " in seen, seen
+    assert b"run again with --force to delete it" in seen, seen
+    assert files(raw) == before
+
+
+def test_more_train_steps_continue_the_run(reference, tmp_path, capfd):
+    # train alone, on a copy of the reference's corpus: a longer run resumes from its last checkpoint; a shorter
+    # one would delete the run's checkpoints, which the pipeline does not do unasked
+    import shutil
+
+    root = tmp_path / "out"
+    shutil.copytree(reference["root"] / "corpus", root / "corpus")
+    config = tmp_path / "p.toml"
+    config.write_text(f"""
+[pipeline]
+out = "{root}"
+stages = ["train"]
+
+[train]
+model = "wit-tiny"
+steps = 2
+batch_size = 4
+workers = 0
+warmup = 1
+log_every = 1
+tensorboard = false
+""")
+    assert main(["pipeline", str(config)]) == 0
+    capfd.readouterr()
+    assert main(["pipeline", str(config), "--set", "train.steps=4"]) == 0
+    out = capfd.readouterr().out
+    assert "[1/1] train    start  resume: steps 2 -> 4: the command goes on from where it ended" in out, out
+    assert f"resuming from {root}/train/checkpoints/step_00000002.pt at step 2; --steps 2 -> 4" in out, out
+    checkpoints = root / "train" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("*.pt")) == ["step_00000002.pt", "step_00000004.pt"]
+    assert stage_records(root)["train"]["config"]["steps"] == 4
+
+    assert main(["pipeline", str(config), "--set", "train.steps=3"]) == 2
+    err = capfd.readouterr().err
+    assert "the train stage's redo (options changed: steps 4 -> 3) deletes train: " in err and "--force" in err, err
+    assert sorted(p.name for p in checkpoints.glob("*.pt")) == ["step_00000002.pt", "step_00000004.pt"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -37,6 +38,19 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def schedule_note(state: dict, cfg: TrainConfig, step: int) -> str:
+    """What resuming with another --steps does to the learning rate, said once: lr_at is a pure function of the step
+    and the total, so the run goes on along the new total's cosine from this step (a longer run: back up from where
+    the old cosine had come down to, then down to zero at the new total)."""
+    config = state.get("config")
+    then = config.get("steps") if isinstance(config, dict) else None
+    if not isinstance(then, int) or then == cfg.steps:
+        return ""
+    old = lr_at(step, dataclasses.replace(cfg, steps=then))
+    return (f"; --steps {then} -> {cfg.steps}: the learning rate follows the cosine to step {cfg.steps} "
+            f"(at step {step}: {lr_at(step, cfg):.2e}, {old:.2e} on the old one)")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -165,6 +179,7 @@ def train(cfg: TrainConfig) -> int:
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   eps=cfg.eps, fused=device.type == "cuda")  # fused: one kernel for all parameters
     step, samples_seen = restore(resume, state, rank, model, optimizer, loader) if resume else (0, 0)
+    note = schedule_note(state, cfg, step) if resume else ""
     del state  # the checkpoint's tensors are in the model and optimizer now
 
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
@@ -178,7 +193,7 @@ def train(cfg: TrainConfig) -> int:
               f"decode on {decode}), "
               f"{sum(loader.counts)} samples in {len(loader.urls)} shards, "
               f"{loader.steps_per_epoch} steps/epoch\n{cfg.to_json()}", flush=True)
-        print(f"wit train: {'resuming from ' + resume if resume else 'starting fresh'} at step {step}", flush=True)
+        print(f"wit train: {'resuming from ' + resume if resume else 'starting fresh'} at step {step}{note}", flush=True)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     samples_log = open(out / f"samples-rank{rank}.jsonl", "a") if cfg.log_samples else None
     board = tensorboard_writer(out) if rank == 0 and cfg.tensorboard else None

@@ -11,17 +11,20 @@ command resumes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import sys
 import textwrap
 import time
 from dataclasses import MISSING, dataclass, field, replace
 from typing import Any
 
 from wit import records
+from wit.shards.lock import output_lock
 from wit.shards.options import DefaultsHelp, check_keys, cli_fields, from_mapping, opt
 from wit.shards.runner import ENGINES
-from wit.shards.storage import WitError, absolute, fs_and_path
+from wit.shards.storage import WitError, absolute, entries, fs_and_path
 from wit.stages import AFTER, BEFORE, CORPUS, STAGES, Context, Layout, Stage
 
 try:
@@ -137,6 +140,10 @@ def read_toml(path: str) -> dict:
             text = f.read().decode("utf-8")
     except FileNotFoundError:
         raise WitError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise WitError(f"{path}: a folder; give the pipeline's TOML file") from None
+    except OSError as err:
+        raise WitError(f"{path}: cannot read the config file ({type(err).__name__}: {err.strerror or err})") from None
     except UnicodeDecodeError:
         raise WitError(f"{path}: not UTF-8 text") from None
     try:
@@ -162,7 +169,18 @@ def apply_set(data: dict, item: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- running
-def run(pipe: Pipeline, *, start: str | None = None, only: str | None = None, plan: bool = False) -> int:
+@dataclass
+class Decision:
+    """What one stage does in this run, and why."""
+    step: Step
+    action: str  # run, redo, resume, skip; "" when --from/--only leave it out
+    why: str
+    record: dict | None
+    clears: list[tuple[str, int, int]] = field(default_factory=list)  # a redo's (path, files, bytes) to delete
+
+
+def run(pipe: Pipeline, *, start: str | None = None, only: str | None = None, plan: bool = False,
+        force: bool = False) -> int:
     names = [s.name for s in pipe.steps]
     for flag, value in (("--from", start), ("--only", only)):
         if value and value not in names:
@@ -172,43 +190,104 @@ def run(pipe: Pipeline, *, start: str | None = None, only: str | None = None, pl
     where = "after the filters" if p.balance == "after" else "before download"
     _say(f"wit pipeline: {pipe.source} -> {p.out} ({len(names)} stages, balance {where})"
          + ("; the plan, nothing runs:" if plan else ""))
-    prints = records.Fingerprints()
-    ran: list[str] = []
-    started = time.time()
-    for i, step in enumerate(pipe.steps, 1):
-        tag = f"[{i:>{len(str(len(names)))}}/{len(names)}] {step.name:<8}"
-        if step.name not in chosen:
-            _say(f"{tag} not run ({'before --from ' + start if start else 'not --only'})")
-            continue
-        record = records.read(pipe.layout.records, step.name)
-        inputs = prints.of(step.reads)
-        outputs = prints.of(step.writes) if record and record.get("state") == "done" else {}
-        action, why = records.decide(record, config_json(step.config), step.stage.all_runtime(), inputs, outputs,
-                                     [u for u in step.after if u in ran], forced=bool(start or only))
-        if action == "redo":
-            why += f" (clears {', '.join(_rel(pipe, w) for w in step.writes)})"
-        if plan or action == "skip":
-            _say(f"{tag} {action:<6} {why}")
+    # one pipeline per root: a second one would clear and rewrite the folders the first is writing and reading
+    with contextlib.nullcontext() if plan else output_lock(p.out, "wit pipeline"):
+        prints = records.Fingerprints()
+        decisions = decide_all(pipe, chosen, prints, forced=bool(start or only))
+        check_owned(pipe, decisions)
         if plan:
-            ran += [] if action == "skip" else [step.name]
-            continue
-        if action == "skip":
-            continue
-        if action == "redo":
-            clear(pipe, step)
-        execute(pipe, step, tag, f"{action}: {why}", inputs, prints)
-        ran.append(step.name)
-    if not plan:
-        _say(f"wit pipeline: done in {time.time() - started:.0f} s ({len(ran)} of {len(names)} stages ran)")
+            for i, d in enumerate(decisions):
+                _say(f"{_tag(pipe, i)} {d.action or 'not run':<6} {_why(pipe, d, start, plan=True)}")
+            return 0
+        confirm_clears(pipe, decisions, force)
+        started, ran = time.time(), 0
+        for i, d in enumerate(decisions):
+            if d.action in ("", "skip"):
+                _say(f"{_tag(pipe, i)} {d.action or 'not run':<6} {_why(pipe, d, start)}")
+                continue
+            if d.action == "redo":
+                clear(pipe, d)
+            execute(pipe, d, _tag(pipe, i), f"{d.action}: {_why(pipe, d, start)}", prints)
+            ran += 1
+    _say(f"wit pipeline: done in {time.time() - started:.0f} s ({ran} of {len(names)} stages ran)")
     return 0
 
 
-def execute(pipe: Pipeline, step: Step, tag: str, why: str, inputs: dict, prints: records.Fingerprints) -> None:
+def decide_all(pipe: Pipeline, chosen: list[str], prints: records.Fingerprints, forced: bool) -> list[Decision]:
+    """Every stage's action before any runs (a redo that deletes a crawl is asked for first): a stage after one that
+    runs and writes what it reads is redone, whatever its inputs' listing says now."""
+    decisions, ran = [], []
+    for step in pipe.steps:
+        if step.name not in chosen:
+            decisions.append(Decision(step, "", "", None))
+            continue
+        record = records.read(pipe.layout.records, step.name)
+        legacy = records.legacy(record)
+        stage = step.stage
+        done = record is not None and record.get("state") == "done"
+        changed = records.option_changes(record, config_json(step.config), pipe.layout.root,
+                                         set(step.fill)) if record else []
+        action, why = records.decide(
+            record, changed, prints.of(step.reads, legacy), prints.of(step.writes, legacy) if done else [],
+            [u for u in step.after if u in ran], runtime=stage.all_runtime(), grows=set(stage.grows),
+            rerun=[k for k in stage.reruns if getattr(step.config, k)], forced=forced)
+        d = Decision(step, action, why, record)
+        if action == "redo":
+            d.clears = [(w, *_size(w)) for w in _outermost(step.writes)]
+            d.clears = [c for c in d.clears if c[1]]
+        if action != "skip":
+            ran.append(step.name)
+        decisions.append(d)
+    return decisions
+
+
+def check_owned(pipe: Pipeline, decisions: list[Decision]) -> None:
+    """Refuse, before anything runs, a stage that would write into (or clear) a path holding files that the
+    pipeline did not write: only a path its record lists as made by the pipeline is its own. A stage resumed from
+    a record that predates that list goes on writing where it wrote before."""
+    for d in decisions:
+        if d.action in ("", "skip"):
+            continue
+        knows = d.record is None or "created" in d.record
+        if d.action != "redo" and not knows:
+            continue
+        for path in d.step.writes:
+            names = _holds(path)
+            if names and not _made(pipe, d.record, path):
+                shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+                if d.record is None:
+                    raise WitError(f"{path}: holds {shown}, which wit pipeline did not write (its {d.step.name} stage "
+                                   "has no record); move them away, or set another [pipeline] out")
+                raise WitError(f"{path}: holds {shown}, and the {d.step.name} stage's record does not list it as made "
+                               "by wit pipeline (a record of an older wit lists none), which writes and deletes only "
+                               f"its own folders; move or delete it yourself to let the stage {d.action}")
+
+
+def confirm_clears(pipe: Pipeline, decisions: list[Decision], force: bool) -> None:
+    """A redo that deletes a crawl or a training run asks first: --force, or yes on a terminal."""
+    for d in decisions:
+        if d.action != "redo" or not d.step.stage.costly or not d.clears or force:
+            continue
+        question = (f"the {d.step.name} stage's redo ({d.why}) deletes {_clears(pipe, d)}")
+        if not _confirmed(question):
+            raise WitError(f"{question}; run again with --force to delete it, or undo the change")
+
+
+def _confirmed(question: str) -> bool:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return False
+    return input(f"wit pipeline: {question}. Delete it? [y/N] ").strip().lower() in ("y", "yes")
+
+
+def execute(pipe: Pipeline, d: Decision, tag: str, why: str, prints: records.Fingerprints) -> None:
+    step = d.step
     options = _options(step)
     _say(f"{tag} start  {why}" + (f"; options: {options}" if options else ""))
     began = time.time()
+    root = pipe.layout.root
+    created = [records.portable(w, root) for w in step.writes if _made(pipe, d.record, w) or not _holds(w)]
     record = {"stage": step.name, "state": "running", "command": _command(pipe, step), "config": config_json(step.config),
-              "inputs": inputs, "started": records.now()}
+              "root": root, "created": created, "inputs": prints.of(step.reads), "started": records.now()}
     records.write(pipe.layout.records, step.name, record)
     summary = step.stage.call(pipe.context, step.config)
     seconds = time.time() - began
@@ -223,19 +302,77 @@ def execute(pipe: Pipeline, step: Step, tag: str, why: str, inputs: dict, prints
     _say(f"{tag} done in {seconds:.1f} s: {format_figures(figures)}")
 
 
-def clear(pipe: Pipeline, step: Step) -> None:
-    """Remove what an earlier run of this stage wrote (its record proves the pipeline wrote it), so the command
-    starts afresh instead of resuming output made with other options or inputs. Only under the output root."""
+def clear(pipe: Pipeline, d: Decision) -> None:
+    """Remove what an earlier run of this stage wrote, so the command starts afresh instead of resuming output made
+    with other options or inputs: only the folders its record lists as made by the pipeline (check_owned refused
+    the others), and only under the output root."""
     root = pipe.layout.root
-    for path in step.writes:
+    for path in d.step.writes:
         fs, local = fs_and_path(path)
         if not fs.exists(local):
             continue
         if not (path == root or path.startswith(root + "/")):
-            raise WitError(f"{path}: holds the {step.name} stage's output of other options or inputs, outside the "
+            raise WitError(f"{path}: holds the {d.step.name} stage's output of other options or inputs, outside the "
                            f"output root {root}; delete it or name another folder (the pipeline deletes only under "
                            "its root)")
-        fs.rm(local, recursive=True)
+        if _made(pipe, d.record, path):
+            fs.rm(local, recursive=True)
+
+
+def _made(pipe: Pipeline, record: dict | None, path: str) -> bool:
+    """Does the stage's record list `path` as a folder (or file) that the pipeline made?"""
+    made = record.get("created", []) if record else []
+    return isinstance(made, list) and records.portable(path, pipe.layout.root) in made
+
+
+def _holds(path: str) -> list[str]:
+    """The names a path holds: a file's own name, a folder's entries; [] when it is absent or an empty folder."""
+    fs, local = fs_and_path(path)
+    fs.invalidate_cache(local)
+    if fs.isfile(local):
+        return [local.rstrip("/").rsplit("/", 1)[-1]]
+    return entries(path)
+
+
+def _size(path: str) -> tuple[int, int]:
+    """(files, bytes) under a path."""
+    fs, local = fs_and_path(path)
+    if not fs.exists(local):
+        return 0, 0
+    if fs.isfile(local):
+        return 1, fs.info(local).get("size") or 0
+    sizes = [info.get("size") or 0 for info in fs.find(local, detail=True).values()]
+    return len(sizes), sum(sizes)
+
+
+def _outermost(paths: list[str]) -> list[str]:
+    """The paths not inside another of them (train/ holds train/checkpoints: count it once)."""
+    return [p for p in paths if not any(q != p and p.startswith(q.rstrip("/") + "/") for q in paths)]
+
+
+def _clears(pipe: Pipeline, d: Decision) -> str:
+    return " and ".join(f"{_rel(pipe, path)}: {files:,} files, {_bytes(size)}" for path, files, size in d.clears)
+
+
+def _bytes(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:,} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def _why(pipe: Pipeline, d: Decision, start: str | None, plan: bool = False) -> str:
+    if not d.action:
+        return f"({'before --from ' + start if start else 'not --only'})"
+    if d.action != "redo" or not d.clears:
+        return d.why
+    asks = "; asks first, or --force" if plan and d.step.stage.costly else ""
+    return f"{d.why} (clears {_clears(pipe, d)}{asks})"
+
+
+def _tag(pipe: Pipeline, i: int) -> str:
+    n = len(pipe.steps)
+    return f"[{i + 1:>{len(str(n))}}/{n}] {pipe.steps[i].name:<8}"
 
 
 def config_json(cfg) -> dict:
@@ -323,6 +460,8 @@ def register(sub) -> None:
     )
     p.add_argument("config", help="the pipeline's TOML file")
     p.add_argument("--plan", action="store_true", help="print what each stage would do and why; run nothing")
+    p.add_argument("--force", action="store_true",
+                   help="let a redo delete a crawl or a training run (else it asks on a terminal, or refuses)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--from", dest="start", metavar="STAGE", choices=AFTER,
                        help="run this stage and every one after it, whatever their records say")
@@ -334,5 +473,5 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    return run(load(args.config, args.sets), start=args.start, only=args.only, plan=args.plan)
+    return run(load(args.config, args.sets), start=args.start, only=args.only, plan=args.plan, force=args.force)
 

@@ -1,11 +1,13 @@
 """What each stage of `wit pipeline` ran with, and whether that still holds: the stage records.
 
 `<root>/_wit/pipeline/<stage>.json` is written when a stage starts (state `running`) and again when it finishes
-(state `done`): its config, the equivalent command line, the fingerprint of every path it reads and, once done, of
-every path it wrote, with its figures and time. A fingerprint is a digest of a listing (relative path, size, and
-etag or mtime of every file under the path), not of the bytes: one listing per folder, so deciding what to redo
-never reads a shard. `_wit/` folders (the commands' own bookkeeping and scratch) and half-written temporaries are
-left out of it.
+(state `done`): its config, the equivalent command line, the output root, the folders it made (`created`: the only
+ones a redo may clear), the fingerprint of every path it reads and, once done, of every path it wrote, with its
+figures and time. A fingerprint is a digest of a listing (path relative to the one named, size, and etag or mtime of
+every file under the path), not of the bytes: one listing per folder, so deciding what to redo never reads a shard.
+A listing says what a folder holds, not where it is, and options naming paths under the root are compared relative
+to it: a project folder renamed (or copied with its modification times) is the same pipeline. `_wit/` folders (the
+commands' own bookkeeping and scratch) and half-written temporaries are left out of it.
 """
 from __future__ import annotations
 
@@ -15,11 +17,15 @@ import time
 
 from wit.shards.storage import exists, expand, fs_and_path, join, read_json, write_json_atomic
 
+UNREADABLE = "unreadable"  # the state of a record that is not a JSON object: treated as a stage that did not finish
 
-def fingerprint(pattern: str) -> dict:
-    """{"files": n, "digest": ...} over the files a path (or brace pattern) names; n = 0 when none exist."""
+
+def fingerprint(pattern: str, legacy: bool = False) -> dict:
+    """{"files": n, "digest": ...} over the files a path (or brace pattern) names; n = 0 when none exist. `legacy`:
+    the digest of records written before listings left out where the files are (they hold absolute paths)."""
     entries = []
-    for url in expand(pattern):
+    for i, url in enumerate(expand(pattern)):
+        where = url if legacy else i  # the i-th path of the pattern, wherever the project folder is now
         fs, path = fs_and_path(url)
         fs.invalidate_cache(path)
         if not fs.exists(path):
@@ -29,10 +35,10 @@ def fingerprint(pattern: str) -> dict:
             for name, info in sorted(fs.find(path, detail=True).items()):
                 rel = name[len(base):] if name.startswith(base) else name
                 if "_wit" not in rel.split("/") and ".tmp-" not in rel:
-                    entries.append((url, rel, info.get("size"), _stamp(info)))
+                    entries.append((where, rel, info.get("size"), _stamp(info)))
         else:
             info = fs.info(path)
-            entries.append((url, "", info.get("size"), _stamp(info)))
+            entries.append((where, "", info.get("size"), _stamp(info)))
     digest = hashlib.sha256(json.dumps(entries, default=str).encode()).hexdigest()[:20]
     return {"files": len(entries), "digest": digest}
 
@@ -50,18 +56,19 @@ class Fingerprints:
     only after a stage wrote into it."""
 
     def __init__(self):
-        self._cache: dict[str, dict] = {}
+        self._cache: dict[tuple[str, bool], dict] = {}
 
-    def of(self, paths: list[str]) -> dict[str, dict]:
+    def of(self, paths: list[str], legacy: bool = False) -> list[dict]:
+        """[{"path", "files", "digest"}] in the order of `paths` (a record compares them in that order)."""
         for p in paths:
-            if p not in self._cache:
-                self._cache[p] = fingerprint(p)
-        return {p: self._cache[p] for p in paths}
+            if (p, legacy) not in self._cache:
+                self._cache[p, legacy] = fingerprint(p, legacy)
+        return [{"path": p, **self._cache[p, legacy]} for p in paths]
 
     def forget(self, written: list[str]) -> None:
-        for p in list(self._cache):
+        for p, legacy in list(self._cache):
             if any(overlaps(p, w) for w in written):
-                del self._cache[p]
+                del self._cache[p, legacy]
 
 
 def overlaps(a: str, b: str) -> bool:
@@ -76,8 +83,18 @@ def record_path(records: str, stage: str) -> str:
 
 
 def read(records: str, stage: str) -> dict | None:
+    """The stage's record, None when it has none. A file that is no record (truncated, not a JSON object) reads as
+    a stage that did not finish (state UNREADABLE, with the problem), so the command resumes over what it wrote."""
     path = record_path(records, stage)
-    return read_json(path) if exists(path) else None
+    if not exists(path):
+        return None
+    try:
+        record = read_json(path)
+    except (ValueError, UnicodeDecodeError) as err:  # a JSONDecodeError is a ValueError
+        return {"state": UNREADABLE, "problem": f"{path}: not JSON ({type(err).__name__}: {err})"}
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        return {"state": UNREADABLE, "problem": f"{path}: not a stage record (no config object)"}
+    return record
 
 
 def write(records: str, stage: str, record: dict) -> None:
@@ -88,18 +105,38 @@ def now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def what(config: dict, runtime: set[str]) -> dict:
-    """The part of a config that decides what a stage writes."""
-    return {k: v for k, v in config.items() if k not in runtime}
+def legacy(record: dict | None) -> bool:
+    """A record from before records named their root: its listings hold absolute paths, its options are compared
+    as they are, and it does not say which folders the pipeline made."""
+    return record is not None and record.get("state") != UNREADABLE and "root" not in record
 
 
-def changes(old: dict, new: dict) -> list[str]:
-    """'key: old -> new' for every key whose value differs."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            out.append(f"{key} {_short(old.get(key, '(none)'))} -> {_short(new.get(key, '(none)'))}")
-    return out
+def portable(value, root: str | None):
+    """`value` with every path under `root` written as `<out>/...` (in lists too): what a record compares."""
+    if isinstance(value, list):
+        return [portable(v, root) for v in value]
+    if root and isinstance(value, str) and (value == root or value.startswith(root + "/")):
+        return "<out>" + value[len(root):]
+    return value
+
+
+def option_changes(record: dict, config: dict, root: str, ignore: set[str]) -> list[tuple[str, object, object]]:
+    """(option, then, now) for every option outside `ignore` that changed since the record (none when the record
+    is unreadable); paths under the root are compared relative to it."""
+    if record.get("state") == UNREADABLE:
+        return []
+    then_root, now_root = (None, None) if legacy(record) else (record["root"], root)
+    then = {k: portable(v, then_root) for k, v in record["config"].items() if k not in ignore}
+    now_ = {k: portable(v, now_root) for k, v in config.items() if k not in ignore}
+    return [(k, then.get(k, NONE), now_.get(k, NONE)) for k in sorted(then.keys() | now_.keys())
+            if then.get(k, NONE) != now_.get(k, NONE)]
+
+
+NONE = "(none)"
+
+
+def show_changes(changed: list[tuple[str, object, object]]) -> str:
+    return "; ".join(f"{key} {_short(then)} -> {_short(now_)}" for key, then, now_ in changed)
 
 
 def _short(value) -> str:
@@ -107,26 +144,54 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def decide(record: dict | None, config: dict, runtime: set[str], inputs: dict, outputs: dict,
-           upstream: list[str], forced: bool) -> tuple[str, str]:
-    """(action, why) for one stage. Actions: run (no record: a first run, which the command resumes if its output
-    is there), redo (clear what it wrote, then run), resume (run again over its output: the commands resume),
-    skip."""
+def listing_changes(recorded, listings: list[dict]) -> list[str]:
+    """The paths whose listing differs from the record's, compared in order ([] when the record has none)."""
+    if recorded is None:
+        return []
+    if isinstance(recorded, dict):  # a legacy record: listings keyed by absolute path
+        return [x["path"] for x in listings if recorded.get(x["path"]) != {"files": x["files"], "digest": x["digest"]}]
+    if not isinstance(recorded, list) or len(recorded) != len(listings):
+        return [x["path"] for x in listings] or ["(none now)"]
+    return [x["path"] for old, x in zip(recorded, listings)
+            if not isinstance(old, dict) or (old.get("files"), old.get("digest")) != (x["files"], x["digest"])]
+
+
+def _grew(then, now_) -> bool:
+    return isinstance(then, int) and isinstance(now_, int) and now_ > then
+
+
+def decide(record: dict | None, changed: list[tuple[str, object, object]], inputs: list[dict], outputs: list[dict],
+           upstream: list[str], *, runtime: set[str] = frozenset(), grows: set[str] = frozenset(),
+           rerun: list[str] = (), forced: bool = False) -> tuple[str, str]:
+    """(action, why) for one stage. Actions: run (no record: a first run), redo (clear what it wrote, then run),
+    resume (run again over its output: the commands resume), skip. `changed`: option_changes; those of `runtime`
+    options (how it runs, or how a crawl fetches) redo nothing; a larger value of a `grows` option (train's steps)
+    continues the run; `rerun`: the options set that run a finished stage again (the crawl's retry_failed)."""
     if record is None:
         return "run", "not run before"
-    changed = changes(what(record["config"], runtime), what(config, runtime))
-    if changed:
-        return "redo", "options changed: " + "; ".join(changed)
+    decisive = [c for c in changed if c[0] not in runtime]
+    longer = bool(decisive) and all(key in grows and _grew(then, now_) for key, then, now_ in decisive)
+    if decisive and not longer:
+        return "redo", "options changed: " + show_changes(decisive)
     if upstream:
         return "redo", f"after {', '.join(upstream)}, which {'runs' if len(upstream) == 1 else 'run'} first"
-    moved = [p for p in inputs if record.get("inputs", {}).get(p) != inputs[p]]
+    moved = listing_changes(record.get("inputs"), inputs)
     if moved:
         return "redo", "inputs changed: " + ", ".join(moved)
+    if longer:
+        return "resume", show_changes(decisive) + ": the command goes on from where it ended"
+    if record.get("state") == UNREADABLE:
+        return "resume", f"{record['problem']}; taken as not finished: the command resumes"
     if record.get("state") != "done":
         return "resume", f"did not finish (started {record.get('started', '?')}); the command resumes"
-    gone = [p for p in outputs if record.get("outputs", {}).get(p) != outputs[p]]
+    gone = listing_changes(record.get("outputs"), outputs)
     if gone:
         return "resume", "its output changed since it finished: " + ", ".join(gone)
     if forced:
         return "resume", "asked for (--from/--only); the command runs again over its output"
-    return "skip", f"finished {record.get('finished', '?')}; options and inputs unchanged"
+    if rerun:
+        return "resume", f"{', '.join(rerun)} set: the command runs again over its output"
+    how = [c for c in changed if c[0] in runtime]
+    return "skip", (f"finished {record.get('finished', '?')}; options and inputs unchanged"
+                    + (f" (but for how it runs: {show_changes(how)}; that applies to work not yet done, and none is left)"
+                       if how else ""))

@@ -81,6 +81,9 @@ class Stage:
     # Fields that change how it runs, not what it writes (and the engine's and DuckDB's options of every stage that
     # has them): changing them redoes nothing.
     runtime: tuple[str, ...] = ()
+    grows: tuple[str, ...] = ()  # options whose larger value continues a finished run (train's steps), not redoes it
+    reruns: tuple[str, ...] = ()  # options that, set, run a finished stage again (the crawl's retry_failed)
+    costly = False  # what it writes took hours (a crawl, a training run): a redo that would delete it asks first
 
     @property
     def config(self):
@@ -136,8 +139,18 @@ def funnel(rows: int, kept: int, dropped: dict) -> dict:
 
 
 class Download(Stage):
+    """The crawl. Options that decide its output: the lists and how they are read (format, columns), the shard
+    size, what is stored of an image (image_size, resize_mode, encode_quality, max_pixels) and which rows may be
+    fetched at all (allow_net, allow_userinfo, robots: ignore_robots, user_agent_token). The others say only how
+    rows are fetched (FETCH: how long and how hard to try a server, how much to take from it): like the workers,
+    they apply to the rows not yet fetched, and changing them redoes nothing; retry_failed runs a finished crawl
+    again to re-crawl its transient failures, as `wit download --retry-failed` does."""
     name, command, config_class = "download", "download", "wit.ingest.config:DownloadConfig"
-    runtime = ("processes", "threads", "distributor", "ray_address", "progress")
+    FETCH = ("timeout", "deadline", "min_rate", "retries", "per_host", "per_host_rate", "host_failures", "max_bytes")
+    runtime = ("processes", "threads", "distributor", "ray_address", "progress", "memory_limit", "temp_dir",
+               "retry_failed", *FETCH)
+    reruns = ("retry_failed",)
+    costly = True
 
     def fill(self, c):
         if c.before:
@@ -357,6 +370,8 @@ class Train(Stage):
     process either way keeps the pipeline's process free of the model and the CUDA context."""
     name, command, config_class = "train", "train", "wit.trainer.config:TrainConfig"
     runtime = ("log_every", "tensorboard", "log_samples", "keep", "ckpt_every", "ckpt_minutes")
+    grows = ("steps",)  # more steps: `wit train --resume latest` goes on from the last checkpoint
+    costly = True
 
     def fill(self, c):
         return {"data": join(c.layout.corpus, "index.json")}
