@@ -102,6 +102,23 @@ def test_resume_latest_skips_an_unreadable_newest_checkpoint(shards, tmp_path, c
 
 
 @pytest.mark.timeout(120)
+def test_a_fresh_run_refuses_a_folder_holding_another_run(shards, tmp_path, capsys):
+    out, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    assert train(shards, out, "--steps", "4", "--ckpt-every", "2") == 0
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert train(shards, out, "--steps", "2", "--seed", "1") == 2  # the same folders, no --resume
+    assert (f"wit train: error: {ckpts}: holds checkpoints of another run (step_00000002.pt .. step_00000004.pt); "
+            "continue it with --resume latest, or start this one in a new --out (or --ckpt)") in error_line(capsys)
+    assert train(shards, out, "--steps", "2", "--ckpt", str(tmp_path / "elsewhere")) == 2  # its log and config
+    assert f"wit train: error: {out}: holds another run (its log.jsonl)" in error_line(capsys)
+    assert train(shards, tmp_path / "new", "--steps", "2", "--ckpt", str(ckpts)) == 2  # its checkpoints
+    assert f"wit train: error: {ckpts}: holds checkpoints of another run" in error_line(capsys)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files  # nothing of the first run touched
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "new").exists()
+
+
+@pytest.mark.timeout(120)
 def test_eval_on_a_bad_checkpoint_is_one_line_naming_it(tmp_path, capsys):
     for label in ("cat", "dog"):
         (tmp_path / "data" / label).mkdir(parents=True)

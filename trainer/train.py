@@ -114,6 +114,21 @@ def find_resume(cfg: TrainConfig, rank: int, world: int) -> tuple[str | None, di
     return url, state
 
 
+def refuse_another_run(cfg: TrainConfig) -> None:
+    """A fresh run needs folders of its own: in one that holds another run's checkpoints or log, it would overwrite
+    some of that run's steps, leave its later ones beside its own (which `--resume latest` and `wit eval` would then
+    take) and append to its log."""
+    steps = checkpoint.list_steps(cfg.ckpt_dir)
+    if steps:
+        names = steps[0].rsplit("/", 1)[-1] + (f" .. {steps[-1].rsplit('/', 1)[-1]}" if len(steps) > 1 else "")
+        raise WitError(f"{cfg.ckpt_dir}: holds checkpoints of another run ({names}); continue it with --resume "
+                       "latest, or start this one in a new --out (or --ckpt)")
+    log = Path(cfg.out) / "log.jsonl"
+    if log.exists() and log.stat().st_size:
+        raise WitError(f"{cfg.out}: holds another run (its log.jsonl); continue it with --resume latest, or start "
+                       "this one in a new --out")
+
+
 def skipping(message: str) -> None:
     print(f"wit train: warning: {message}; trying the one before", file=sys.stderr, flush=True)
 
@@ -142,6 +157,8 @@ def train(cfg: TrainConfig) -> int:
     # Rank 0 lists (or reads the index of) the shards and tells the others; fail early on bad data, before building
     # the model, and on a bad checkpoint
     shards = on_rank0(lambda: resolve_shards(cfg.data), rank, world)
+    if not cfg.resume:
+        on_rank0(lambda: refuse_another_run(cfg), rank, world)
     resume, state = find_resume(cfg, rank, world)
     torch.manual_seed(cfg.seed)
     logging.disable(logging.WARNING)  # open_clip warns that it loads no pretrained weights: a fresh run has none
