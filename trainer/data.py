@@ -20,6 +20,7 @@ reported in the batch's `skipped` list; the loss masks the slot, so every rank k
 from __future__ import annotations
 
 import io
+import json
 import math
 import random
 import sys
@@ -43,18 +44,35 @@ def resolve_shards(spec: str) -> tuple[list[str], list[int]]:
     """Shard URLs and sample counts from an index (`.../index.json`: {"shards": {"00000.tar": n}}) or a brace
     pattern (`s3://b/{00000..00099}.tar`), counted from tar headers."""
     if spec.endswith(".json"):
-        index = read_json(spec)
-        if not isinstance(index, dict) or not isinstance(index.get("shards"), dict):
-            raise WitError(f'{spec}: not a shard index (expected {{"shards": {{"00000.tar": count, ...}}}})')
+        shards = read_index(spec)
         base = spec.rsplit("/", 1)[0] if "/" in spec else "."
-        names = sorted(index["shards"])
-        return [name if "://" in name else join(base, name) for name in names], [int(index["shards"][n]) for n in names]
+        names = sorted(shards)
+        return [name if "://" in name else join(base, name) for name in names], [shards[n] for n in names]
     if spec.startswith("pipe:"):
         raise WitError(f"{spec}: pipe: shard URLs are refused (they run shell commands)")
     urls = expand(spec)
     with ThreadPoolExecutor(8) as pool:
         counts = list(pool.map(_count_or_zero, urls))
     return urls, counts
+
+
+def read_index(spec: str) -> dict[str, int]:
+    """{shard name: sample count} of an index file; anything else (missing, unreadable, cut short, a count that is
+    not a whole number) is a one-line WitError naming the file (and the shard)."""
+    try:
+        index = read_json(spec)
+    except FileNotFoundError:
+        raise WitError(f"{spec}: no such shard index") from None
+    except ValueError as err:  # bad JSON (a file cut short) or bad UTF-8
+        raise WitError(f"{spec}: not a shard index, or a truncated one ({type(err).__name__}: {err})") from None
+    except Exception as err:  # noqa: BLE001 - storage errors of every kind (no bucket, no endpoint) end here
+        raise WitError(f"{spec}: cannot read the shard index ({type(err).__name__}: {err})") from None
+    if not isinstance(index, dict) or not isinstance(index.get("shards"), dict):
+        raise WitError(f'{spec}: not a shard index (expected {{"shards": {{"00000.tar": count, ...}}}})')
+    for name, count in index["shards"].items():
+        if type(count) is not int or count < 0:  # bool is an int subclass; 12.0 and "12" are refused as well
+            raise WitError(f"{spec}: shard {name}: count {json.dumps(count)} is not a whole number of samples")
+    return index["shards"]
 
 
 def _count_or_zero(url: str) -> int:
