@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from wit.shards.options import add_arguments, from_args
 from wit.shards.progress import bar as progress_bar
-from wit.shards.storage import WitError
+from wit.shards.storage import WitError, check_bucket
 from wit.trainer import checkpoint
 from wit.trainer.config import TrainConfig
 from wit.trainer.data import ShardLoader, resolve_shards
@@ -157,6 +157,7 @@ def train(cfg: TrainConfig) -> int:
     # Rank 0 lists (or reads the index of) the shards and tells the others; fail early on bad data, before building
     # the model, and on a bad checkpoint
     shards = on_rank0(lambda: resolve_shards(cfg.data), rank, world)
+    on_rank0(lambda: check_bucket(cfg.ckpt_dir), rank, world)  # before anything is written there
     if not cfg.resume:
         on_rank0(lambda: refuse_another_run(cfg), rank, world)
     resume, state = find_resume(cfg, rank, world)
@@ -305,19 +306,20 @@ def forward_backward(forward, ddp, images, texts, valid, accum: int, autocast, o
 
 
 def save(cfg, rank, world, model, optimizer, loader_state: dict, step, samples_seen) -> None:
-    """Rank 0 writes one file; every rank's RNG state goes in it."""
+    """Rank 0 writes one file; every rank's RNG state goes in it. Every rank waits for it (nobody runs ahead of a
+    checkpoint that may be needed to resume) and stops with rank 0's error when it could not be written."""
     rngs = [None] * world
     if world > 1:
         dist.all_gather_object(rngs, checkpoint.rng_state())
     else:
         rngs = [checkpoint.rng_state()]
-    if rank == 0:
+
+    def write():
         state = {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                  "samples_seen": samples_seen, "rng": rngs, "loader": loader_state,
                  "config": json.loads(cfg.to_json())}
         checkpoint.save(cfg.ckpt_dir, step, state, cfg.keep)
-    if world > 1:
-        dist.barrier()  # nobody runs ahead of a checkpoint that may be needed to resume
+    on_rank0(write, rank, world)
 
 
 def main(argv: list[str] | None = None) -> int:
