@@ -87,10 +87,10 @@ def on_rank0(fn, rank: int, world: int):
     return box[0]
 
 
-def all_sum(values: list[float], device) -> list[float]:
+def all_sum(values: list[float], device, group=None) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized():
-        dist.all_reduce(t)
+        dist.all_reduce(t, group=group)
     return t.tolist()
 
 
@@ -153,6 +153,7 @@ def train(cfg: TrainConfig) -> int:
     if cfg.accum < 1 or cfg.batch_size % cfg.accum:
         raise WitError(f"--accum {cfg.accum}: must divide --batch-size {cfg.batch_size}")
     rank, world, device = setup_distributed()
+    cpu_group = dist.new_group(backend="gloo") if world > 1 and device.type == "cuda" else None  # sums w/o the GPU
     threads = set_threads(cfg.workers)
     # Rank 0 lists (or reads the index of) the shards and tells the others; fail early on bad data, before building
     # the model, and on a bad checkpoint
@@ -204,10 +205,12 @@ def train(cfg: TrainConfig) -> int:
 
     batches, last_save, started = prepared_ahead(iter(loader), prepare), time.monotonic(), time.perf_counter()
     interval = {"loss": 0.0, "steps": 0, "wait": 0.0, "skipped": 0, "t0": time.perf_counter()}
+    bad_shards: dict[str, str] = {}  # url -> how it is short of its count; tolerated up to --max-bad-shards
     while step < cfg.steps:
         t = time.perf_counter()
         batch, (images, texts, valid) = next(batches)
         interval["wait"] += time.perf_counter() - t
+        usable = usable_samples(batch, bad_shards, cfg, step, rank, world, cpu_group)
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -220,7 +223,7 @@ def train(cfg: TrainConfig) -> int:
         with torch.no_grad():
             model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         step += 1
-        samples_seen += world * cfg.batch_size
+        samples_seen += usable  # trained on: not the masked slots
         bar.update()
 
         interval["loss"] += loss  # a tensor: no device sync until the log line
@@ -242,7 +245,8 @@ def train(cfg: TrainConfig) -> int:
                       "temperature": 1 / model.logit_scale.exp().item(), "logit_scale": model.logit_scale.exp().item(),
                       "samples_per_s": n * world * cfg.batch_size / elapsed,
                       "samples_per_s_per_device": n * cfg.batch_size / elapsed,
-                      "data_wait": wait / world / elapsed, "skipped": int(skipped), "samples_seen": samples_seen}
+                      "data_wait": wait / world / elapsed, "skipped": int(skipped), "bad_shards": len(bad_shards),
+                      "samples_seen": samples_seen}
             if rank == 0:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
@@ -263,6 +267,35 @@ def train(cfg: TrainConfig) -> int:
         print(f"wit train: done at step {step} ({samples_seen:,} samples seen) in {time.perf_counter() - started:.0f} s; "
               f"checkpoints in {cfg.ckpt_dir}, log in {out / 'log.jsonl'}", flush=True)
     return 0
+
+
+def usable_samples(batch: dict, bad_shards: dict[str, str], cfg: TrainConfig, step: int, rank: int, world: int,
+                   group) -> int:
+    """The number of usable samples in the global batch, once it passes the checks that stop every rank at the same
+    step: no more than --max-bad-shards shards holding fewer samples than their count (the loader's `short_shards`),
+    and a usable sample at all (on none, AdamW would still move the weights by momentum and decay). One sum per step
+    on the CPU (`group`: gloo beside NCCL), so it does not wait for the device."""
+    new = {url: why for url, why in batch["short_shards"].items() if url not in bad_shards}
+    usable, news = all_sum([int(batch["valid"].sum()), len(new)], torch.device("cpu"), group)
+    if news:  # rare: every rank learns every new short shard, so all ranks count alike
+        gathered = [None] * world
+        if world > 1:
+            dist.all_gather_object(gathered, new, group=group)
+        else:
+            gathered = [new]
+        for url, why in (item for shards in gathered for item in shards.items()):
+            if url in bad_shards:
+                continue  # found by two ranks at once
+            bad_shards[url] = why
+            if len(bad_shards) > cfg.max_bad_shards:
+                raise WitError(f"{why} (step {step + 1}: more than --max-bad-shards {cfg.max_bad_shards} such shards)")
+            if rank == 0:
+                print(f"wit train: warning: {why}; its missing samples are masked ({len(bad_shards)} of "
+                      f"--max-bad-shards {cfg.max_bad_shards})", file=sys.stderr, flush=True)
+    if usable == 0:
+        raise WitError(f"step {step + 1}: none of the {world * cfg.batch_size} samples of the batch is usable "
+                       f"({batch['skipped'][0]}); nothing to train on")
+    return int(usable)
 
 
 def log_line(r: dict) -> str:
