@@ -152,6 +152,9 @@ def train(cfg: TrainConfig) -> int:
         raise WitError("--data: no shards given (a brace pattern or an index .json)")
     if cfg.accum < 1 or cfg.batch_size % cfg.accum:
         raise WitError(f"--accum {cfg.accum}: must divide --batch-size {cfg.batch_size}")
+    # s3fs sends its requests from an asyncio loop of its own: when an endpoint dies mid-upload, aiohttp's orphaned
+    # write task is logged there with a traceback, beside the error that reaches the caller (reported in one line)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     rank, world, device = setup_distributed()
     cpu_group = dist.new_group(backend="gloo") if world > 1 and device.type == "cuda" else None  # sums w/o the GPU
     threads = set_threads(cfg.workers)
