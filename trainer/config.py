@@ -24,6 +24,10 @@ class TrainConfig:
     online_balance: bool = opt(False, "online balancing (MetaCLIP 2): each epoch keeps each sample with the keep_prob "
                                       "of its corpus manifest (`wit curate balance --online`, then `wit shards write`), "
                                       "drawn from (seed, epoch, uid); the epoch lays out only the kept samples")
+    max_bad_shards: int = opt(0, "shards holding fewer samples than their count (index.json, or the tar headers at "
+                                 "start: cut short, missing, unreadable) that the run tolerates, their missing samples "
+                                 "masked and each shard reported once; one more stops it (0: the first stops it)",
+                              minimum=0)
     seed: int = opt(0, "seed of the data order, augmentation and initialisation")
     loss: str = opt("clip", "clip: symmetric InfoNCE (softmax); siglip: the sigmoid loss, with a learnable bias "
                             "(temperature starts at 10, bias at -10), exchanged between neighbouring ranks",

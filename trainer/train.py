@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from wit.shards.options import add_arguments, from_args
 from wit.shards.progress import bar as progress_bar
-from wit.shards.storage import WitError
+from wit.shards.storage import WitError, check_bucket
 from wit.trainer import checkpoint
 from wit.trainer.config import TrainConfig
 from wit.trainer.data import ShardLoader, resolve_shards
@@ -101,10 +101,10 @@ def on_rank0(fn, rank: int, world: int):
     return box[0]
 
 
-def all_sum(values: list[float], device) -> list[float]:
+def all_sum(values: list[float], device, group=None) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized():
-        dist.all_reduce(t)
+        dist.all_reduce(t, group=group)
     return t.tolist()
 
 
@@ -126,6 +126,21 @@ def find_resume(cfg: TrainConfig, rank: int, world: int) -> tuple[str | None, di
     if recorded and recorded != cfg.model:
         raise WitError(f"{url}: a checkpoint of --model {recorded}, but this run has --model {cfg.model}")
     return url, state
+
+
+def refuse_another_run(cfg: TrainConfig) -> None:
+    """A fresh run needs folders of its own: in one that holds another run's checkpoints or log, it would overwrite
+    some of that run's steps, leave its later ones beside its own (which `--resume latest` and `wit eval` would then
+    take) and append to its log."""
+    steps = checkpoint.list_steps(cfg.ckpt_dir)
+    if steps:
+        names = steps[0].rsplit("/", 1)[-1] + (f" .. {steps[-1].rsplit('/', 1)[-1]}" if len(steps) > 1 else "")
+        raise WitError(f"{cfg.ckpt_dir}: holds checkpoints of another run ({names}); continue it with --resume "
+                       "latest, or start this one in a new --out (or --ckpt)")
+    log = Path(cfg.out) / "log.jsonl"
+    if log.exists() and log.stat().st_size:
+        raise WitError(f"{cfg.out}: holds another run (its log.jsonl); continue it with --resume latest, or start "
+                       "this one in a new --out")
 
 
 def skipping(message: str) -> None:
@@ -151,11 +166,18 @@ def train(cfg: TrainConfig) -> int:
         raise WitError("--data: no shards given (a brace pattern or an index .json)")
     if cfg.accum < 1 or cfg.batch_size % cfg.accum:
         raise WitError(f"--accum {cfg.accum}: must divide --batch-size {cfg.batch_size}")
+    # s3fs sends its requests from an asyncio loop of its own: when an endpoint dies mid-upload, aiohttp's orphaned
+    # write task is logged there with a traceback, beside the error that reaches the caller (reported in one line)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     rank, world, device = setup_distributed()
+    cpu_group = dist.new_group(backend="gloo") if world > 1 and device.type == "cuda" else None  # sums w/o the GPU
     threads = set_threads(cfg.workers)
     # Rank 0 lists (or reads the index of) the shards and tells the others; fail early on bad data, before building
     # the model, and on a bad checkpoint
     shards = on_rank0(lambda: resolve_shards(cfg.data), rank, world)
+    on_rank0(lambda: check_bucket(cfg.ckpt_dir), rank, world)  # before anything is written there
+    if not cfg.resume:
+        on_rank0(lambda: refuse_another_run(cfg), rank, world)
     resume, state = find_resume(cfg, rank, world)
     torch.manual_seed(cfg.seed)
     logging.disable(logging.WARNING)  # open_clip warns that it loads no pretrained weights: a fresh run has none
@@ -201,10 +223,12 @@ def train(cfg: TrainConfig) -> int:
 
     batches, last_save, started = prepared_ahead(iter(loader), prepare), time.monotonic(), time.perf_counter()
     interval = {"loss": 0.0, "steps": 0, "wait": 0.0, "skipped": 0, "t0": time.perf_counter()}
+    bad_shards: dict[str, str] = {}  # url -> how it is short of its count; tolerated up to --max-bad-shards
     while step < cfg.steps:
         t = time.perf_counter()
         batch, (images, texts, valid) = next(batches)
         interval["wait"] += time.perf_counter() - t
+        usable = usable_samples(batch, bad_shards, cfg, step, rank, world, cpu_group)
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -217,7 +241,7 @@ def train(cfg: TrainConfig) -> int:
         with torch.no_grad():
             model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         step += 1
-        samples_seen += world * cfg.batch_size
+        samples_seen += usable  # trained on: not the masked slots
         bar.update()
 
         interval["loss"] += loss  # a tensor: no device sync until the log line
@@ -239,7 +263,8 @@ def train(cfg: TrainConfig) -> int:
                       "temperature": 1 / model.logit_scale.exp().item(), "logit_scale": model.logit_scale.exp().item(),
                       "samples_per_s": n * world * cfg.batch_size / elapsed,
                       "samples_per_s_per_device": n * cfg.batch_size / elapsed,
-                      "data_wait": wait / world / elapsed, "skipped": int(skipped), "samples_seen": samples_seen}
+                      "data_wait": wait / world / elapsed, "skipped": int(skipped), "bad_shards": len(bad_shards),
+                      "samples_seen": samples_seen}
             if rank == 0:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
@@ -260,6 +285,35 @@ def train(cfg: TrainConfig) -> int:
         print(f"wit train: done at step {step} ({samples_seen:,} samples seen) in {time.perf_counter() - started:.0f} s; "
               f"checkpoints in {cfg.ckpt_dir}, log in {out / 'log.jsonl'}", flush=True)
     return 0
+
+
+def usable_samples(batch: dict, bad_shards: dict[str, str], cfg: TrainConfig, step: int, rank: int, world: int,
+                   group) -> int:
+    """The number of usable samples in the global batch, once it passes the checks that stop every rank at the same
+    step: no more than --max-bad-shards shards holding fewer samples than their count (the loader's `short_shards`),
+    and a usable sample at all (on none, AdamW would still move the weights by momentum and decay). One sum per step
+    on the CPU (`group`: gloo beside NCCL), so it does not wait for the device."""
+    new = {url: why for url, why in batch["short_shards"].items() if url not in bad_shards}
+    usable, news = all_sum([int(batch["valid"].sum()), len(new)], torch.device("cpu"), group)
+    if news:  # rare: every rank learns every new short shard, so all ranks count alike
+        gathered = [None] * world
+        if world > 1:
+            dist.all_gather_object(gathered, new, group=group)
+        else:
+            gathered = [new]
+        for url, why in (item for shards in gathered for item in shards.items()):
+            if url in bad_shards:
+                continue  # found by two ranks at once
+            bad_shards[url] = why
+            if len(bad_shards) > cfg.max_bad_shards:
+                raise WitError(f"{why} (step {step + 1}: more than --max-bad-shards {cfg.max_bad_shards} such shards)")
+            if rank == 0:
+                print(f"wit train: warning: {why}; its missing samples are masked ({len(bad_shards)} of "
+                      f"--max-bad-shards {cfg.max_bad_shards})", file=sys.stderr, flush=True)
+    if usable == 0:
+        raise WitError(f"step {step + 1}: none of the {world * cfg.batch_size} samples of the batch is usable "
+                       f"({batch['skipped'][0]}); nothing to train on")
+    return int(usable)
 
 
 def log_line(r: dict) -> str:
@@ -303,19 +357,20 @@ def forward_backward(forward, ddp, images, texts, valid, accum: int, autocast, o
 
 
 def save(cfg, rank, world, model, optimizer, loader_state: dict, step, samples_seen) -> None:
-    """Rank 0 writes one file; every rank's RNG state goes in it."""
+    """Rank 0 writes one file; every rank's RNG state goes in it. Every rank waits for it (nobody runs ahead of a
+    checkpoint that may be needed to resume) and stops with rank 0's error when it could not be written."""
     rngs = [None] * world
     if world > 1:
         dist.all_gather_object(rngs, checkpoint.rng_state())
     else:
         rngs = [checkpoint.rng_state()]
-    if rank == 0:
+
+    def write():
         state = {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                  "samples_seen": samples_seen, "rng": rngs, "loader": loader_state,
                  "config": json.loads(cfg.to_json())}
         checkpoint.save(cfg.ckpt_dir, step, state, cfg.keep)
-    if world > 1:
-        dist.barrier()  # nobody runs ahead of a checkpoint that may be needed to resume
+    on_rank0(write, rank, world)
 
 
 def main(argv: list[str] | None = None) -> int:
