@@ -404,7 +404,8 @@ def format_figures(figures: dict) -> str:
     if {"rows", "kept", "dropped"} <= figures.keys():
         text = f"rows {figures['rows']:,}, kept {figures['kept']:,}"
         dropped = figures["dropped"]
-        return text + ("; dropped " + ", ".join(f"{k} {v:,}" for k, v in dropped.items()) if dropped else "")
+        text += "; dropped " + ", ".join(f"{k} {v:,}" for k, v in dropped.items()) if dropped else ""
+        return text + (f"; languages {figures['languages']}" if figures.get("languages") else "")
     return ", ".join(f"{k} {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k} {v}"
                      for k, v in figures.items())
 

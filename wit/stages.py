@@ -200,7 +200,12 @@ class Text(Stage):
         return run_text(cfg)
 
     def figures(self, s):
-        return funnel(s["rows"], s["kept"], s["dropped"])
+        figures = funnel(s["rows"], s["kept"], s["dropped"])
+        if s.get("languages"):  # what langid said of the captions it judged: the five most common, then the rest
+            top = list(s["languages"].items())
+            figures["languages"] = ", ".join(f"{k} {v:,}" for k, v in top[:5]) + (
+                f", other {sum(v for _, v in top[5:]):,}" if len(top) > 5 else "")
+        return figures
 
 
 class Images(Stage):
