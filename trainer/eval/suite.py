@@ -155,16 +155,23 @@ def retrieval(task: Task, enc: Encoder, limit: int) -> dict:
             "images": len(images), "captions": len(source.captions)}
 
 
-def evaluate_suite(tasks: list[Task], enc: Encoder, limit: int = 0, on_result=None) -> list[dict]:
-    """DataComp's result lines ({key, dataset, metrics}) of the tasks whose main metric wit computes, in order."""
+def evaluate_suite(tasks: list[Task], enc: Encoder, limit: int = 0, keep_going: bool = False) -> list[dict]:
+    """DataComp's result lines ({key, dataset, metrics}) of the tasks whose main metric wit computes, in order.
+    With keep_going (evaluation during training) a task that fails gets a line with its `error` and no metrics, and
+    the rest are scored: one unreadable set does not take the others with it."""
     lines = []
     for task in (t for t in tasks if t.computed):
         started = time.monotonic()
-        metrics = evaluate_task(task, enc, limit)
+        try:
+            metrics = evaluate_task(task, enc, limit)
+        except WitError as err:  # with several ranks, raised on all of them alike (Encoder.exchange)
+            if not keep_going:
+                raise
+            lines.append({"key": task.key, "dataset": task.name, "metrics": {"main_metric": None},
+                          "error": str(err)})
+            continue
         metrics["seconds"] = round(time.monotonic() - started, 2)
         lines.append({"key": task.key, "dataset": task.name, "metrics": metrics})
-        if on_result:
-            on_result(task, lines[-1])
     return lines
 
 
