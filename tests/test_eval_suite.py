@@ -138,3 +138,16 @@ def test_interleave_puts_each_ranks_share_back_in_order():
     rows = torch.arange(7.0).view(7, 1)
     assert interleave([rows[0::3], rows[1::3], rows[2::3]]).view(-1).tolist() == list(range(7))
     assert interleave([rows[:1], None]).view(-1).tolist() == [0.0]  # one image, two ranks
+
+
+def test_an_empty_set_is_a_one_line_error_naming_it(tmp_path, capsys):
+    from tests.eval_sets import write_shards
+
+    write_shards(tmp_path / "wds_empty_test" / "test", [], per_shard=1)
+    (tmp_path / "wds_empty_test" / "test" / "nshards.txt").write_text("1\n")
+    (tmp_path / "wds_empty_test" / "test" / "0.tar").write_bytes(bytes(1024))  # an empty tar: its end marker
+    (tmp_path / "wds_empty_test" / "dataset_type.txt").write_text("retrieval\n")
+    (tmp_path / "tasks.yml").write_text("retrieval/empty:\n  name: Empty\n  path: wds_empty_test\n")
+    assert main(["eval", "suite", "--tasks", str(tmp_path / "tasks.yml"), "--root", str(tmp_path), *MODEL,
+                 "--out", str(tmp_path / "out.jsonl")]) == 2
+    assert "wds_empty_test: the dataset has no images" in capsys.readouterr().err

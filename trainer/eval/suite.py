@@ -70,6 +70,8 @@ class Encoder:
                 return encode_images(self.model, self.preprocess, chain([first], share), total=share_total,
                                      workers=self.workers, **self.kw)[0]
             parts = self.exchange(encode)
+            if all(p is None for p in parts):
+                raise WitError(f"{cache_key[0]}: the dataset has no images")
             self.image_cache[cache_key] = interleave(parts), extras
         return self.image_cache[cache_key]
 
@@ -109,8 +111,6 @@ def exchange(compute, world: int) -> list:
 def interleave(parts: list[torch.Tensor | None]) -> torch.Tensor:
     """Rank r's rows are items r, r + world, ...: put them back in item order."""
     present = [p for p in parts if p is not None]
-    if not present:
-        raise WitError("the dataset has no images")
     out = torch.empty(sum(len(p) for p in present), present[0].shape[1], dtype=present[0].dtype)
     for r, part in enumerate(parts):
         if part is not None:

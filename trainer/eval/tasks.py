@@ -1,8 +1,8 @@
 """The task list of `wit eval suite`: DataComp's `tasklist.yml` form, and where each task's data lies.
 
 A YAML mapping `key: {name, main_metric, ...}` in file order. DataComp's fields: `name` (written as `dataset` in
-eval_results.jsonl), `main_metric` (default `acc1`, as in DataComp's evaluate.py); its `size`, `time`,
-`num_classes`, `random_score` and `tags` are read and ignored. wit's fields, all optional:
+eval_results.jsonl), `main_metric` (default `acc1`, as in DataComp's evaluate.py; `mean_recall@1` for retrieval);
+its `size`, `time`, `num_classes`, `random_score` and `tags` are read and ignored. wit's fields, all optional:
 - `path`: the data, relative to --root (or absolute). Default `wds_<key, / as ->_test`, DataComp's folder for
   CLIP_benchmark's set of that name. A folder in CLIP_benchmark's layout (`<split>/nshards.txt`) is read as one;
   anything else is one of `wit eval`'s forms: a folder of class folders, a tar of them, shards (brace pattern).
@@ -97,9 +97,9 @@ def make_task(url: str, key: str, entry: dict, root: str) -> Task:
     if prompts not in PROMPT_SETS:
         raise WitError(f"{where}: prompts {prompts!r} (one of {', '.join(PROMPT_SETS)})")
     kind = entry.get("task") or ("retrieval" if captions or key.startswith("retrieval/") else "classification")
-    task = Task(key, str(entry.get("name", key)), str(entry.get("main_metric", "acc1")), path, str(kind), split,
-                prompts, captions)
-    if not task.computed:
+    main_metric = entry.get("main_metric")
+    task = Task(key, str(entry.get("name", key)), str(main_metric or "acc1"), path, str(kind), split, prompts, captions)
+    if main_metric and not task.computed:
         return task
     if task.benchmark_layout:
         kind = entry.get("task") or datasets.benchmark_set(path, split).kind
@@ -108,6 +108,8 @@ def make_task(url: str, key: str, entry: dict, root: str) -> Task:
                        "README.md, 'Evaluation suite', says how to get the published sets)")
     if kind not in KINDS:
         raise WitError(f"{where}: task {kind!r} (classification or retrieval)")
+    if not main_metric:  # DataComp's default, acc1; for retrieval its retrieval tasks' mean_recall@1
+        task = replace(task, main_metric="acc1" if kind == "classification" else "mean_recall@1")
     if task.main_metric not in (CLASSIFICATION_METRICS if kind == "classification" else RETRIEVAL_METRICS):
         raise WitError(f"{where}: main_metric {task.main_metric} is not a {kind} metric")
     return replace(task, kind=str(kind))
