@@ -102,3 +102,22 @@ def test_eval_every_takes_steps_or_minutes():
     for bad in ("", "m", "-3", "0", "5h"):
         with pytest.raises(WitError, match="--eval-every"):
             parse_every(bad)
+
+
+def test_when_to_evaluate_by_steps_or_by_minutes_at_log_lines(tmp_path):
+    from wit.trainer.config import TrainConfig
+    from wit.trainer.eval.in_training import TrainingEval
+
+    classification_set(tmp_path / "wds_cifar10_test", 10)
+    (tmp_path / "tasks.yml").write_text("cifar10:\n  name: CIFAR-10\n")
+
+    def evaluation(every: str) -> TrainingEval:
+        cfg = TrainConfig(eval_tasks=str(tmp_path / "tasks.yml"), eval_every=every, log_every=5)
+        return TrainingEval(cfg, 0, 1, "cpu", tmp_path / "run")
+
+    steps = evaluation("4")
+    assert [s for s in range(1, 11) if steps.due(s, final=s == 10)] == [4, 8, 10]
+    minutes = evaluation("30m")
+    assert [s for s in range(1, 11) if minutes.due(s, final=s == 10)] == [10]  # 30 minutes have not passed
+    minutes.last -= 3600  # as if the last evaluation was an hour ago: the next log line evaluates
+    assert [s for s in range(1, 11) if minutes.due(s, final=False)] == [5, 10]
