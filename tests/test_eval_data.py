@@ -94,6 +94,7 @@ def test_caption_shards(tmp_path):
     assert [data for _, data in src.images()] == [p.read_bytes() for p in photos]
 
 
+@pytest.mark.data_fallback  # the sets are CIFAR-10 and Flickr8k, or without ../shared/data digits
 def test_clip_benchmark_layout_classification_and_retrieval(tmp_path):
     from tests.eval_sets import classification_set, retrieval_set
     from wit.trainer.eval.prompts import prompts_for
@@ -114,6 +115,7 @@ def test_clip_benchmark_layout_classification_and_retrieval(tmp_path):
     assert len(list(src.images())) == 7
 
 
+@pytest.mark.data_fallback
 def test_clip_benchmark_layout_errors_name_the_file(tmp_path):
     from tests.eval_sets import classification_set
 
