@@ -493,7 +493,9 @@ def format_figures(figures: dict) -> str:
         text = f"rows {figures['rows']:,}, kept {figures['kept']:,}"
         dropped = figures["dropped"]
         text += "; dropped " + ", ".join(f"{k} {v:,}" for k, v in dropped.items()) if dropped else ""
-        return text + (f"; languages {figures['languages']}" if figures.get("languages") else "")
+        text += f"; languages {figures['languages']}" if figures.get("languages") else ""
+        return text + (f" (and {figures['dropped_before']:,} rows earlier stages dropped)"
+                       if figures.get("dropped_before") else "")
     return ", ".join(f"{k} {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k} {v}"
                      for k, v in figures.items())
 

@@ -252,8 +252,9 @@ class Dedup(Stage):
         write_json_atomic(join(cfg.out, "_wit", "dedup_summary.json"), summary)  # as `wit dedup` does
         return summary
 
-    def figures(self, s):
-        return funnel(s["kept"] + sum(s["dropped"].values()), s["kept"], s["dropped"])
+    def figures(self, s):  # the rows earlier stages dropped are theirs: counted apart, not as this stage's drops
+        figures = funnel(s["kept"] + sum(s["dropped"].values()), s["kept"], s["dropped"])
+        return figures | ({"dropped_before": s["dropped_before"]} if s.get("dropped_before") else {})
 
 
 class Queries(Stage):
