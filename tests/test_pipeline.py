@@ -531,6 +531,8 @@ tensorboard = false
 """)
     assert main(["pipeline", str(config)]) == 0
     capfd.readouterr()
+    assert main(["pipeline", str(config), "--set", "train.steps=4", "--plan"]) == 0
+    assert "training goes on from step_00000002.pt" in capfd.readouterr().out
     assert main(["pipeline", str(config), "--set", "train.steps=4"]) == 0
     out = capfd.readouterr().out
     assert "[1/1] train    start  resume: steps 2 -> 4: the command goes on from where it ended" in out, out
@@ -543,6 +545,14 @@ tensorboard = false
     err = capfd.readouterr().err
     assert "the train stage's redo (options changed: steps 4 -> 3) deletes train: " in err and "--force" in err, err
     assert sorted(p.name for p in checkpoints.glob("*.pt")) == ["step_00000002.pt", "step_00000004.pt"]
+
+    # killed before its first checkpoint: the plan must not promise a resume it cannot give
+    record = root / "_wit" / "pipeline" / "train.json"
+    record.write_text(json.dumps(json.loads(record.read_text()) | {"state": "running"}))
+    for p in checkpoints.glob("*.pt"):
+        p.unlink()
+    assert main(["pipeline", str(config), "--set", "train.steps=4", "--plan"]) == 0
+    assert "it wrote no checkpoint, so training starts again at step 0" in capfd.readouterr().out
 
 
 def test_paths_in_the_config_are_read_against_its_folder_and_an_early_error_leaves_nothing(tmp_path, monkeypatch,

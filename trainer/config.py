@@ -48,8 +48,10 @@ class TrainConfig:
                       choices=("auto", "gpu", "cpu"))
     channels_last: bool = opt(False, "images and model in channels-last memory format (helps convolutions on GPUs)")
     log_every: int = opt(10, "steps per log line", minimum=1)
-    ckpt_every: int = opt(200, "steps per checkpoint (one is always written at the end)", minimum=1)
-    ckpt_minutes: float = opt(0.0, "also checkpoint when this many minutes passed (checked at log lines; 0: off)",
+    ckpt_every: int = opt(200, "steps per checkpoint (one is always written at the end; 0: by time only)",
+                          minimum=0)
+    ckpt_minutes: float = opt(5.0, "also checkpoint when this many minutes passed since the last one (checked at "
+                                   "log lines; 0: off), so that a kill loses minutes whatever a step costs",
                               minimum=0)
     keep: int = opt(3, "newest checkpoints kept (0: all)", minimum=0)
     log_samples: bool = opt(False, "also write each step's sample keys and local loss to <out>/samples-rank<r>.jsonl")

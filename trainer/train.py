@@ -214,7 +214,7 @@ def train(cfg: TrainConfig) -> int:
         print(f"wit train: {world} x {device.type} ({threads} threads, {cfg.workers} loader workers each, "
               f"decode on {decode}), "
               f"{sum(loader.counts)} samples in {len(loader.urls)} shards, "
-              f"{loader.steps_per_epoch} steps/epoch\n{cfg.to_json()}", flush=True)
+              f"{loader.steps_per_epoch} steps/epoch; config in {out / 'config.json'}", flush=True)
         print(f"wit train: {'resuming from ' + resume if resume else 'starting fresh'} at step {step}{note}", flush=True)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     samples_log = open(out / f"samples-rank{rank}.jsonl", "a") if cfg.log_samples else None
@@ -252,7 +252,7 @@ def train(cfg: TrainConfig) -> int:
             samples_log.write(json.dumps({"step": step - 1, "epoch": batch["epoch"], "keys": batch["keys"],
                                          "skipped": batch["skipped"], "loss": loss.item()}) + "\n")
             samples_log.flush()
-        save_now = step % cfg.ckpt_every == 0 or step == cfg.steps
+        save_now = (cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0) or step == cfg.steps
         if step % cfg.log_every == 0 or step == cfg.steps:
             due = rank == 0 and cfg.ckpt_minutes > 0 and time.monotonic() - last_save > cfg.ckpt_minutes * 60
             loss_sum, wait, skipped, due = all_sum([float(interval["loss"]), interval["wait"], interval["skipped"],

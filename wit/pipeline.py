@@ -452,6 +452,9 @@ def _bytes(n: int) -> str:
 def _why(pipe: Pipeline, d: Decision, start: str | None, plan: bool = False) -> str:
     if not d.action:
         return f"({'before --from ' + start if start else 'not --only'})"
+    if d.action == "resume":
+        note = d.step.stage.resume_note(pipe.context, d.step.config)
+        return f"{d.why}; {note}" if note else d.why
     if d.action != "redo" or not d.clears:
         return d.why
     asks = "; asks first, or --force" if plan and d.step.stage.costly else ""

@@ -128,6 +128,10 @@ class Stage:
         """What the stage's end line shows: rows in, kept, dropped by reason, or the stage's own figures."""
         return {}
 
+    def resume_note(self, c: Context, cfg) -> str:
+        """What resuming it really does, when its command cannot always go on where it stopped ('' otherwise)."""
+        return ""
+
     def all_runtime(self) -> set[str]:
         from wit.shards.runner import EngineOptions
         from wit.shards.sql import SQLOptions
@@ -424,6 +428,14 @@ class Train(Stage):
     def figures(self, s):
         return {"steps": s["step"], "loss": None if s["loss"] is None else round(s["loss"], 4),
                 "checkpoints": s["checkpoints"]}
+
+    def resume_note(self, c, cfg):
+        from wit.trainer.checkpoint import latest
+
+        last = latest(cfg.ckpt_dir)
+        if last is None:
+            return "it wrote no checkpoint, so training starts again at step 0"
+        return f"training goes on from {last.rsplit('/', 1)[-1]}"
 
 
 class ZeroShot(Stage):
