@@ -65,7 +65,7 @@ RESULTS: dict[str, str] = {}
 
 def result(name: str, value, target: str = "", note: str = "") -> None:
     """One RESULT line, printed now and kept for results.json."""
-    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    text = (f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}") if isinstance(value, float) else str(value)
     RESULTS[name] = text
     print(f"RESULT {name}={text}" + (f" {target}" if target else "") + (f"  ({note})" if note else ""), flush=True)
 
