@@ -55,6 +55,10 @@ class TrainConfig:
     keep: int = opt(3, "newest checkpoints kept (0: all)", minimum=0)
     log_samples: bool = opt(False, "also write each step's sample keys and local loss to <out>/samples-rank<r>.jsonl")
     tensorboard: bool = opt(True, "also write the log scalars to TensorBoard event files in <out>/tensorboard")
+    eval_tasks: str = opt("", "evaluate during training: a task list in DataComp's form (`wit eval suite`); results "
+                              "in log.jsonl, TensorBoard and <out>/eval/step_XXXXXXXX.jsonl")
+    eval_every: str = opt("", "with --eval-tasks: every N steps (500) or minutes (30m), and at the end")
+    eval_root: str = opt("", "with --eval-tasks: the folder of the datasets (default: the task list's folder)")
 
     @property
     def ckpt_dir(self) -> str:

@@ -230,6 +230,7 @@ def train(cfg: TrainConfig) -> int:
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     samples_log = open(out / f"samples-rank{rank}.jsonl", "a") if cfg.log_samples else None
     board = tensorboard_writer(out) if rank == 0 and cfg.tensorboard else None
+    evaluation = training_eval(cfg, rank, world, device, out)
     bar = progress_bar(total=cfg.steps, initial=step, desc="train", unit="step", disable=rank != 0)
 
     batches, last_save, started = prepared_ahead(iter(loader), prepare), time.monotonic(), time.perf_counter()
@@ -296,6 +297,8 @@ def train(cfg: TrainConfig) -> int:
             spent = time.perf_counter() - saving
             interval["saving"] += spent  # logged as checkpoint_s with the next line
             interval["t0"] += spent  # so that its samples/s counts training time, not the saving
+        if evaluation:
+            evaluation.maybe_run(model, step, final=step == cfg.steps, log=log, board=board, bar=bar)
 
     bar.close()
     if board:
@@ -344,6 +347,16 @@ def log_line(r: dict) -> str:
     return (f"step {r['step']} epoch {r['epoch']}  loss {r['loss']:.4f}  temperature {r['temperature']:.4f}  "
             f"lr {r['lr']:.2e}  {r['samples_per_s']:.0f} samples/s ({r['samples_per_s_per_device']:.0f}/device)  "
             f"data wait {r['data_wait']:.0%}  skipped {r['skipped']}")
+
+
+def training_eval(cfg: TrainConfig, rank: int, world: int, device, out: Path):
+    """The evaluator of --eval-tasks (trainer/eval/in_training.py), or None."""
+    if not cfg.eval_tasks:
+        if cfg.eval_every:
+            raise WitError("--eval-every: needs --eval-tasks (a task list)")
+        return None
+    from wit.trainer.eval.in_training import TrainingEval
+    return TrainingEval(cfg, rank, world, device, out)
 
 
 def tensorboard_writer(out: Path):

@@ -84,6 +84,11 @@ class Stage:
     grows: tuple[str, ...] = ()  # options whose larger value continues a finished run (train's steps), not redoes it
     reruns: tuple[str, ...] = ()  # options that, set, run a finished stage again (the crawl's retry_failed)
     costly = False  # what it writes took hours (a crawl, a training run): a redo that would delete it asks first
+    # Keys of its table that name files the user gives (the folders between stages are the pipeline's): a relative
+    # one is read against the config file's folder (inputs: unless it is a keyword such as 'none', 'latest' or
+    # 'cifar10'; wit.pipeline.user_paths).
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ("temp_dir",)
 
     @property
     def config(self):
@@ -200,11 +205,17 @@ class Text(Stage):
         return run_text(cfg)
 
     def figures(self, s):
-        return funnel(s["rows"], s["kept"], s["dropped"])
+        figures = funnel(s["rows"], s["kept"], s["dropped"])
+        if s.get("languages"):  # what langid said of the captions it judged: the five most common, then the rest
+            top = list(s["languages"].items())
+            figures["languages"] = ", ".join(f"{k} {v:,}" for k, v in top[:5]) + (
+                f", other {sum(v for _, v in top[5:]):,}" if len(top) > 5 else "")
+        return figures
 
 
 class Images(Stage):
     name, command, config_class = "images", "filter images", "wit.filters.images:ImagesConfig"
+    inputs = ("eval_sets",)
 
     def fill(self, c):
         return {"raw": c.layout.raw, "out": c.layout.verdicts("images")}
@@ -247,6 +258,7 @@ class Dedup(Stage):
 
 class Queries(Stage):
     name, command, config_class = "queries", "queries build", "wit.filters.queries:QueryBuildConfig"
+    inputs = ("unigrams", "bigrams", "titles", "wordnet", "extra")
 
     def fill(self, c):
         return {"out": c.layout.queries}
@@ -372,6 +384,7 @@ class Train(Stage):
     runtime = ("log_every", "tensorboard", "log_samples", "keep", "ckpt_every", "ckpt_minutes")
     grows = ("steps",)  # more steps: `wit train --resume latest` goes on from the last checkpoint
     costly = True
+    inputs, outputs = ("resume",), ("ckpt",)
 
     def fill(self, c):
         return {"data": join(c.layout.corpus, "index.json")}
@@ -414,6 +427,7 @@ class Train(Stage):
 
 class ZeroShot(Stage):
     name, command, config_class = "zeroshot", "eval zeroshot", "wit.trainer.eval.zeroshot:ZeroShotConfig"
+    inputs = ("data", "prompts")
     runtime = ("batch_size", "workers", "device")
 
     def fill(self, c):
