@@ -44,7 +44,8 @@ class TrainConfig:
     grad_checkpointing: bool = opt(False, "recompute activations in the backward pass: less memory, more time")
     compile: bool = opt(False, "torch.compile the model")
     decode: str = opt("auto", "where JPEGs are decoded and cropped: gpu (nvJPEG on the device, the loader workers only "
-                              "read and tokenise), cpu (PIL in the loader workers), auto (gpu on CUDA, else cpu)",
+                              "read and tokenise), cpu (PIL in the loader workers), auto (gpu on CUDA once its JPEG "
+                              "self-test passes, else cpu)",
                       choices=("auto", "gpu", "cpu"))
     channels_last: bool = opt(False, "images and model in channels-last memory format (helps convolutions on GPUs)")
     log_every: int = opt(10, "steps per log line", minimum=1)

@@ -180,8 +180,8 @@ def crop_box(width: int, height: int, rng: random.Random) -> tuple[int, int, int
 
 def crop_plan(data: bytes, size: int, rng: random.Random) -> tuple[Image.Image, tuple[int, int, int, int], int]:
     """(image opened and set to decode at reduced size, its crop box, the reduction factor): the one place where a
-    sample's crop is drawn, for the CPU path (which decodes the image here) and the device path (which decodes the
-    full-size JPEG on the device and crops the box times the factor). Reads the header only; nothing is decoded."""
+    sample's crop is drawn, for the CPU path (which decodes the image here) and the device path (which decodes on the
+    device the JPEGs that need no reduction, `suits_the_device`). Reads the header only; nothing is decoded."""
     img = Image.open(io.BytesIO(data))
     full = img.size
     need = math.ceil(size / math.sqrt(SCALE[0] / RATIO[1]))  # the smallest crop side must still cover `size`
@@ -205,6 +205,15 @@ def crop_resized(img: Image.Image, box: tuple[int, int, int, int], size: int, ou
         return resized
     out.copy_(resized)
     return out
+
+
+def suits_the_device(img: Image.Image, factor: int) -> bool:
+    """Whether `--decode gpu` decodes this image (opened by crop_plan) on the device; the loader workers decode the
+    rest. A baseline RGB or grey JPEG, yes. A progressive one (its SOF2 marker, which PIL reads with the header) goes
+    through nvJPEG's slow one-at-a-time path, not the batched hardware one; an oversized one (at least twice the side
+    its crop needs, so crop_plan's draft `factor` > 1) is decoded here by libjpeg at 1/4 of its pixels or fewer,
+    where the device would decode it whole; PNG, CMYK and others nvJPEG does not take."""
+    return img.format == "JPEG" and img.mode in ("RGB", "L") and not img.info.get("progressive") and factor == 1
 
 
 def caption_of(sample: dict[str, bytes]) -> str:
@@ -361,8 +370,8 @@ class EpochStream(torch.utils.data.IterableDataset):
     def collate(self, j: int, slots) -> dict:
         """The batch: uint8 `images` [B, 3, size, size]; with `jpeg_bytes`, instead `jpegs` (the stored bytes of the
         RGB or grey JPEGs end to end, one tensor: one shared-memory handle per batch, not per sample) with
-        `jpeg_sizes` [B] (0 for other slots), their crop `boxes` in full-size pixels, and `images` [K, ...] of the K
-        other samples (PNG, CMYK, ...), decoded here, at `decoded_at`."""
+        `jpeg_sizes` [B] (0 for other slots), their crop `boxes`, and `images` [K, ...] of the K other samples (PNG,
+        CMYK, progressive, oversized: `suits_the_device`), decoded here, at `decoded_at`."""
         size, B = self.image_size, len(slots)
         images = torch.zeros(0 if self.jpeg_bytes else B, 3, size, size, dtype=torch.uint8)
         jpegs, sizes, boxes = [], torch.zeros(B, dtype=torch.int64), torch.zeros(B, 4, dtype=torch.int64)
@@ -381,10 +390,10 @@ class EpochStream(torch.utils.data.IterableDataset):
                 img, box, factor = crop_plan(image, size, rng)
                 if not self.jpeg_bytes:
                     crop_resized(img, box, size, out=images[n])
-                elif img.format == "JPEG" and img.mode in ("RGB", "L"):
+                elif suits_the_device(img, factor):
                     jpegs.append(image)
                     sizes[n] = len(image)
-                    boxes[n] = torch.tensor(box) * factor
+                    boxes[n] = torch.tensor(box)
                 else:
                     decoded.append(crop_resized(img, box, size)), decoded_at.append(n)
                 texts.append(text), keys.append(key), valid.append(True)

@@ -25,7 +25,7 @@ from wit.shards.storage import WitError, check_bucket
 from wit.trainer import checkpoint
 from wit.trainer.config import TrainConfig
 from wit.trainer.data import ShardLoader, resolve_shards
-from wit.trainer.gpu_decode import DeviceBatches, decode_mode, prepared_ahead
+from wit.trainer.gpu_decode import DeviceBatches, choose_decode, prepared_ahead
 from wit.trainer.loss import LOSSES, MAX_LOGIT_SCALE, clip_loss, model_kwargs
 
 MODEL_CONFIGS = Path(__file__).parent / "model_configs"
@@ -72,6 +72,16 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, world, device
+
+
+def fast_cuda_math(device: torch.device) -> None:
+    """On CUDA, what open_clip_train sets (so that the two compare fairly): cuDNN times its kernels for each input
+    shape once and keeps the fastest (the shapes never change here), and float32 matrix products and convolutions
+    (what bf16 autocast leaves in float32, and the device path's crop-resize) may use TF32 tensor cores."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def set_threads(workers: int) -> int:
@@ -170,6 +180,7 @@ def train(cfg: TrainConfig) -> int:
     # write task is logged there with a traceback, beside the error that reaches the caller (reported in one line)
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     rank, world, device = setup_distributed()
+    fast_cuda_math(device)
     cpu_group = dist.new_group(backend="gloo") if world > 1 and device.type == "cuda" else None  # sums w/o the GPU
     threads = set_threads(cfg.workers)
     # Rank 0 lists (or reads the index of) the shards and tells the others; fail early on bad data, before building
@@ -190,7 +201,7 @@ def train(cfg: TrainConfig) -> int:
     size = size[0] if isinstance(size, (tuple, list)) else size
     mean = torch.tensor(getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN, device=device)
     std = torch.tensor(getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD, device=device)
-    decode = decode_mode(cfg.decode, device)
+    decode, why = choose_decode(cfg.decode, device)  # auto: the device only once its JPEG self-test passed
     loader = ShardLoader(cfg.data, batch_size=cfg.batch_size, image_size=size, rank=rank, world=world,
                          tokenizer=open_clip.get_tokenizer(cfg.model), workers=cfg.workers, seed=cfg.seed,
                          window=cfg.window, resampled=cfg.resampled, shards=shards, jpeg_bytes=decode == "gpu",
@@ -212,7 +223,7 @@ def train(cfg: TrainConfig) -> int:
     if rank == 0:
         (out / "config.json").write_text(cfg.to_json() + "\n")
         print(f"wit train: {world} x {device.type} ({threads} threads, {cfg.workers} loader workers each, "
-              f"decode on {decode}), "
+              f"decode on {decode}: {why}), "
               f"{sum(loader.counts)} samples in {len(loader.urls)} shards, "
               f"{loader.steps_per_epoch} steps/epoch; config in {out / 'config.json'}", flush=True)
         print(f"wit train: {'resuming from ' + resume if resume else 'starting fresh'} at step {step}{note}", flush=True)
@@ -223,7 +234,7 @@ def train(cfg: TrainConfig) -> int:
     bar = progress_bar(total=cfg.steps, initial=step, desc="train", unit="step", disable=rank != 0)
 
     batches, last_save, started = prepared_ahead(iter(loader), prepare), time.monotonic(), time.perf_counter()
-    interval = {"loss": 0.0, "steps": 0, "wait": 0.0, "skipped": 0, "t0": time.perf_counter()}
+    interval = new_interval()
     bad_shards: dict[str, str] = {}  # url -> how it is short of its count; tolerated up to --max-bad-shards
     while step < cfg.steps:
         t = time.perf_counter()
@@ -255,29 +266,37 @@ def train(cfg: TrainConfig) -> int:
         save_now = (cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0) or step == cfg.steps
         if step % cfg.log_every == 0 or step == cfg.steps:
             due = rank == 0 and cfg.ckpt_minutes > 0 and time.monotonic() - last_save > cfg.ckpt_minutes * 60
-            loss_sum, wait, skipped, due = all_sum([float(interval["loss"]), interval["wait"], interval["skipped"],
-                                                    float(due)], device)  # rank 0's clock decides for all
+            decoded = prepare.decoder.take_counts() if decode == "gpu" else {}  # where the images were decoded
+            loss_sum, wait, skipped, due, *counts = all_sum([float(interval["loss"]), interval["wait"],
+                                                             interval["skipped"], float(due), *decoded.values()],
+                                                            device)  # rank 0's clock decides for all
             save_now = save_now or due > 0
             elapsed = time.perf_counter() - interval["t0"]
             n = interval["steps"]
-            record = {"step": step, "epoch": batch["epoch"], "loss": loss_sum / n / world, "lr": lr,
+            record = {"step": step, "epoch": batch["epoch"], "time": time.time(), "interval_s": elapsed,
+                      "loss": loss_sum / n / world, "lr": lr,
                       "temperature": 1 / model.logit_scale.exp().item(), "logit_scale": model.logit_scale.exp().item(),
                       "samples_per_s": n * world * cfg.batch_size / elapsed,
                       "samples_per_s_per_device": n * cfg.batch_size / elapsed,
                       "data_wait": wait / world / elapsed, "skipped": int(skipped), "bad_shards": len(bad_shards),
-                      "samples_seen": samples_seen}
+                      "samples_seen": samples_seen, "checkpoint_s": interval["saving"],
+                      **{f"decode_{kind}": int(count) for kind, count in zip(decoded, counts)}}
             if rank == 0:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 if board:  # the same scalars, for TensorBoard
-                    for name in record.keys() - {"step"}:
+                    for name in record.keys() - {"step", "time"}:
                         board.add_scalar(f"train/{name}", record[name], step)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", sps=f"{record['samples_per_s']:.0f}")
                 bar.write(log_line(record))  # stdout, above the bar (which is on stderr)
-            interval = {"loss": 0.0, "steps": 0, "wait": 0.0, "skipped": 0, "t0": time.perf_counter()}
+            interval = new_interval()
         if save_now:
+            saving = time.perf_counter()
             save(cfg, rank, world, model, optimizer, loader.state_dict(after=batch), step, samples_seen)
             last_save = time.monotonic()
+            spent = time.perf_counter() - saving
+            interval["saving"] += spent  # logged as checkpoint_s with the next line
+            interval["t0"] += spent  # so that its samples/s counts training time, not the saving
         if evaluation:
             evaluation.maybe_run(model, step, final=step == cfg.steps, log=log, board=board, bar=bar)
 
@@ -288,6 +307,11 @@ def train(cfg: TrainConfig) -> int:
         print(f"wit train: done at step {step} ({samples_seen:,} samples seen) in {time.perf_counter() - started:.0f} s; "
               f"checkpoints in {cfg.ckpt_dir}, log in {out / 'log.jsonl'}", flush=True)
     return 0
+
+
+def new_interval() -> dict:
+    """What a log line sums over its steps; t0 is when they began, moved on by the time spent saving checkpoints."""
+    return {"loss": 0.0, "steps": 0, "wait": 0.0, "skipped": 0, "saving": 0.0, "t0": time.perf_counter()}
 
 
 def usable_samples(batch: dict, bad_shards: dict[str, str], cfg: TrainConfig, step: int, rank: int, world: int,
