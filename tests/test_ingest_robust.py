@@ -1,0 +1,76 @@
+"""A crawl under stress: a worker killed by the kernel, a deadline that covers every robots.txt a row waits for, the
+rate floor and small images, URLs and answers that name no place to go, and outputs, records and inputs that are
+not what they should be (one line each, nothing of the user's touched)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_csv
+from tests.ingest_helpers import REPO, manifests
+from wit.ingest.loopback import LoopbackImageServer
+
+
+def by_caption(out):
+    return {row["caption"]: row for row in manifests(out).to_pylist()}
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is pid (from /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _pool_workers(pid: int) -> list[int]:
+    def cmdline(kid):
+        try:
+            return Path(f"/proc/{kid}/cmdline").read_bytes()
+        except OSError:
+            return b""
+
+    return [kid for kid in _children(pid) if b"spawn_main" in cmdline(kid)]
+
+
+@pytest.mark.timeout(240)
+def test_a_worker_killed_by_the_kernel_loses_no_shard_and_hangs_nothing(tmp_path, real_images):
+    names = sorted(real_images)
+    with LoopbackImageServer(real_images, host="127.0.0.12", delay_seconds=0.5) as server:
+        rows = [(f"{server.url}/delay/{names[i % len(names)]}", f"photo {i}") for i in range(12)]
+        out = tmp_path / "out"
+        args = ["download", str(write_csv(tmp_path / "l.csv", rows)), "--out", str(out), "--allow-net",
+                "127.0.0.12/32", "--shard-size", "3", "--processes", "2", "--threads", "1", "--no-progress"]
+        proc = subprocess.Popen([sys.executable, "-m", "wit", *args], cwd=REPO, start_new_session=True, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            for _ in range(1200):  # until a worker is fetching a shard's images (bounded: 120 s)
+                if any(p.startswith("/delay/") for p in server.requests) and _pool_workers(proc.pid):
+                    break
+                time.sleep(0.1)
+            victim = _pool_workers(proc.pid)[0]
+            os.kill(victim, signal.SIGKILL)  # what the out-of-memory killer does
+            try:
+                stdout, stderr = proc.communicate(timeout=150)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the crawl still runs 150 s after worker {victim} was killed: it hangs")
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert proc.returncode == 0, stderr
+    assert "a worker process died (killed?): starting the pool again" in stderr, stderr
+    got = by_caption(out)
+    assert len(got) == 12 and all(row["status"] == "ok" for row in got.values()), got
+    assert "this run      4 shards" in stdout, stdout
