@@ -6,8 +6,9 @@ the host (fetched once per worker, shared by its rows), then its attempts. An at
 and each hop is parsed (`guard.parse_target`), resolved and checked (`guard.Resolver`) and, unless
 `--ignore-robots`, checked against that host's robots.txt. Each request has `--timeout` for connect and headers
 together; a body takes a memory slot when it starts (at most 2 x `--threads` bodies being read or waiting for the
-resizer) and must keep up `--min-rate` over every `RATE_WINDOW`; the row, every attempt and backoff included,
-ends at `--deadline`. Transient failures are retried (`--retries`) after an exponential backoff with jitter while
+resizer) and must keep up `--min-rate` over every `RATE_WINDOW`. The row ends at `--deadline`, counted from the
+moment it holds its host's slot and pacing turn: every wait for a robots.txt (of each hop's host), every attempt and
+backoff included. Transient failures are retried (`--retries`) after an exponential backoff with jitter while
 the deadline allows.
 """
 from __future__ import annotations
@@ -169,11 +170,12 @@ class Fetcher:
             async with host.slots:
                 if self.hosts.tripped(host):
                     raise Failure("host_unreachable", f"{target.key} failed {s.host_failures} times in a row")
+                await self.hosts.pace(host)
+                deadline_at = loop.time() + s.deadline  # from here on, everything the row does counts
                 if s.robots:
                     async with self.connections:
-                        await self._robots_allow(target, host, url, job)
-                await self.hosts.pace(host)
-                body = await self._attempts(url, host, loop.time() + s.deadline, job)
+                        await self._robots_allow(target, host, url, deadline_at, job)
+                body = await self._attempts(url, host, deadline_at, job)
             job.stats.row(target.key, None)
             return body, None
         except Failure as failure:
@@ -217,7 +219,7 @@ class Fetcher:
             host = self.hosts.get(target.key)
             await self._check_address(target, deadline_at)
             if image and self.settings.robots:
-                await self._robots_allow(target, host, url, job)
+                await self._robots_allow(target, host, url, deadline_at, job)
             began = asyncio.get_running_loop().time()
             try:
                 status, body, location = await self._request(url, target, host, deadline_at, job if image else None)
@@ -334,12 +336,18 @@ class Fetcher:
                 raise Failure("timeout", f"no data for {s.timeout:g} s in the body ({size} bytes)")
 
     # --------------------------------------------------------------------------------------------- robots.txt
-    async def _robots_allow(self, target: Target, host: Host, url: str, job: _Job) -> None:
+    async def _robots_allow(self, target: Target, host: Host, url: str, deadline_at: float, job: _Job) -> None:
+        """Whether robots.txt lets the row fetch url. The host's robots.txt is fetched once, under a deadline of its
+        own, and shared by the host's rows: each row waits for it only until its own deadline."""
         previous = host.robots
         if previous is None or previous.cancelled() or (previous.done() and isinstance(previous.exception(), Failure)):
             host.robots = asyncio.ensure_future(self._robots_rules(target, job))  # never fetched, or the host did not answer
         try:
-            rules = await asyncio.shield(host.robots)
+            async with asyncio.timeout_at(deadline_at):
+                rules = await asyncio.shield(host.robots)
+        except TimeoutError:
+            raise Failure("deadline", f"robots.txt of {target.key} not read within the "
+                                      f"{self.settings.deadline:g} s deadline") from None
         except robots.Unavailable as err:
             raise Failure("robots_unavailable", str(err).removeprefix("robots_unavailable: ")) from None
         except Failure as failure:

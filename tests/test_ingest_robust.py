@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_csv
-from tests.ingest_helpers import REPO, manifests
+from tests.ingest_helpers import REPO, manifests, wit
 from wit.ingest.loopback import LoopbackImageServer
 
 
@@ -74,3 +74,19 @@ def test_a_worker_killed_by_the_kernel_loses_no_shard_and_hangs_nothing(tmp_path
     got = by_caption(out)
     assert len(got) == 12 and all(row["status"] == "ok" for row in got.values()), got
     assert "this run      4 shards" in stdout, stdout
+
+
+def test_the_deadline_covers_the_robots_txt_of_every_hop(tmp_path, real_images):
+    name = sorted(real_images)[0]
+    with LoopbackImageServer(real_images, host="127.0.0.13", robots_delay=2.0) as first, \
+            LoopbackImageServer(real_images, host="127.0.0.14", robots_delay=2.0) as second:
+        rows = [(f"{first.url}/redirect?to={second.url}/img/{name}", "two slow robots.txt")]
+        out = tmp_path / "out"
+        r = wit("download", str(write_csv(tmp_path / "l.csv", rows)), "--out", str(out), "--allow-net",
+                "127.0.0.0/8", "--timeout", "10", "--deadline", "3", "--processes", "1", "--no-progress")
+        assert r.returncode == 0, r.stderr
+        row = by_caption(out)["two slow robots.txt"]
+        # each robots.txt alone fits in 3 s, both do not: the row ends at its deadline, waiting for the second
+        assert (row["status"], row["reason"]) == ("failed", "deadline"), row["detail"]
+        assert f"robots.txt of {second.host}:{second.port}" in row["detail"], row["detail"]
+        assert f"/img/{name}" not in second.requests
