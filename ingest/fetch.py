@@ -328,7 +328,9 @@ class Fetcher:
                 raise Failure("deadline", f"body not complete within the {s.deadline:g} s deadline ({size} bytes)")
             if now >= window_start + RATE_WINDOW:
                 arrived = content.total_bytes - window_bytes
-                if s.min_rate > 0 and arrived < s.min_rate * RATE_WINDOW:
+                if (s.min_rate > 0 and arrived < s.min_rate * RATE_WINDOW
+                        and not _ends_in_time(response, content.total_bytes, arrived / (now - window_start),
+                                              deadline_at - now)):
                     raise Failure("too_slow", f"{arrived} bytes in {RATE_WINDOW:g} s, under --min-rate "
                                               f"{s.min_rate:g} bytes/s ({size} bytes in all)")
                 window_start, window_bytes = now, content.total_bytes
@@ -415,6 +417,13 @@ def classify(err: BaseException) -> Failure:
     if isinstance(err, (aiohttp.ClientOSError, OSError)):
         return Failure("connection_error", str(err))
     return Failure("download_error", f"{type(err).__name__}: {err}")
+
+
+def _ends_in_time(response, received: int, rate: float, left: float) -> bool:
+    """Whether the rest of a body its Content-Length announces comes before the deadline at `rate` (bytes/s): a
+    small image sent slowly ends well inside the deadline, and the rate floor has no reason to drop it."""
+    length = response.headers.get("Content-Length", "")
+    return length.isdigit() and int(length) - received <= rate * left
 
 
 def _release(semaphore: asyncio.Semaphore, n: int) -> None:

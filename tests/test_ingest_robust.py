@@ -3,6 +3,7 @@ rate floor and small images, URLs and answers that name no place to go, and outp
 not what they should be (one line each, nothing of the user's touched)."""
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.conftest import write_csv
 from tests.ingest_helpers import REPO, manifests, wit
@@ -90,3 +92,19 @@ def test_the_deadline_covers_the_robots_txt_of_every_hop(tmp_path, real_images):
         assert (row["status"], row["reason"]) == ("failed", "deadline"), row["detail"]
         assert f"robots.txt of {second.host}:{second.port}" in row["detail"], row["detail"]
         assert f"/img/{name}" not in second.requests
+
+
+def test_the_rate_floor_lets_a_small_image_finish_that_ends_well_inside_the_deadline(tmp_path):
+    buf = io.BytesIO()
+    Image.effect_noise((40, 40), 60).convert("RGB").save(buf, "JPEG", quality=90)
+    small = buf.getvalue()
+    assert len(small) < 3 * 1024  # under one 3 s window of the 1,024 bytes/s floor
+    with LoopbackImageServer({"small.jpg": small}, host="127.0.0.15", slowok_delay=0.1, slowok_seconds=4.0) as server:
+        rows = [(f"{server.url}/slowok/small.jpg", "small and slow")]
+        out = tmp_path / "out"
+        r = wit("download", str(write_csv(tmp_path / "l.csv", rows)), "--out", str(out), "--allow-net",
+                "127.0.0.15/32", "--min-rate", "1024", "--timeout", "10", "--deadline", "30", "--processes", "1",
+                "--no-progress")
+    assert r.returncode == 0, r.stderr
+    row = by_caption(out)["small and slow"]
+    assert row["status"] == "ok", row["detail"]
