@@ -383,6 +383,8 @@ def _check_answer(response, s: FetchSettings) -> None:
         retry_after = response.headers.get("Retry-After", "")
         raise Failure(f"http_{response.status}", f"HTTP Error {response.status}: {response.reason}",
                       float(retry_after) if retry_after.isdigit() else 0.0)
+    if response.status >= 300:  # a redirect without a Location (or a 304): its body is not the image
+        raise Failure("bad_response", f"{response.status} {response.reason} with no Location to follow")
     optouts = response.headers.getall("X-Robots-Tag", [])
     if s.header_optouts and robots.header_optout(optouts, s.user_agent_token, s.header_optouts):
         raise Failure("robots_optout", "use of the image disallowed by an X-Robots-Tag directive")

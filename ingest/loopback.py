@@ -17,6 +17,7 @@ Routes:  /img/<name>        the image            /404, /500, /503    that status
          /reset             closes the connection with a TCP reset   /corrupt.jpg  a JPEG cut to garbage
          /page.html         an HTML page        /bomb.jpg  a JPEG whose header claims 60000 x 60000 pixels
          /loop              redirects to itself  /redirect?to=<url>  redirects to <url>
+         /nolocation/<name> 302 without a Location header, the image as its body
          /robots.txt        `robots_txt` when set, else 404; after `robots_delay` seconds
 
 What the server saw is kept for tests: `requests` (paths), `request_times` ((monotonic time, path)),
@@ -183,6 +184,8 @@ class LoopbackImageServer:
                     return self._send(200, b"<html><body>not an image</body></html>", {"Content-Type": "text/html"})
                 if path == "/bomb.jpg":
                     return self._send(200, bomb_jpeg())
+                if head == "nolocation" and image:
+                    return self._send(302, image)
                 if path == "/loop":
                     return self._send(302, b"", {"Location": "/loop"})
                 if path == "/redirect":

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import write_csv
-from tests.ingest_helpers import REPO, manifests, wit
+from tests.ingest_helpers import FAST, REPO, manifests, wit
+from wit.ingest.guard import InvalidURL, parse_target
 from wit.ingest.loopback import LoopbackImageServer
 
 
@@ -108,3 +109,24 @@ def test_the_rate_floor_lets_a_small_image_finish_that_ends_well_inside_the_dead
     assert r.returncode == 0, r.stderr
     row = by_caption(out)["small and slow"]
     assert row["status"] == "ok", row["detail"]
+
+
+def test_port_zero_and_a_redirect_without_location_are_no_answer(tmp_path, image_server, real_images):
+    name = sorted(real_images)[0]
+    rows = [("http://127.0.0.1:0/img/x.jpg", "port 0"),
+            (f"{image_server.url}/redirect?to=http://127.0.0.1:0/img/x.jpg", "redirect to port 0"),
+            (f"{image_server.url}/nolocation/{name}", "302 without Location"),
+            (f"{image_server.url}/img/{name}", "good")]
+    out = tmp_path / "out"
+    r = wit("download", str(write_csv(tmp_path / "l.csv", rows)), "--out", str(out), "--allow-net", "127.0.0.1/32",
+            *FAST)
+    assert r.returncode == 0, r.stderr
+    got = {caption: (row["status"], row["reason"]) for caption, row in by_caption(out).items()}
+    assert got == {"port 0": ("failed", "invalid_url"), "redirect to port 0": ("failed", "invalid_url"),
+                   "302 without Location": ("failed", "bad_response"), "good": ("ok", None)}
+
+
+def test_port_zero_is_not_the_default_port():
+    with pytest.raises(InvalidURL, match="port 0"):
+        parse_target("http://127.0.0.1:0/x.jpg")
+    assert parse_target("http://127.0.0.1:/x.jpg").port == 80  # an empty port is the default one
