@@ -19,6 +19,8 @@ from tests.ingest_helpers import FAST, REPO, manifests, wit
 from wit.ingest.guard import InvalidURL, parse_target
 from wit.ingest.loopback import LoopbackImageServer
 
+DEAD = "http://127.0.0.1:9"  # a closed port on loopback: every fetch fails at once, a crawl takes no time
+
 
 def by_caption(out):
     return {row["caption"]: row for row in manifests(out).to_pylist()}
@@ -130,3 +132,14 @@ def test_port_zero_is_not_the_default_port():
     with pytest.raises(InvalidURL, match="port 0"):
         parse_target("http://127.0.0.1:0/x.jpg")
     assert parse_target("http://127.0.0.1:/x.jpg").port == 80  # an empty port is the default one
+
+
+def test_a_crawl_whose_out_is_inside_its_lists_folder_resumes(tmp_path):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    write_csv(lists / "part-0.csv", [(f"{DEAD}/{i}.jpg", f"cat {i}") for i in range(3)])
+    args = ["download", str(lists), "--out", str(lists / "raw"), "--allow-net", "127.0.0.1/32", "--shard-size", "2",
+            *FAST, "--processes", "1"]
+    assert wit(*args).returncode == 0
+    r = wit(*args)  # the crawl's own manifests and input are not read as lists
+    assert r.returncode == 0 and "this run      0 shards" in r.stdout, r.stdout + r.stderr
