@@ -134,6 +134,19 @@ def test_port_zero_is_not_the_default_port():
     assert parse_target("http://127.0.0.1:/x.jpg").port == 80  # an empty port is the default one
 
 
+def test_an_output_in_a_bucket_that_does_not_exist_is_refused_and_not_created(tmp_path, s3_server):
+    import s3fs
+
+    lst = write_csv(tmp_path / "l.csv", [(f"{DEAD}/x.jpg", "cat")])
+    r = wit("download", str(lst), "--out", "s3://wit-no-such-bucket/raw", "--allow-net", "127.0.0.1/32", *FAST,
+            "--processes", "1")
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bucket 'wit-no-such-bucket' does not exist" in lines[0], r.stderr
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server}, skip_instance_cache=True)
+    assert not fs.exists("wit-no-such-bucket")
+
+
 def test_a_crawl_whose_out_is_inside_its_lists_folder_resumes(tmp_path):
     lists = tmp_path / "lists"
     lists.mkdir()
