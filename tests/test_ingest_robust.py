@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,3 +157,57 @@ def test_a_crawl_whose_out_is_inside_its_lists_folder_resumes(tmp_path):
     assert wit(*args).returncode == 0
     r = wit(*args)  # the crawl's own manifests and input are not read as lists
     assert r.returncode == 0 and "this run      0 shards" in r.stdout, r.stdout + r.stderr
+
+
+def _dead_crawl(folder: Path) -> list[str]:
+    """The arguments of a crawl of three rows on a closed port, in one process (no pool to start: quick)."""
+    lst = write_csv(folder / "l.csv", [(f"{DEAD}/{i}.jpg", f"cat {i}") for i in range(3)])
+    return ["download", str(lst), "--out", str(folder / "out"), "--allow-net", "127.0.0.1/32", "--shard-size", "2",
+            *FAST, "--processes", "1"]
+
+
+@pytest.fixture(scope="module")
+def dead_crawl(tmp_path_factory):
+    """A finished crawl to copy: (its folder, the arguments that made it)."""
+    folder = tmp_path_factory.mktemp("dead")
+    args = _dead_crawl(folder)
+    assert wit(*args).returncode == 0
+    return folder, args
+
+
+def _copy(dead_crawl, tmp_path: Path) -> tuple[Path, list[str]]:
+    """A copy of the crawl's output, and the arguments that resume it (the same list: the record names it)."""
+    folder, args = dead_crawl
+    out = shutil.copytree(folder / "out", tmp_path / "out")
+    return out, [str(out) if a == str(folder / "out") else a for a in args]
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "lock"}  # the lock names the last run that held it
+
+
+GARBLED = {"garbage": b"\x00\x01 not json", "empty": b"", "a list": b"[1, 2]"}
+
+
+@pytest.mark.parametrize("record", GARBLED.values(), ids=GARBLED.keys())
+def test_a_garbled_run_record_is_one_line_and_nothing_is_touched(tmp_path, dead_crawl, record):
+    out, args = _copy(dead_crawl, tmp_path)
+    (out / "_wit" / "run.json").write_bytes(record)
+    before = _tree(out)
+    r = wit(*args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{out / '_wit' / 'run.json'}: not a readable run record" in lines[0], r.stderr
+    assert _tree(out) == before
+
+
+def test_a_half_written_input_is_built_again_not_trusted(tmp_path, dead_crawl):
+    out, args = _copy(dead_crawl, tmp_path)
+    normalised = out / "_wit" / "input" / "00000.parquet"
+    normalised.write_bytes(normalised.read_bytes()[: normalised.stat().st_size // 2])
+    (out / "00001_stats.json").unlink()  # a shard to redo, so the crawl reads its input again
+    r = wit(*args)
+    assert r.returncode == 0, r.stderr
+    assert "this run      1 shards" in r.stdout, r.stdout
+    assert sorted(row["source_row"] for row in manifests(out).to_pylist()) == [0, 1, 2]
