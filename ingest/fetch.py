@@ -344,6 +344,7 @@ class Fetcher:
         previous = host.robots
         if previous is None or previous.cancelled() or (previous.done() and isinstance(previous.exception(), Failure)):
             host.robots = asyncio.ensure_future(self._robots_rules(target, job))  # never fetched, or the host did not answer
+            host.robots.add_done_callback(_read_outcome)  # the rows that wanted it may all have stopped waiting
         try:
             async with asyncio.timeout_at(deadline_at):
                 rules = await asyncio.shield(host.robots)
@@ -426,6 +427,13 @@ def _ends_in_time(response, received: int, rate: float, left: float) -> bool:
     small image sent slowly ends well inside the deadline, and the rate floor has no reason to drop it."""
     length = response.headers.get("Content-Length", "")
     return length.isdigit() and int(length) - received <= rate * left
+
+
+def _read_outcome(future: asyncio.Future) -> None:
+    """Read a shared fetch's outcome, so that an error no row awaits any more is kept (the next row of the host
+    reads it and fetches again), not logged as lost when the task is collected."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _release(semaphore: asyncio.Semaphore, n: int) -> None:

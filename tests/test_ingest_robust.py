@@ -98,6 +98,37 @@ def test_the_deadline_covers_the_robots_txt_of_every_hop(tmp_path, real_images):
         assert f"/img/{name}" not in second.requests
 
 
+def test_a_robots_txt_no_row_waits_for_any_more_fails_without_a_lost_error(real_images, caplog):
+    """In process: the row gives up on the second host's robots.txt at its deadline; that fetch, left to run, then
+    fails on its own deadline. Its error is read where it is kept, not logged as a task's error nobody retrieved
+    (a traceback in a worker's output when the task is collected)."""
+    import asyncio
+    import gc
+
+    from wit.ingest.crawl_stats import FetchStats
+    from wit.ingest.fetch import FetchSettings, fetcher
+    from wit.ingest.guard import GuardPolicy
+
+    name = sorted(real_images)[0]
+    with LoopbackImageServer(real_images, host="127.0.0.16", robots_delay=1.0) as first, \
+            LoopbackImageServer(real_images, host="127.0.0.17", robots_delay=6.0) as second:
+        fetch = fetcher(FetchSettings(policy=GuardPolicy(allow_nets=("127.0.0.16/31",)), timeout=10, deadline=2))
+        url = f"{first.url}/redirect?to={second.url}/img/{name}"
+        [(_, body, error)] = list(fetch.fetch_rows([(0, url)], FetchStats()))
+        assert body is None and error.startswith("deadline: robots.txt of 127.0.0.17"), error
+
+        async def robots_done():
+            host = fetch.hosts.get(f"{second.host}:{second.port}")
+            while not host.robots.done():  # its own deadline (2 s) ends it
+                await asyncio.sleep(0.05)
+            host.robots = None  # forgotten, as a host that no row needs any more
+
+        asyncio.run_coroutine_threadsafe(robots_done(), fetch.loop).result(timeout=60)
+        with caplog.at_level("ERROR", logger="asyncio"):
+            gc.collect()
+    assert "exception was never retrieved" not in caplog.text, caplog.text
+
+
 def test_the_rate_floor_lets_a_small_image_finish_that_ends_well_inside_the_deadline(tmp_path):
     buf = io.BytesIO()
     Image.effect_noise((40, 40), 60).convert("RGB").save(buf, "JPEG", quality=90)
