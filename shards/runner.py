@@ -13,7 +13,8 @@ made by the caller), never inside every item.
 
 A pool worker that dies (`kill -9`, the kernel's out-of-memory killer) breaks the whole pool: every task then in it
 is lost. The pool is started again and each lost task runs once more; a task lost twice stops the map with one
-line (`WitError`). Ray retries a crashed worker's tasks itself.
+line (`WitError`). Ray retries a crashed worker's tasks itself. A map that stops early (a task's error, or its
+caller stopped reading) ends the pool's tasks still running instead of waiting for them.
 """
 from __future__ import annotations
 
@@ -165,10 +166,12 @@ def _pool_map(fn, items, n: int, window: int, ordered: bool = True) -> Iterator:
         return [(f, _outcome(f)) for f in finished]
 
     pool = _Pool(n)
+    finished = False
     try:
         yield from _in_order(items, lambda x: pool.submit(fn, x), wait_any, window, ordered)
+        finished = True
     finally:
-        pool.shutdown()
+        pool.shutdown(abandon=not finished)
 
 
 def _outcome(future):
@@ -199,7 +202,14 @@ class _Pool:
             self.pool = self._start()
             return self.pool.submit(fn, x)
 
-    def shutdown(self) -> None:
+    def shutdown(self, abandon: bool = False) -> None:
+        """Wait for the workers to exit; `abandon` (the map stopped early: an error, or its caller stopped): end the
+        tasks still running instead of waiting for them (a crawl's shard takes minutes), as a kill would, which
+        every task survives (they publish atomically). Their workers then exit without their interpreter's
+        shutdown, where a tar stream cut off by a full disk would complain again."""
+        if abandon:  # the executor's own workers (its `_processes`: no public way to end them before 3.14)
+            for process in list((getattr(self.pool, "_processes", None) or {}).values()):
+                process.terminate()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 

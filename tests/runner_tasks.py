@@ -38,3 +38,15 @@ def late(job: tuple[str, int]) -> tuple[int, int]:
             break
         time.sleep(0.1)
     return work(job)
+
+
+def stuck(job: tuple[str, int]) -> int:
+    """x = 0 fails at once; every other x waits (up to 300 s) for a `go` file that nobody writes."""
+    folder, x = job
+    if x == 0:
+        raise KeyError("item 0")
+    for _ in range(3000):
+        if Path(folder, "go").exists():
+            break
+        time.sleep(0.1)
+    return x

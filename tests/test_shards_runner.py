@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.runner_tasks import die, late, work
+from tests.runner_tasks import die, late, stuck, work
 from wit.shards.runner import imap, run_map
 from wit.shards.storage import WitError
 
@@ -58,6 +58,13 @@ def test_a_task_that_kills_its_worker_twice_stops_the_map_in_one_line(tmp_path):
     with pytest.raises(WitError, match=r"^task \d+ \(.*\): lost twice, each time when a worker process died"):
         run_map(die, [(str(folder), x) for x in range(12)], workers=2, in_flight=4)
     assert (folder / "died-3").exists()  # task 3 or one lost beside it: a broken pool loses every task it held
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_map_ends_the_tasks_still_running_instead_of_waiting_for_them(tmp_path):
+    # task 1 would run for 300 s: the error of task 0 ends the map now, and task 1's worker with it
+    with pytest.raises(KeyError, match="item 0"):
+        run_map(stuck, [(str(tmp_path), x) for x in range(2)], workers=2)
 
 
 def test_unordered_results_come_as_tasks_finish(tmp_path):
