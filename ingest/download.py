@@ -1,8 +1,9 @@
 """`wit download`: URL-caption lists -> verified WebDataset shards with wit manifests, resumable.
 
 The run, top to bottom: read and normalise the lists -> check the output holds a crawl of the same lists ->
-keep the verified shards, clear anything half-written -> let img2dataset's reader shard the input and its
-distributor map WitDownloader over the shards -> summarise the manifests.
+keep the verified shards, clear anything half-written -> let img2dataset's reader shard the input and a distributor
+(wit's process pool, or img2dataset's Ray and Spark ones) map WitDownloader over the shards -> summarise the
+manifests.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from wit.shards.storage import (
     join,
     write_json_atomic,
 )
-from wit.shards.runner import run_map
+from wit.shards.runner import imap, run_map
 from wit.shards.verify import ShardCheck, check_shards
 
 CHECKS_PER_TASK = 64  # shards per resume task: most are trusted by their marker, a few stat calls each
@@ -118,7 +119,7 @@ def run_engine(cfg: DownloadConfig, input_dir: str, done: set[int], start_shard:
     )
     downloader = build_downloader(cfg, reader.column_list, staging, own_shards(read_record(cfg.out)).width)
     if cfg.distributor == "multiprocessing":
-        run = distributors.multiprocessing_distributor
+        run = pool_distributor
     elif cfg.distributor == "pyspark":
         _require("pyspark", "spark")
         run = distributors.pyspark_distributor
@@ -138,6 +139,19 @@ def run_engine(cfg: DownloadConfig, input_dir: str, done: set[int], start_shard:
         for folder in (tmp, staging):
             with contextlib.suppress(FileNotFoundError):
                 fs.rm(fs_and_path(folder)[1], recursive=True)
+
+
+def pool_distributor(processes: int, downloader, reader, _subjob_size: int, max_shard_retry: int) -> None:
+    """img2dataset's multiprocessing distributor, on wit's process pool (shards/runner.py). img2dataset's
+    `Pool.imap_unordered` waits forever for the shard of a worker that died (the out-of-memory killer); the runner
+    runs such a shard once more, or stops the crawl in one line. Shards are handed on as they finish."""
+    from img2dataset.distributor import retrier
+
+    def run(shards) -> list:
+        results = imap(downloader, shards, workers=processes, ordered=False, progress=False)
+        return [row for ok, row in results if not ok]
+
+    retrier(run, run(reader), max_shard_retry)
 
 
 def _require(module: str, extra: str):

@@ -6,8 +6,9 @@ the host (fetched once per worker, shared by its rows), then its attempts. An at
 and each hop is parsed (`guard.parse_target`), resolved and checked (`guard.Resolver`) and, unless
 `--ignore-robots`, checked against that host's robots.txt. Each request has `--timeout` for connect and headers
 together; a body takes a memory slot when it starts (at most 2 x `--threads` bodies being read or waiting for the
-resizer) and must keep up `--min-rate` over every `RATE_WINDOW`; the row, every attempt and backoff included,
-ends at `--deadline`. Transient failures are retried (`--retries`) after an exponential backoff with jitter while
+resizer) and must keep up `--min-rate` over every `RATE_WINDOW`. The row ends at `--deadline`, counted from the
+moment it holds its host's slot and pacing turn: every wait for a robots.txt (of each hop's host), every attempt and
+backoff included. Transient failures are retried (`--retries`) after an exponential backoff with jitter while
 the deadline allows.
 """
 from __future__ import annotations
@@ -169,11 +170,12 @@ class Fetcher:
             async with host.slots:
                 if self.hosts.tripped(host):
                     raise Failure("host_unreachable", f"{target.key} failed {s.host_failures} times in a row")
+                await self.hosts.pace(host)
+                deadline_at = loop.time() + s.deadline  # from here on, everything the row does counts
                 if s.robots:
                     async with self.connections:
-                        await self._robots_allow(target, host, url, job)
-                await self.hosts.pace(host)
-                body = await self._attempts(url, host, loop.time() + s.deadline, job)
+                        await self._robots_allow(target, host, url, deadline_at, job)
+                body = await self._attempts(url, host, deadline_at, job)
             job.stats.row(target.key, None)
             return body, None
         except Failure as failure:
@@ -217,7 +219,7 @@ class Fetcher:
             host = self.hosts.get(target.key)
             await self._check_address(target, deadline_at)
             if image and self.settings.robots:
-                await self._robots_allow(target, host, url, job)
+                await self._robots_allow(target, host, url, deadline_at, job)
             began = asyncio.get_running_loop().time()
             try:
                 status, body, location = await self._request(url, target, host, deadline_at, job if image else None)
@@ -326,7 +328,9 @@ class Fetcher:
                 raise Failure("deadline", f"body not complete within the {s.deadline:g} s deadline ({size} bytes)")
             if now >= window_start + RATE_WINDOW:
                 arrived = content.total_bytes - window_bytes
-                if s.min_rate > 0 and arrived < s.min_rate * RATE_WINDOW:
+                if (s.min_rate > 0 and arrived < s.min_rate * RATE_WINDOW
+                        and not _ends_in_time(response, content.total_bytes, arrived / (now - window_start),
+                                              deadline_at - now)):
                     raise Failure("too_slow", f"{arrived} bytes in {RATE_WINDOW:g} s, under --min-rate "
                                               f"{s.min_rate:g} bytes/s ({size} bytes in all)")
                 window_start, window_bytes = now, content.total_bytes
@@ -334,12 +338,19 @@ class Fetcher:
                 raise Failure("timeout", f"no data for {s.timeout:g} s in the body ({size} bytes)")
 
     # --------------------------------------------------------------------------------------------- robots.txt
-    async def _robots_allow(self, target: Target, host: Host, url: str, job: _Job) -> None:
+    async def _robots_allow(self, target: Target, host: Host, url: str, deadline_at: float, job: _Job) -> None:
+        """Whether robots.txt lets the row fetch url. The host's robots.txt is fetched once, under a deadline of its
+        own, and shared by the host's rows: each row waits for it only until its own deadline."""
         previous = host.robots
         if previous is None or previous.cancelled() or (previous.done() and isinstance(previous.exception(), Failure)):
             host.robots = asyncio.ensure_future(self._robots_rules(target, job))  # never fetched, or the host did not answer
+            host.robots.add_done_callback(_read_outcome)  # the rows that wanted it may all have stopped waiting
         try:
-            rules = await asyncio.shield(host.robots)
+            async with asyncio.timeout_at(deadline_at):
+                rules = await asyncio.shield(host.robots)
+        except TimeoutError:
+            raise Failure("deadline", f"robots.txt of {target.key} not read within the "
+                                      f"{self.settings.deadline:g} s deadline") from None
         except robots.Unavailable as err:
             raise Failure("robots_unavailable", str(err).removeprefix("robots_unavailable: ")) from None
         except Failure as failure:
@@ -373,6 +384,8 @@ def _check_answer(response, s: FetchSettings) -> None:
         retry_after = response.headers.get("Retry-After", "")
         raise Failure(f"http_{response.status}", f"HTTP Error {response.status}: {response.reason}",
                       float(retry_after) if retry_after.isdigit() else 0.0)
+    if response.status >= 300:  # a redirect without a Location (or a 304): its body is not the image
+        raise Failure("bad_response", f"{response.status} {response.reason} with no Location to follow")
     optouts = response.headers.getall("X-Robots-Tag", [])
     if s.header_optouts and robots.header_optout(optouts, s.user_agent_token, s.header_optouts):
         raise Failure("robots_optout", "use of the image disallowed by an X-Robots-Tag directive")
@@ -407,6 +420,20 @@ def classify(err: BaseException) -> Failure:
     if isinstance(err, (aiohttp.ClientOSError, OSError)):
         return Failure("connection_error", str(err))
     return Failure("download_error", f"{type(err).__name__}: {err}")
+
+
+def _ends_in_time(response, received: int, rate: float, left: float) -> bool:
+    """Whether the rest of a body its Content-Length announces comes before the deadline at `rate` (bytes/s): a
+    small image sent slowly ends well inside the deadline, and the rate floor has no reason to drop it."""
+    length = response.headers.get("Content-Length", "")
+    return length.isdigit() and int(length) - received <= rate * left
+
+
+def _read_outcome(future: asyncio.Future) -> None:
+    """Read a shared fetch's outcome, so that an error no row awaits any more is kept (the next row of the host
+    reads it and fetches again), not logged as lost when the task is collected."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _release(semaphore: asyncio.Semaphore, n: int) -> None:

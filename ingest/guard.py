@@ -106,7 +106,9 @@ def parse_target(url: str, allow_userinfo: bool = False) -> Target:
     host = parts.hostname or ""
     if not is_host_name(host):
         raise InvalidURL(f"invalid_url: {host!r} is not a host name")
-    return Target(parts.scheme, host, port or (443 if parts.scheme == "https" else 80))
+    if port == 0:  # `or` would read it as the scheme's default port
+        raise InvalidURL("invalid_url: port 0 is no port to connect to")
+    return Target(parts.scheme, host, port if port is not None else (443 if parts.scheme == "https" else 80))
 
 
 def is_host_name(host: str) -> bool:

@@ -30,7 +30,7 @@ from wit.shards.runner import run_map
 from wit.shards.schema import INPUT, repeat_uid
 from wit.shards.sql import sql_errors
 from wit.shards.storage import WitError, exists, fs_and_path, join, move, write_json_atomic
-from wit.shards.tables import open_parquet, write_parquet, write_parquet_stream
+from wit.shards.tables import open_parquet, read_row_count, write_parquet, write_parquet_stream
 
 REPEAT = pa.schema([pa.field("source_row", pa.int64()), pa.field("n", pa.int64())])
 
@@ -53,7 +53,7 @@ def prepare_inputs(cfg: DownloadConfig) -> list[int]:
     final = join(cfg.out, "_wit", "input")
     sources = lists_fingerprint(files)
     if (sources and record.get("sources_sha256") == sources and record.get("shard_size") == cfg.shard_size
-            and _holds(final, names)):
+            and _holds(final, names, record["rows"])):
         return record["rows"]  # the same lists, untouched since they were normalised
 
     prepare = join(cfg.out, "_wit", "prepare")
@@ -78,7 +78,7 @@ def prepare_inputs(cfg: DownloadConfig) -> list[int]:
             f"{cfg.out}: holds a crawl of other lists or another shard size ({run_record_url(cfg.out)}); "
             "use a new output folder, or delete this one to start over"
         )
-    if not (record and _holds(final, names)):  # else the input in place is this very one
+    if not (record and _holds(final, names, fingerprint["rows"])):  # else the input in place is this very one
         _replace_folder(fs, fs_and_path(staged)[1], fs_and_path(final)[1])
     _remove(fs, prepare_path)
     # the names' width is chosen once, by the crawl's first run; a record without one is from before: five digits
@@ -211,12 +211,20 @@ class _Repeats:
         return taken["source_row"], taken["n"]
 
 
-def _holds(folder: str, names: list[str]) -> bool:
+def _holds(folder: str, names: list[str], rows: list[int]) -> bool:
+    """Whether `folder` holds the normalised inputs `names`, each whole with its `rows`: a file cut short (a disk
+    that filled, a copy stopped half-way) has no footer, and the input is then built again, never trusted."""
     fs, path = fs_and_path(folder)
     fs.invalidate_cache(path)
     if not fs.exists(path):
         return False
-    return sorted(p.rsplit("/", 1)[-1] for p in fs.glob(path.rstrip("/") + "/*.parquet")) == [f"{n}.parquet" for n in names]
+    found = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(path.rstrip("/") + "/*.parquet"))
+    if found != [f"{n}.parquet" for n in names]:
+        return False
+    try:
+        return [read_row_count(join(folder, f"{n}.parquet")) for n in names] == list(rows)
+    except Exception:  # noqa: BLE001 - whatever keeps a footer from being read: not an input to trust
+        return False
 
 
 def _remove(fs, path: str) -> None:

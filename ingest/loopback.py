@@ -17,7 +17,8 @@ Routes:  /img/<name>        the image            /404, /500, /503    that status
          /reset             closes the connection with a TCP reset   /corrupt.jpg  a JPEG cut to garbage
          /page.html         an HTML page        /bomb.jpg  a JPEG whose header claims 60000 x 60000 pixels
          /loop              redirects to itself  /redirect?to=<url>  redirects to <url>
-         /robots.txt        `robots_txt` when set, else 404
+         /nolocation/<name> 302 without a Location header, the image as its body
+         /robots.txt        `robots_txt` when set, else 404; after `robots_delay` seconds
 
 What the server saw is kept for tests: `requests` (paths), `request_times` ((monotonic time, path)),
 `held` ((path, seconds the client kept a slow route's connection)), `max_connections` (most TCP connections open
@@ -57,13 +58,13 @@ class LoopbackImageServer:
                  slow_seconds: float = 5.0, endless_seconds: float = 20.0, flaky_failures: int = 1,
                  slowok_delay: float = 1.0, slowok_seconds: float = 3.0, delay_seconds: float = 0.3,
                  trickle_interval: float = 1.0, trickle_seconds: float = 60.0, hang_seconds: float = 60.0,
-                 robots_txt: str | None = None):
+                 robots_txt: str | None = None, robots_delay: float = 0.0):
         _loopback(host)
         self.images = images
         self.slow_seconds, self.endless_seconds, self.flaky_failures = slow_seconds, endless_seconds, flaky_failures
         self.slowok_delay, self.slowok_seconds, self.delay_seconds = slowok_delay, slowok_seconds, delay_seconds
         self.trickle_interval, self.trickle_seconds, self.hang_seconds = trickle_interval, trickle_seconds, hang_seconds
-        self.robots_txt = robots_txt
+        self.robots_txt, self.robots_delay = robots_txt, robots_delay
         self.requests: list[str] = []
         self.request_times: list[tuple[float, str]] = []
         self.held: list[tuple[str, float]] = []
@@ -164,8 +165,10 @@ class LoopbackImageServer:
                     return self._hold(path, server.hang_seconds)
                 if path == "/empty":
                     return self._send(200, b"")
-                if path == "/robots.txt" and server.robots_txt is not None:
-                    return self._send(200, server.robots_txt.encode(), {"Content-Type": "text/plain"})
+                if path == "/robots.txt":
+                    time.sleep(server.robots_delay)
+                    if server.robots_txt is not None:
+                        return self._send(200, server.robots_txt.encode(), {"Content-Type": "text/plain"})
                 if path in ("/404", "/500", "/503"):
                     return self._send(int(path[1:]), b"no")
                 if path == "/endless":
@@ -181,6 +184,8 @@ class LoopbackImageServer:
                     return self._send(200, b"<html><body>not an image</body></html>", {"Content-Type": "text/html"})
                 if path == "/bomb.jpg":
                     return self._send(200, bomb_jpeg())
+                if head == "nolocation" and image:
+                    return self._send(302, image)
                 if path == "/loop":
                     return self._send(302, b"", {"Location": "/loop"})
                 if path == "/redirect":

@@ -100,7 +100,15 @@ def own_shard_file(name: str, shards: OwnShards) -> tuple[int, bool] | None:
 
 
 def read_record(out: str) -> dict:
-    return read_json(run_record_url(out))
+    """The run record; a garbled one is a one-line error, not a guess: it says which shards are the crawl's own."""
+    url = run_record_url(out)
+    try:
+        record = read_json(url)
+        own_shards(record).name(0)  # what every run reads of it: the crawl's shards and how they are named
+    except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as err:  # JSON's errors are ValueErrors
+        raise WitError(f"{url}: not a readable run record ({type(err).__name__}: {err}); put the crawl's record "
+                       "back, or crawl into a new folder") from None
+    return record
 
 
 def crawl_shard_names(out: str, shards: OwnShards | None = None) -> list[str]:

@@ -20,6 +20,7 @@ import codecs
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -47,6 +48,7 @@ BATCH_ROWS = 65_536
 CSV_BLOCK = 1 << 20  # Arrow's CSV parse block: grown (x16) only for a row larger than a block
 MAX_CSV_BLOCK = 2**31 - 1
 COPY_CHUNK = 4 << 20  # bytes moved at a time when a list is copied to a local file or checked to be UTF-8
+TXT_PEEK = 1 << 16  # bytes of a txt file in a folder read to tell a URL list from a LICENSE.txt
 
 
 def find_lists(patterns: list[str]) -> list[str]:
@@ -57,7 +59,7 @@ def find_lists(patterns: list[str]) -> list[str]:
             fs, path = fs_and_path(url)
             try:
                 if fs.isdir(path):
-                    found = sorted(p for p in fs.find(path) if list_format(p, strict=False))
+                    found = lists_in_folder(fs, path, remote="://" in url)
                     if not found:
                         raise WitError(f"{url}: directory holds no URL list ({', '.join(FORMATS)})")
                     files += [fs.unstrip_protocol(p) if "://" in url else p for p in found]
@@ -72,6 +74,44 @@ def find_lists(patterns: list[str]) -> list[str]:
     if not files:
         raise WitError("no URL list given")
     return files
+
+
+def lists_in_folder(fs, folder: str, remote: bool) -> list[str]:
+    """The URL lists under a folder, picked by what they are: files of a list format, except
+    - names starting with `.` or `_`, and what is under them, as Arrow and Spark skip them: macOS's `._part-0.parquet`,
+      Spark's `_SUCCESS`, wit's own `_wit/`;
+    - a folder holding `_wit/` (below the one given): a wit output, such as a crawl's `--out` put inside its lists
+      folder, whose manifests are records, not lists;
+    - a txt file whose first line is not a URL (`LICENSE.txt`): said on stderr."""
+    root = folder.rstrip("/")
+    paths = {p: p[len(root) + 1:].split("/") for p in sorted(fs.find(root))}
+    outputs = {tuple(parts[:i]) for parts in paths.values() for i, name in enumerate(parts) if i and name == "_wit"}
+    found = []
+    for path, parts in paths.items():
+        hidden = any(name.startswith((".", "_")) for name in parts)
+        in_output = any(tuple(parts[:i]) in outputs for i in range(1, len(parts)))
+        fmt = list_format(path, strict=False)
+        if hidden or in_output or fmt is None:
+            continue
+        url = fs.unstrip_protocol(path) if remote else path
+        if fmt == "txt" and not _starts_with_url(url):
+            print(f"{url}: skipped, its first line is not a URL (name the file itself to read it as a list)",
+                  file=sys.stderr)
+            continue
+        found.append(url)
+    return found
+
+
+def _starts_with_url(url: str) -> bool:
+    """Whether the first line of a txt file that is not blank is a URL (a list's first row, however many follow)."""
+    try:
+        with _open(url, block_size=TXT_PEEK) as f:
+            head = f.read(TXT_PEEK)
+    except Exception as err:
+        raise WitError(f"{url}: cannot read ({type(err).__name__}: {err})") from None
+    lines = head.removeprefix(codecs.BOM_UTF8).decode("utf-8", "replace").splitlines()
+    first = next((line.strip() for line in lines if line.strip()), "")
+    return url_problem(first) is None
 
 
 def list_format(path: str, strict: bool = True) -> str | None:
@@ -127,6 +167,7 @@ def iter_list_batches(url: str, fmt: str | None = None, url_col: str | None = No
 
 def _input_batch(url: str, chunk: pa.Table, columns: list[str], offset: int) -> pa.RecordBatch:
     """The INPUT rows of one chunk (its Python lists die here, before the next chunk's are made)."""
+    check_url_type(url, columns[0], chunk.column(columns[0]).type)
     urls = text_values(chunk.column(columns[0]))
     captions = text_values(chunk.column(columns[1])) if len(columns) > 1 else [""] * len(urls)
     return pa.RecordBatch.from_pydict({
@@ -137,6 +178,17 @@ def _input_batch(url: str, chunk: pa.Table, columns: list[str], offset: int) -> 
         "source_row": list(range(offset, offset + len(urls))),
         "invalid": [url_problem(u) for u in urls],
     }, schema=INPUT)
+
+
+def check_url_type(url: str, column: str, kind: pa.DataType) -> None:
+    """URLs are text: a column of numbers, lists or structs is the wrong column (a WitError), not rows of bad URLs."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    text = (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind) or pa.types.is_null(kind) or str(kind) in ("string_view", "binary_view"))
+    if not text:
+        raise WitError(f"{url}: column {column!r} holds {kind}, not text, so it holds no URLs (name the URL column "
+                       "with --url-col)")
 
 
 def url_problem(url: str | None) -> str | None:
@@ -225,9 +277,11 @@ def _fetched(url: str) -> Iterator[bytes]:
         raise WitError(f"{url}: cannot read ({type(err).__name__}: {err})") from None
 
 
-def _open(url: str):
+def _open(url: str, block_size: int | None = None):
     fs, path = fs_and_path(url)
-    kwargs = {"block_size": 0} if "http" in fs.protocol else {}  # one streamed GET: any web server, ranges or not
+    kwargs = {"block_size": block_size} if block_size else {}
+    if "http" in fs.protocol:
+        kwargs = {"block_size": 0}  # one streamed GET: any web server, ranges or not
     return fs.open(path, "rb", compression="gzip" if url.lower().endswith(".gz") else None, **kwargs)
 
 
@@ -302,6 +356,8 @@ def _txt_chunks(url: str, path: str, pick, batch_rows: int) -> Iterator[pa.Table
     offset = 0
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):  # a byte-order mark is no part of the first URL
+                raw, offset = raw[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:

@@ -94,8 +94,9 @@ def entries(url: str) -> list[str]:
 
 
 def check_writable(url: str) -> None:
-    """Fail early, in one line, when the output cannot be written."""
+    """Fail early, in one line, when the output cannot be written (or is in a bucket that does not exist)."""
     fs, path = fs_and_path(url)
+    check_bucket(url)
     probe = f"{path.rstrip('/')}/.wit-write-probe-{uuid.uuid4().hex[:8]}"
     try:
         fs.makedirs(path, exist_ok=True)

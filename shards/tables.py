@@ -39,6 +39,18 @@ def open_parquet(url: str) -> pq.ParquetFile:
         raise WitError(f"{url}: not a readable parquet file ({err})") from None
 
 
+def read_row_count(url: str) -> int:
+    """A parquet file's row count from its footer alone (as read_schema); an error when the footer is not whole."""
+    fs, path = fs_and_path(url)
+    if is_local(url):
+        return pq.read_metadata(path).num_rows
+    tail = fs.cat_file(path, start=-8)
+    if len(tail) < 8 or tail[4:] != b"PAR1":
+        raise WitError(f"{url}: not a parquet file (no PAR1 at its end)")
+    size = int.from_bytes(tail[:4], "little")
+    return pq.read_metadata(arrow_reader(b"PAR1" + fs.cat_file(path, start=-(8 + size)))).num_rows
+
+
 def read_schema(url: str) -> pa.Schema:
     """A parquet file's schema and metadata from its footer alone (two small ranged reads on object stores)."""
     fs, path = fs_and_path(url)
