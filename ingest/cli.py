@@ -28,9 +28,14 @@ def run(args) -> int:
     from wit.ingest.config import DownloadConfig
     from wit.ingest.download import download
     from wit.ingest.retry import retry_failed
-    from wit.ingest.summary import format_summary
+    from wit.ingest.summary import format_summary, rules_problem
+    from wit.shards.storage import WitError
 
     cfg = from_args(DownloadConfig, args, progress=args.progress and "CI" not in os.environ)
     summary = retry_failed(cfg) if cfg.retry_failed else download(cfg)
     print(format_summary(summary))
-    return 1 if summary.get("missing_shards") else 0
+    if summary.get("missing_shards"):
+        return 1
+    if problem := rules_problem(summary):  # a finished crawl that fetched nothing, by the run's own rules
+        raise WitError(problem)
+    return 0

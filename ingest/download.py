@@ -1,9 +1,10 @@
 """`wit download`: URL-caption lists -> verified WebDataset shards with wit manifests, resumable.
 
-The run, top to bottom: read and normalise the lists -> check the output holds a crawl of the same lists ->
-keep the verified shards, clear anything half-written -> let img2dataset's reader shard the input and a distributor
-(wit's process pool, or img2dataset's Ray and Spark ones) map WitDownloader over the shards -> summarise the
-manifests.
+The run, top to bottom: read and normalise the lists -> check the output holds a crawl of the same lists -> plan
+the rows into shards by host (ingest/plan.py; once per crawl) -> keep the verified shards, clear anything
+half-written -> a distributor (wit's process pool, or img2dataset's Ray and Spark ones) maps WitDownloader over the
+plan's lanes -> re-attempt the rows that failed only because of an --allow-net or --ignore-robots that has changed
+since -> summarise the manifests.
 """
 from __future__ import annotations
 
@@ -15,20 +16,22 @@ from dataclasses import replace
 
 from tqdm import tqdm
 
+from wit.ingest import plan as plans
 from wit.ingest.config import DownloadConfig
-from wit.ingest.inputs import prepare_inputs
+from wit.ingest.inputs import input_names, prepare_inputs
 from wit.ingest.lock import crawl_lock
 from wit.ingest.output import (
+    by_hosts,
     check_own_folder,
     crawl_shard_names,
     entries,
     one_line_when_disk_full,
     own_shard_file,
     own_shards,
-    planned_shards,
     read_record,
 )
 from wit.ingest.progress import ShardProgress
+from wit.ingest.robots import remove_claims
 from wit.ingest.summary import summarize
 from wit.shards.storage import (
     WitError,
@@ -36,6 +39,7 @@ from wit.shards.storage import (
     check_writable,
     fs_and_path,
     join,
+    remove_scratch,
     write_json_atomic,
 )
 from wit.shards.runner import imap, run_map
@@ -55,17 +59,48 @@ def download(cfg: DownloadConfig) -> dict:
 
 def _download(cfg: DownloadConfig) -> dict:
     inputs = prepare_inputs(cfg)
+    plan = crawl_plan(cfg, inputs)
     done = resume_scan(cfg)
     start = time.time()
-    run_engine(cfg, input_dir=join(cfg.out, "_wit", "input"), done=done, start_shard=0, total_rows=sum(inputs))
+    run_engine(cfg, plan, done=done, total_rows=sum(inputs))
     shards = own_shards(read_record(cfg.out))
     finished = {int(n) for n in crawl_shard_names(cfg.out, shards)}
-    missing = [shards.name(i) for i in range(planned_shards(inputs, cfg.shard_size)) if i not in finished]
-    new = {shards.name(i) for i in finished - done}
+    missing = [shards.name(i) for i in range(plan.shards) if i not in finished]
+    if not missing:
+        from wit.ingest.retry import reattempt_changed_rules  # it runs the engine too: imported here, not above
+
+        reattempt_changed_rules(cfg)
+    shards = own_shards(read_record(cfg.out))
+    new = set(crawl_shard_names(cfg.out, shards)) - {shards.name(i) for i in done}
     summary = summarize(cfg.out, started=start, new_shards=new)
     summary["missing_shards"] = missing
     write_json_atomic(join(cfg.out, "_wit", "summary.json"), summary)
     return summary
+
+
+def crawl_plan(cfg: DownloadConfig, rows: list[int]) -> plans.Plan:
+    """The crawl's plan (`_wit/plan/`): made once, by hosts (or in list order for a crawl from before plans), and
+    read again by every resume. Prints what the hottest host means for the crawl's time."""
+    folder, record = join(cfg.out, "_wit", "plan"), read_record(cfg.out)
+    files = plans.plan_files(folder, sum(rows))
+    if files is None:
+        remove_scratch(folder)  # none, or one cut short
+        inputs = [join(cfg.out, "_wit", "input", f"{n}.parquet") for n in input_names(len(rows))]
+        if by_hosts(record):
+            plans.write_plan(cfg, inputs, folder)
+        else:
+            plans.write_list_order_plan(inputs, folder, cfg.shard_size)
+        files = plans.plan_files(folder, sum(rows))
+    return load_plan(cfg, files, start=0, by_host=by_hosts(record))
+
+
+def load_plan(cfg: DownloadConfig, files: list[tuple[str, int]], start: int, by_host: bool) -> plans.Plan:
+    urls = [url for url, _ in files]
+    spans = plans.host_spans(cfg, urls, cfg.shard_size) if by_host else []
+    plan = plans.Plan(files, start, cfg.shard_size, spans)
+    if by_host and (hottest := plans.hottest_host(cfg, urls)):
+        print(plans.describe(plan, *hottest, cfg))
+    return plan
 
 
 def verify_shards(cfg: DownloadConfig, names: list[str]) -> list[ShardCheck]:
@@ -96,28 +131,22 @@ def resume_scan(cfg: DownloadConfig) -> set[int]:
     for scratch in ("staging", "tmp"):
         with contextlib.suppress(FileNotFoundError):
             fs.rm(f"{root.rstrip('/')}/_wit/{scratch}", recursive=True)
+    remove_claims(join(cfg.out, "_wit", "robots"))  # claims of a run killed mid-fetch; the answers are kept
     return done
 
 
-def run_engine(cfg: DownloadConfig, input_dir: str, done: set[int], start_shard: int, total_rows: int) -> None:
-    """Shard the normalised input (img2dataset's Reader, streamed) and map WitDownloader over it."""
+def run_engine(cfg: DownloadConfig, plan: plans.Plan, done: set[int], total_rows: int) -> None:
+    """Map WitDownloader over the plan's lanes (the finished shards left out) with the chosen distributor."""
     # img2dataset takes seconds to import: only a run that downloads pays for it, not a bad-input error. The engine
     # first: it loads img2dataset without torch.
-    from wit.ingest.engine import CARRIED_COLUMNS, build_downloader  # isort: skip
+    from wit.ingest.engine import build_downloader  # isort: skip
 
     from img2dataset import distributor as distributors
 
-    from wit.ingest.reader import StreamingReader
-
-    staging, tmp = join(cfg.out, "_wit", "staging"), join(cfg.out, "_wit", "tmp")
+    staging = join(cfg.out, "_wit", "staging")
     fs, _ = fs_and_path(cfg.out)
-    for folder in (staging, tmp):
-        fs.makedirs(fs_and_path(folder)[1], exist_ok=True)
-    reader = StreamingReader(
-        input_dir, "parquet", "url", "caption", None, None, CARRIED_COLUMNS,
-        cfg.shard_size, done, tmp, start_shard,
-    )
-    downloader = build_downloader(cfg, reader.column_list, staging, own_shards(read_record(cfg.out)).width)
+    fs.makedirs(fs_and_path(staging)[1], exist_ok=True)
+    downloader = build_downloader(cfg, staging, own_shards(read_record(cfg.out)).width)
     if cfg.distributor == "multiprocessing":
         run = pool_distributor
     elif cfg.distributor == "pyspark":
@@ -134,24 +163,23 @@ def run_engine(cfg: DownloadConfig, input_dir: str, done: set[int], start_shard:
     distributors.tqdm = functools.partial(tqdm, disable=True)
     try:
         with ShardProgress(cfg.out, total_rows, enabled=cfg.progress):
-            run(cfg.processes, downloader, reader, 1000, 1)
+            run(cfg.processes, downloader, plan.lanes(cfg, done), 1000, 1)
     finally:
-        for folder in (tmp, staging):
-            with contextlib.suppress(FileNotFoundError):
-                fs.rm(fs_and_path(folder)[1], recursive=True)
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(fs_and_path(staging)[1], recursive=True)
 
 
-def pool_distributor(processes: int, downloader, reader, _subjob_size: int, max_shard_retry: int) -> None:
+def pool_distributor(processes: int, downloader, lanes, _subjob_size: int, max_shard_retry: int) -> None:
     """img2dataset's multiprocessing distributor, on wit's process pool (shards/runner.py). img2dataset's
-    `Pool.imap_unordered` waits forever for the shard of a worker that died (the out-of-memory killer); the runner
-    runs such a shard once more, or stops the crawl in one line. Shards are handed on as they finish."""
+    `Pool.imap_unordered` waits forever for the task of a worker that died (the out-of-memory killer); the runner
+    runs such a lane once more, or stops the crawl in one line. Lanes are handed on as they finish."""
     from img2dataset.distributor import retrier
 
     def run(shards) -> list:
         results = imap(downloader, shards, workers=processes, ordered=False, progress=False)
         return [row for ok, row in results if not ok]
 
-    retrier(run, run(reader), max_shard_retry)
+    retrier(run, run(lanes), max_shard_retry)
 
 
 def _require(module: str, extra: str):
