@@ -110,10 +110,15 @@ def test_robots_txt_once_per_host_across_a_kill_and_a_resume(tmp_path, real_imag
         proc = subprocess.Popen([sys.executable, "-m", "wit", *args, "--no-progress"], cwd=REPO,
                                 start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.time() + 240
-            # every host's robots.txt kept by the crawl, its gated row waiting: no robots.txt is being fetched
-            while time.time() < deadline and not (len(list((out / "_wit" / "robots").glob("*.json"))) == 4
-                                                  and any(p.startswith("/gate/") for p in servers[3].requests)):
+            # the gated row waiting and every host's robots.txt asked for, then kept by the crawl (a file written
+            # right after the answer: 10 s is room enough): no robots.txt is being fetched when the kill lands
+            deadline, asked = time.time() + 240, None
+            while time.time() < deadline:
+                if asked is None and any(p.startswith("/gate/") for p in servers[3].requests) and all(
+                        "/robots.txt" in s.requests for s in servers):
+                    asked = time.time()
+                if asked and (len(list((out / "_wit" / "robots").glob("*.json"))) == 4 or time.time() > asked + 10):
+                    break
                 time.sleep(0.1)
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
