@@ -66,7 +66,8 @@ def records(ckpt_dir: str) -> list[dict]:
                 record = read_json(url)
             except (ValueError, UnicodeDecodeError):
                 raise WitError(f"{url}: not a lineage record (not JSON)") from None
-            if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("shards"), list):
+            shards = record.get("shards") if isinstance(record, dict) else None
+            if not isinstance(shards, list) or record.get("format") != FORMAT:
                 raise WitError(f"{url}: not a lineage record of this wit (format {FORMAT})")
             out.append({**record, "file": url})
     return out

@@ -253,8 +253,8 @@ def match(con, ledger: Revocations, rows: str, phashes: str | None = None, cap: 
 
     con.register("ledger_requests", ledger.requests)
     con.register("ledger_removed", ledger.removed.select(["uid", "request"]))
-    parts = [f"SELECT r.uid, q.request FROM {rows} r JOIN ledger_requests q ON q.kind = '{kind}' AND r.{column} = q.value"
-             for kind, column in (("url", "url"), ("uid", "uid"), ("sha256", "sha256"))]
+    parts = [f"SELECT r.uid, q.request FROM {rows} r JOIN ledger_requests q "
+             f"ON q.kind = '{kind}' AND r.{column} = q.value" for kind, column in (("url", "url"), ("uid", "uid"), ("sha256", "sha256"))]
     parts.append(f"SELECT r.uid, m.request FROM {rows} r JOIN ledger_removed m USING (uid)")
     if ledger.domains or ledger.subdomains:
         sql(f"""CREATE OR REPLACE TEMP TABLE revoked_hosts AS

@@ -49,7 +49,6 @@ class Rewrite:
     drop: dict[str, list[str]]
     urls: dict[str, str | None]
     uids: dict[str, str]
-    old_sha256: str | None
     root: str
     date: str
 
@@ -64,8 +63,7 @@ def apply(root: str, corpus: str, con, *, phashes: str | None = None, engine: st
     hashes = dict(index.get("sha256") or {})
     matched = find_matches(con, ledger, corpus, phashes) if ledger else pa.table({"shard": pa.array([], pa.string())})
     date = revocations.now()
-    tasks = [_task(corpus, shard, matched, hashes.get(f"{shard}.tar"), root, date)
-             for shard in sorted(set(matched["shard"].to_pylist()))]
+    tasks = [_task(corpus, shard, matched, root, date) for shard in sorted(set(matched["shard"].to_pylist()))]
     results = run_map(rewrite_shard, tasks, engine=engine, workers=workers, ray_address=ray_address,
                       desc="revoke: shards")
     # every shard the ledger says was rewritten (now, or by a run killed after it finished some) has its hash read
@@ -110,13 +108,13 @@ def _files(folder: str) -> list[str]:
     return files
 
 
-def _task(corpus: str, shard: str, matched: pa.Table, old_sha256: str | None, root: str, date: str) -> Rewrite:
+def _task(corpus: str, shard: str, matched: pa.Table, root: str, date: str) -> Rewrite:
     rows = matched.filter(pc.equal(matched["shard"], shard)).to_pylist()
     drop: dict[str, list[str]] = {}
     for r in rows:
         drop.setdefault(r["key"], []).append(r["request"])
     return Rewrite(corpus, shard, drop, {r["key"]: r["url"] for r in rows}, {r["key"]: r["uid"] for r in rows},
-                   old_sha256, root, date)
+                   root, date)
 
 
 # ---------------------------------------------------------------------------------------------- one shard
@@ -147,7 +145,7 @@ def rewrite_shard(task: Rewrite) -> tuple[str, str]:
     if not check.ok or check.samples != len(keys) - len(task.drop):
         raise WitError(f"{staging}: the rewritten shard {name} does not verify ({check.problem or 'sample count'}); "
                        "the shard in the corpus is untouched")
-    old = task.old_sha256 or _sha256(tar)
+    old = shard_hash((task.corpus, name))[1]  # from its stats: the version a trainer's lineage names
     index = {key: i for i, key in enumerate(keys)}
     write_parquet(join(staging, REMOVED_ROWS), pa.Table.from_pylist([
         {"request": request, "corpus": task.corpus, "shard": name, "key": key, "uid": task.uids[key],
@@ -212,15 +210,6 @@ class _Hashing:
         return self.h.hexdigest()
 
 
-def _sha256(url: str) -> str:
-    fs, path = fs_and_path(url)
-    h = hashlib.sha256()
-    with fs.open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------- the index
 def write_index(con, corpus: str, index: dict, hashes: dict[str, str]) -> bool:
     """index.json (and wids.json) with the corpus manifests' counts and the shards' hashes, when they changed."""
@@ -229,7 +218,7 @@ def write_index(con, corpus: str, index: dict, hashes: dict[str, str]) -> bool:
     # a shard whose every sample was revoked leaves the index (as `wit shards write` leaves it out)
     counts = dict(con.execute(f"SELECT shard, count(*) FROM read_parquet({sources}, union_by_name = true) "
                               f"WHERE coalesce(status, {literal(OK)}) = {literal(OK)} GROUP BY 1").fetchall())
-    hashes = {f"{n}.tar": hashes.get(f"{n}.tar") or _sha256(join(corpus, f"{n}.tar")) for n in counts}
+    hashes = {f"{n}.tar": hashes.get(f"{n}.tar") or shard_hash((corpus, n))[1] for n in counts}
     shards = {f"{n}.tar": c for n, c in sorted(counts.items())}
     if shards == index["shards"] and hashes == index.get("sha256"):
         return False

@@ -311,7 +311,8 @@ def forward_backward(forward, ddp, images, texts, valid, accum: int, autocast, o
     return loss.detach()
 
 
-def save(cfg, rank, world, model, optimizer, loader_state: dict, step, samples_seen, lineage: dict | None = None) -> None:
+def save(cfg, rank, world, model, optimizer, loader_state: dict, step, samples_seen,
+         lineage: dict | None = None) -> None:
     """Rank 0 writes one file, every rank's RNG state in it, and its lineage (what it read) in it and beside it."""
     rngs = [None] * world
     if world > 1:

@@ -48,11 +48,12 @@ def revoke(cfg: RevokeConfig) -> dict:
     """Append the request (if any), then apply the ledger to the corpus under ROOT."""
     root = absolute(cfg.root)
     rows = request_rows(cfg)
+    request = revocations.request_table(rows, cfg.reason) if rows else None
     corpus = corpus_of(root, absolute(cfg.corpus) if cfg.corpus else None)
     with output_lock(root, "wit revoke"):
         summary: dict = {"root": root, "ledger": revocations.ledger_of(root)}
-        if rows:
-            path, added = revocations.append_request(root, revocations.request_table(rows, cfg.reason))
+        if request is not None:
+            path, added = revocations.append_request(root, request)
             summary.update(request=path, added=added, keys=len(rows))
         if corpus is None:
             summary["corpus"] = None
