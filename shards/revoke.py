@@ -137,7 +137,7 @@ def rewrite_shard(task: Rewrite) -> tuple[str, str]:
     if missing:
         raise WitError(f"{tar}: sample {missing[0]} listed in {name}.parquet is missing from the tar")
     manifest = read_parquet(join(task.corpus, f"{name}.parquet"))
-    kept = manifest.filter(pc.invert(pc.is_in(manifest["key"], value_set=pa.array(sorted(task.drop)))))
+    kept = manifest.filter(pc.invert(pc.is_in(manifest["key"], value_set=pa.array(sorted(task.drop), pa.string()))))
     n = kept.num_rows
     stats = {"count": n, "successes": n, "wit": {"sha256": hashing.hexdigest()}}
     publish_shard(staging, name, staged_tar, kept, stats)

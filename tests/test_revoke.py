@@ -269,3 +269,35 @@ def test_kill_9_during_the_apply_and_a_rerun_finish_exactly(tmp_path):
 
     assert ledger(reference) == ledger(killed) and len(ledger(killed)) == 120  # every removal recorded, once
     assert len(list((killed / "_wit" / "revocations" / "requests").iterdir())) == 1
+
+
+def test_a_rewrite_committed_before_a_kill_is_finished_by_the_next_run(project, tmp_path):
+    """The state a kill leaves between moving the new tar over the old one and moving its manifest, made by hand from
+    a finished run: the next run finishes the move and records it; it does not match the shard again."""
+    done, cut = tmp_path / "done" / "root", tmp_path / "cut" / "root"
+    for where in (done, cut):
+        shutil.copytree(project["root"], where)
+    (tmp_path / "urls.txt").write_text("http://example.test/p/1.jpg\n")
+    request = RevokeConfig(root=str(done), urls=str(tmp_path / "urls.txt"), reason="test", workers=1)
+    assert revoke(request)["samples_removed"] == 1
+    record = next((done / "_wit" / "revocations" / "removed").iterdir())
+    shard = pq.read_table(record)["shard"][0].as_py()
+
+    rows = [{"kind": "url", "value": "http://example.test/p/1.jpg"}]
+    revocations.append_request(str(cut), revocations.request_table(rows, "test"))
+    staging = cut / "corpus" / "_wit" / "revoke" / shard
+    staging.mkdir(parents=True)
+    for name in (f"{shard}.parquet", f"{shard}_stats.json"):
+        shutil.copy(done / "corpus" / name, staging / name)
+    shutil.copy(record, staging / "removed.parquet")
+    (staging / "ready").write_text(str(cut))
+    shutil.copy(done / "corpus" / f"{shard}.tar", cut / "corpus" / f"{shard}.tar")  # the tar already moved
+
+    summary = revoke(RevokeConfig(root=str(cut), workers=1))
+    assert summary["samples_removed"] == 0 and summary["shards_rewritten"] == 1 and not staging.parent.exists()
+    assert {n: b for n, (b, _) in corpus_files(cut / "corpus").items()} == \
+        {n: b for n, (b, _) in corpus_files(done / "corpus").items()}
+    assert json.loads((cut / "corpus" / "index.json").read_text()) == \
+        json.loads((done / "corpus" / "index.json").read_text())
+    removed = [revocations.load(str(r)).removed.drop_columns(["corpus"]).to_pylist() for r in (done, cut)]
+    assert removed[0] == removed[1] and len(removed[1]) == 1

@@ -19,18 +19,28 @@ def _train(root: Path, steps: int, *extra: str) -> int:
     from wit.trainer.train import main
 
     return main(["--data", str(root / "corpus" / "index.json"), "--out", str(root / "train"), "--batch-size", "4",
-                 "--workers", "2", "--window", "3", "--warmup", "1", "--steps", str(steps), "--ckpt-every", "4",
+                 "--workers", "2", "--window", "3", "--warmup", "1", "--steps", str(steps), "--ckpt-every", "1",
                  "--keep", "0", "--log-every", "4", "--log-samples", "--no-tensorboard", *extra])
 
 
-def _brute_force(root: Path, revoked_keys: set[str]) -> dict[int, int]:
-    """Per checkpoint step S: the distinct revoked samples among the keys the log says steps 0..S-1 read."""
+def _read_before(root: Path) -> dict[int, set[str]]:
+    """Per checkpoint step S: the keys the log says steps 0..S-1 read."""
     last = {}
     for line in (root / "train" / "samples-rank0.jsonl").read_text().splitlines():
         r = json.loads(line)
         last[r["step"]] = r["keys"]  # a resumed run's record of a step replaces the one before it
     steps = sorted(int(p.stem[5:]) for p in (root / "train" / "checkpoints").glob("step_*.pt"))
-    return {s: len({k for step, keys in last.items() if step < s for k in keys} & revoked_keys) for s in steps}
+    return {s: {k for step, keys in last.items() if step < s for k in keys} for s in steps}
+
+
+def _brute_force(root: Path, revoked_keys: set[str]) -> dict[int, int]:
+    """Per checkpoint: the distinct revoked samples among the keys its steps read."""
+    return {s: len(keys & revoked_keys) for s, keys in _read_before(root).items()}
+
+
+def _lineage_reads(root: Path, step: int) -> set[tuple[str, int]]:
+    record = json.loads((root / "train" / "checkpoints" / "lineage" / f"step_{step:08d}.json").read_text())
+    return {(e["name"], i) for e in record["shards"] for a, b in e["ranges"] for i in range(a, b)}
 
 
 @pytest.mark.timeout(600)
@@ -43,7 +53,7 @@ def test_report_counts_match_the_samples_log_and_a_resume_over_the_rewritten_cor
               "image": jpeg(i, (64 + 8 * (i % 5), 48 + 4 * (i % 3)))} for i in range(30)]
     write_crawl(root / "raw", pairs, per_shard=10)
     reshard(ReshardConfig(raw=str(root / "raw"), out=str(root / "corpus"), shard_size=5, workers=1))
-    assert _train(root, 12) == 0  # 30 samples, 7 steps an epoch: checkpoints at 4, 8 (epoch 1) and 12
+    assert _train(root, 12) == 0  # 30 samples, 7 steps an epoch, a checkpoint every step
 
     corpus = manifests(root / "corpus").to_pylist()
     revoked = [r for r in corpus if int(r["url"].rsplit("/", 1)[1][:-4]) % 7 == 3]  # 3, 10, 17, 24
@@ -54,9 +64,12 @@ def test_report_counts_match_the_samples_log_and_a_resume_over_the_rewritten_cor
 
     rows = report(RevokeConfig(root=str(root), report=True))
     truth = _brute_force(root, keys)
-    assert {r["step"]: r["revoked_seen"] for r in rows} == truth == {4: truth[4], 8: truth[8], 12: truth[12]}
+    assert {r["step"]: r["revoked_seen"] for r in rows} == truth and sorted(truth) == list(range(1, 13))
     assert truth[12] == 4 and 0 < truth[4] < 4  # a partial epoch saw some, two epochs every one
     assert all(r["unknown_versions"] == 0 for r in rows)
+    for step, read in _read_before(root).items():  # the lineage is exactly what the log says was read
+        # (a corpus key is <shard>_<its place in the shard as resharded>, the tar's order)
+        assert _lineage_reads(root, step) == {(k.split("_")[0], int(k.split("_")[1])) for k in read}, step
 
     capsys.readouterr()
     assert _train(root, 20, "--resume", "latest") == 0  # 26 samples now: 6 steps an epoch
