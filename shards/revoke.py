@@ -62,17 +62,14 @@ def apply(root: str, corpus: str, con, *, phashes: str | None = None, engine: st
     index = read_json(join(corpus, "index.json"))
     hashes = dict(index.get("sha256") or {})
     matched = find_matches(con, ledger, corpus, phashes) if ledger else pa.table({"shard": pa.array([], pa.string())})
-    date = revocations.now()
-    tasks = [_task(corpus, shard, matched, root, date) for shard in sorted(set(matched["shard"].to_pylist()))]
-    results = run_map(rewrite_shard, tasks, engine=engine, workers=workers, ray_address=ray_address,
-                      desc="revoke: shards")
-    # every shard the ledger says was rewritten (now, or by a run killed after it finished some) has its hash read
-    # again from its stats
-    rewritten = revocations.load(corpus).removed
-    rewritten = set(rewritten.filter(pc.equal(rewritten["corpus"], corpus))["shard"].to_pylist())
-    for shard, sha in [*finished, *results, *(shard_hash((corpus, s)) for s in sorted(rewritten))]:
-        hashes[f"{shard}.tar"] = sha
+    tasks = _tasks(corpus, matched, root, revocations.now())
+    run_map(rewrite_shard, tasks, engine=engine, workers=workers, ray_address=ray_address, desc="revoke: shards")
     remove_scratch(join(corpus, *STAGING))  # every rewrite is in: the staging folder is empty
+    # the hash of every shard the ledger says was rewritten (now, or by a run killed after it finished some), from
+    # its stats: the index may be older than the shard (by name: a moved corpus's records name its old folder)
+    for shard in set(revocations.load(corpus).removed["shard"].to_pylist()):
+        if f"{shard}.tar" in index["shards"]:
+            hashes[f"{shard}.tar"] = shard_hash((corpus, shard))[1]
     changed = write_index(con, corpus, index, hashes)
     return {"corpus": corpus, "requests": len(set(ledger.requests["request"].to_pylist())),
             "samples_removed": sum(len(t.drop) for t in tasks), "shards_rewritten": len(tasks) + len(finished),
@@ -108,13 +105,14 @@ def _files(folder: str) -> list[str]:
     return files
 
 
-def _task(corpus: str, shard: str, matched: pa.Table, root: str, date: str) -> Rewrite:
-    rows = matched.filter(pc.equal(matched["shard"], shard)).to_pylist()
-    drop: dict[str, list[str]] = {}
-    for r in rows:
-        drop.setdefault(r["key"], []).append(r["request"])
-    return Rewrite(corpus, shard, drop, {r["key"]: r["url"] for r in rows}, {r["key"]: r["uid"] for r in rows},
-                   root, date)
+def _tasks(corpus: str, matched: pa.Table, root: str, date: str) -> list[Rewrite]:
+    """A rewrite per shard holding a match (`matched` is ordered by shard)."""
+    tasks: dict[str, Rewrite] = {}
+    for r in matched.to_pylist():
+        task = tasks.setdefault(r["shard"], Rewrite(corpus, r["shard"], {}, {}, {}, root, date))
+        task.drop.setdefault(r["key"], []).append(r["request"])
+        task.urls[r["key"]], task.uids[r["key"]] = r["url"], r["uid"]
+    return list(tasks.values())
 
 
 # ---------------------------------------------------------------------------------------------- one shard
