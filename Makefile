@@ -99,8 +99,9 @@ train: venv
 test-trainer: venv
 	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m pytest -q tests/test_trainer_*.py
 
-# GPU bench (issue 12): make gpu-pack packs ../shared/data/cifar10's JPEGs (55 MB) into bench/out/gpu-pack.npz for the
-# device machine, which runs `bash bench/gpu.sh` (bench/README.md, "GPU"); make bench-gpu args=--smoke tries it on CPU
+# GPU bench (issues 25, 26): make gpu-pack writes .gpuwheels/ (the wheels the device lacks) and bench/out/gpu-pack/
+# (CIFAR-10 through wit shards write) and prints the carry's size; the device runs `bash bench/gpu.sh [--phase learn]`
+# (bench/README.md, "GPU"); make bench-gpu args=--smoke tries call 1 on CPU (args="--smoke --phase learn": call 2)
 .PHONY: gpu-pack
 
 gpu-pack: venv

@@ -202,9 +202,13 @@ def dedup(cfg: DedupConfig) -> dict:
     for i, (src, name) in enumerate(zip(files, names)):
         counts.update(finish_file(src, join(scratch, f"f={i}"), join(cfg.out, f"{name}.parquet")))
     remove_scratch(scratch)
+    before = counts.pop(EARLIER, 0)
     stats.update(shards=len(names), kept=counts.pop("kept", 0),
-                 dropped=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))))
+                 dropped=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))), dropped_before=before)
     return stats
+
+
+EARLIER = "earlier"  # a row the image stage or an --after stage dropped: its verdict, not this stage's drop
 
 
 def finish_file(src: str, changes: str, target: str) -> Counter:
@@ -227,5 +231,6 @@ def finish_file(src: str, changes: str, target: str) -> Counter:
                       "sha256": v["sha256"], "phash": v["phash"]}).cast(DEDUP_VERDICT)
     write_parquet(target, table)
     kinds = pc.fill_null(pc.list_element(pc.split_pattern(table["reason"], ":", max_splits=1), 0), "kept")
+    kinds = pc.if_else(pc.or_(table["keep"], pc.is_valid(table["dup_kind"])), kinds, EARLIER)  # whose drop it is
     return Counter({k.as_py(): m.as_py() for k, m in zip(*pc.value_counts(kinds).flatten())})
 

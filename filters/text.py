@@ -11,6 +11,7 @@ Three passes, so that no process holds more than one file's rows:
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -55,6 +56,10 @@ class TextConfig(EngineOptions, SQLOptions):
                               "--no-english skips it")
     lang_min_prob: float = opt(0.9, "drop a caption when a language other than English wins with at least this "
                                     "probability; short ambiguous captions stay")
+    english_words: float = opt(0.6, "keep a caption that langid gives to another language when at least this share "
+                                    "of its words are common English words (wordfreq Zipf >= 3.5, and no more "
+                                    "frequent in that language): short English captions that langid calls Dutch or "
+                                    "Italian stay; 0 trusts langid alone", minimum=0.0)
     url_dedup: bool = opt(True, "drop rows repeating a URL (normalised: lowercase scheme and host, no fragment, no "
                                 "default port); --no-url-dedup keeps them")
     pair_dedup: bool = opt(True, "drop repeats of a (url, caption) pair; --no-pair-dedup keeps them")
@@ -136,6 +141,43 @@ def identify(caption: str) -> tuple[str, float]:
     return identify_batch([caption])[0]
 
 
+_WORD = re.compile(r"[^\W\d_]+")
+COMMON_ZIPF = 3.5  # about once per 300,000 English words: "rink", "hoodie", "commuter" are above it
+# wordfreq's lists whose words it cannot look up without a segmenter (jieba, MeCab) that wit does not install
+_UNSEGMENTED = frozenset({"zh", "ja", "ko"})
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _zipf(word: str, lang: str) -> float:
+    from wordfreq import zipf_frequency
+
+    return zipf_frequency(word, lang)
+
+
+@functools.lru_cache(maxsize=1)
+def _wordfreq_languages() -> frozenset[str]:
+    from wordfreq import available_languages
+
+    return frozenset(available_languages()) - _UNSEGMENTED
+
+
+def english_share(caption: str, lang: str) -> float:
+    """The share of a caption's words that are common English words, and no more common in `lang` (the language
+    langid picked, when wordfreq knows it). langid is a character n-gram model: on short English captions it is
+    sure of Dutch, Afrikaans or Italian ("a commuter using a cellular phone in a subway metro train": it, 0.95),
+    which a look at the words themselves undoes; "Ein Hund läuft über die Wiese" shares "die" with English but not
+    the rest."""
+    words = [w.lower() for w in _WORD.findall(caption)]
+    if not words:
+        return 0.0
+    other = lang if lang in _wordfreq_languages() else None
+    english = 0
+    for w in words:
+        z = _zipf(w, "en")
+        english += z >= COMMON_ZIPF and (other is None or z >= _zipf(w, other))
+    return english / len(words)
+
+
 @dataclass(frozen=True)
 class TextJob:
     src: str
@@ -144,6 +186,7 @@ class TextJob:
     max_chars: int
     english: bool
     lang_min_prob: float
+    english_words: float
 
 
 URL_COLUMNS = ("url", "URL", "image_url", "img_url")
@@ -190,7 +233,7 @@ def judge_file(job: TextJob) -> int:
         todo = [o for o in out if o["reason"] is None]
         for o, (lang, prob) in zip(todo, identify_batch([o["caption"].strip() for o in todo])):
             o["lang"], o["lang_prob"] = lang, prob
-            if lang != "en" and prob >= job.lang_min_prob:
+            if lang != "en" and prob >= job.lang_min_prob and english_share(o["caption"], lang) < job.english_words:
                 o["reason"] = f"not_english:{lang}"
     write_parquet(job.rows_out, pa.Table.from_pylist(out, schema=_ROWS))
     return len(out)
@@ -224,7 +267,8 @@ def run_text(cfg: TextConfig) -> dict:
     if any(f.rsplit("/", 1)[0] == out.rstrip("/") for f in files):
         raise WitError(f"{cfg.out}: holds the inputs, which the verdicts would overwrite; choose another --out")
     rows_dir = join(out, "_wit", "text_rows")
-    jobs = [TextJob(f, join(rows_dir, f"{s}.parquet"), cfg.min_chars, cfg.max_chars, cfg.english, cfg.lang_min_prob)
+    jobs = [TextJob(f, join(rows_dir, f"{s}.parquet"), cfg.min_chars, cfg.max_chars, cfg.english, cfg.lang_min_prob,
+                       cfg.english_words)
             for f, s in zip(files, stems)]
     rows = run_map(judge_file, jobs, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address)
     summary = dedup_rows(cfg, [j.rows_out for j in jobs], sum(rows), [join(out, f"{s}.parquet") for s in stems])
@@ -240,11 +284,14 @@ def dedup_rows(cfg: TextConfig, parts: list[str], n_rows: int, targets: list[str
     con.close()
     finish = [FinishJob(part, join(dups_dir, f"f={i}"), target) for i, (part, target) in enumerate(zip(parts, targets))]
     counts: Counter = Counter()
-    for c in imap(finish_file, finish, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address):
-        counts.update(c)
+    languages: Counter = Counter()
+    for kinds, langs in imap(finish_file, finish, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address):
+        counts.update(kinds)
+        languages.update(langs)
     remove_scratch(dups_dir)
     n = sum(counts.values())
-    return {"files": len(parts), "rows": n, "kept": counts.pop("kept", 0), "dropped": dict(counts)}
+    return {"files": len(parts), "rows": n, "kept": counts.pop("kept", 0), "dropped": dict(counts),
+            "languages": dict(languages.most_common())}
 
 
 def find_dups(con, parts: list[str], n_rows: int, dups_dir: str, pair_dedup: bool, url_dedup: bool) -> None:
@@ -297,8 +344,9 @@ class FinishJob:
     target: str
 
 
-def finish_file(job: FinishJob) -> dict[str, int]:
-    """One input file's verdicts: its per-row verdicts with the repeats folded in; returns rows per reason kind."""
+def finish_file(job: FinishJob) -> tuple[dict[str, int], dict[str, int]]:
+    """One input file's verdicts: its per-row verdicts with the repeats folded in; returns rows per reason kind,
+    and rows per language that langid gave (the rows it judged: those the caption rules kept)."""
     rows = read_parquet(job.rows, ["row", "uid", "reason", "lang", "lang_prob"])
     if not np.array_equal(rows["row"].to_numpy(), np.arange(rows.num_rows)):
         raise WitError(f"{job.rows}: rows out of order")  # judge_file writes them in order; never expected
@@ -315,5 +363,9 @@ def finish_file(job: FinishJob) -> dict[str, int]:
                       "lang": rows["lang"], "lang_prob": rows["lang_prob"]}, schema=TEXT_VERDICT)
     write_parquet(job.target, table)
     kinds = pc.fill_null(pc.list_element(pc.split_pattern(reason, ":", max_splits=1), 0), "kept")
-    return {k.as_py(): n.as_py() for k, n in zip(*pc.value_counts(kinds).flatten())}
+    return _counts(kinds), _counts(rows["lang"].drop_null())
+
+
+def _counts(values) -> dict[str, int]:
+    return {k.as_py(): n.as_py() for k, n in zip(*pc.value_counts(values).flatten())}
 

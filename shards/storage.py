@@ -104,3 +104,22 @@ def check_writable(url: str) -> None:
         fs.rm(probe)
     except Exception as err:
         raise WitError(f"{url}: output is not writable ({type(err).__name__}: {err})") from None
+
+
+BUCKET_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")  # object stores whose first path part is a bucket
+
+
+def check_bucket(url: str) -> None:
+    """Refuse, in one line, an object-store URL whose bucket does not exist: s3fs would create it on the first
+    write, and a bucket is the user's to make (who pays, where it lives, who may read it), never wit's."""
+    fs, path = fs_and_path(url)
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    if not set(protocols) & set(BUCKET_STORES):
+        return
+    bucket = path.strip("/").split("/", 1)[0]
+    try:
+        found = fs.exists(bucket)
+    except Exception as err:
+        raise WitError(f"{url}: cannot reach bucket {bucket!r} ({type(err).__name__}: {err})") from None
+    if not found:
+        raise WitError(f"{url}: bucket {bucket!r} does not exist; wit does not create buckets: create it first")

@@ -3,7 +3,10 @@ in it, the global steps run over it (text filter, dedup, balance, audit), and th
 
 The expectation `tests/golden/curate.json` was written by the code before the global steps were rewritten out of
 core (commit 196000a), and again when keep_prob and lang_prob became the same bits on every CPU (2026-12-07: the
-same verdicts, selected rows and URL lists; only those floats' last bits moved); `tests/test_curate_golden.py`
+same verdicts, selected rows and URL lists; only those floats' last bits moved) and when the English filter began
+to check langid's verdict against the words (106 English word-salad captions langid gave to other languages now
+stay; every foreign caption is still dropped), and when dedup's summary stopped counting earlier stages' drops as
+its own (its files unchanged); `tests/test_curate_golden.py`
 checks that today's code gives the same rows. Regenerate it only when an output is meant to change:
 `python -m tests.curate_pool --write`.
 """

@@ -92,3 +92,45 @@ def test_caption_shards(tmp_path):
     src = datasets.captioned(write_tar(tmp_path / "00000.tar", members))
     assert src.captions == ["photo 0", "photo 1", "photo 2"] and src.text_image == [0, 1, 2]
     assert [data for _, data in src.images()] == [p.read_bytes() for p in photos]
+
+
+@pytest.mark.data_fallback  # the sets are CIFAR-10 and Flickr8k, or without ../shared/data digits
+def test_clip_benchmark_layout_classification_and_retrieval(tmp_path):
+    from tests.eval_sets import classification_set, retrieval_set
+    from wit.trainer.eval.prompts import prompts_for
+
+    cls = classification_set(tmp_path / "wds_cifar10_test", 30, german=True, per_shard=12)  # 3 shards
+    assert datasets.is_benchmark_set(str(cls)) and not datasets.is_benchmark_set(str(cls), "train")
+    bench = datasets.benchmark_set(str(cls))
+    assert bench.kind == "classification" and bench.shards.endswith("/test/{0..2}.tar")
+    assert len(bench.classes) == 10 and bench.templates[0] == "ein Foto von einem {c}."  # UTF-8, as written
+    assert prompts_for(bench.classes[0], bench.templates)[2].startswith("ein Foto des großen ")
+    labels = [label for _, _, label in bench.labelled().items()]
+    assert len(labels) == 30 and set(labels) <= set(range(10))
+
+    ret = datasets.benchmark_set(str(retrieval_set(tmp_path / "wds_flickr", 7, per_shard=3)))
+    src = ret.captioned()
+    assert ret.kind == "retrieval" and ret.classes is None
+    assert src.n_images == 7 and len(src.captions) == 35 and Counter(src.text_image) == {i: 5 for i in range(7)}
+    assert len(list(src.images())) == 7
+
+
+@pytest.mark.data_fallback
+def test_clip_benchmark_layout_errors_name_the_file(tmp_path):
+    from tests.eval_sets import classification_set
+
+    root = classification_set(tmp_path / "set", 10)
+    (root / "classnames.txt").unlink()
+    with pytest.raises(WitError, match="set/classnames.txt: missing"):
+        datasets.benchmark_set(str(root))
+    (root / "test" / "nshards.txt").write_text("two\n")
+    with pytest.raises(WitError, match="nshards.txt: holds 'two'"):
+        datasets.benchmark_set(str(root))
+    (root / "test" / "nshards.txt").write_text("1\n")
+    (root / "dataset_type.txt").write_text("multilabel\n")
+    with pytest.raises(WitError, match="'multilabel' sets are not supported"):
+        datasets.benchmark_set(str(root))
+    from wit.trainer.eval.prompts import prompts_for
+
+    with pytest.raises(WitError, match="template 'a {x} photo'"):
+        prompts_for("cat", ["a {c}.", "a {x} photo"])

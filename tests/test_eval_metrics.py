@@ -9,7 +9,14 @@ import torch
 
 from wit.shards.storage import WitError
 from wit.trainer.eval.linear_probe import probe
-from wit.trainer.eval.metrics import class_embeddings, retrieval_recall, topk_accuracy
+from wit.trainer.eval.metrics import (
+    class_embeddings,
+    classification_metrics,
+    mean_per_class_recall,
+    retrieval_metrics,
+    retrieval_recall,
+    topk_accuracy,
+)
 from wit.trainer.eval.prompts import (
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
@@ -34,6 +41,31 @@ def test_topk_ties_count_against_the_model():
     logits = torch.zeros(4, 3)  # every class tied: no lucky hits
     assert topk_accuracy(logits, torch.tensor([0, 1, 2, 0]), ks=(1, 2, 3)) == {"top1": 0.0, "top2": 0.0,
                                                                                "top3": 1.0}
+
+
+def test_mean_per_class_recall_weighs_every_class_alike():
+    # class 0: 3 images, 2 right; class 1: 1 image, right; class 2 has no images (not averaged). By hand:
+    # (2/3 + 1) / 2 = 5/6, where top-1 accuracy is 3/4. A tie (image 3) counts against the model, as in top-k.
+    logits = torch.tensor([[0.9, 0.1, 0.0], [0.8, 0.3, 0.1], [0.5, 0.5, 0.1], [0.1, 0.7, 0.2]])
+    labels = torch.tensor([0, 0, 0, 1])
+    assert mean_per_class_recall(logits, labels) == pytest.approx(5 / 6)
+    # labels 1, 0, 0, 1: class 0 gets image 1 right and image 2 tied (against): 1/2; class 1 image 3 only: 1/2
+    assert mean_per_class_recall(logits, torch.tensor([1, 0, 0, 1])) == pytest.approx(0.5)
+
+
+def test_the_fields_metric_names():
+    """CLIP_benchmark's and DataComp's names; acc5 is None under 5 classes (DataComp writes it so)."""
+    logits = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.5, 0.7]])
+    assert classification_metrics(logits, torch.tensor([0, 1])) == {"acc1": 0.5, "acc5": None,
+                                                                    "mean_per_class_recall": 0.5}
+    five = torch.eye(5)
+    assert classification_metrics(five, torch.arange(5))["acc5"] == 1.0
+    images, texts = torch.eye(2), torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]])  # image 1's 2nd caption is bad
+    got = retrieval_metrics(images, texts, torch.tensor([0, 1, 1]))
+    # image retrieval = text->image: captions 0 and 1 find their image, caption 2 (of image 1) finds image 0: 2/3.
+    # text retrieval = image->text: each image's best own caption (cosine 1.0) is its top text: 1.
+    assert got["image_retrieval_recall@1"] == pytest.approx(2 / 3) and got["text_retrieval_recall@1"] == 1.0
+    assert got["mean_recall@1"] == pytest.approx((2 / 3 + 1) / 2) and got["image_retrieval_recall@10"] == 1.0
 
 
 def test_prompt_ensembling_normalises_averages_renormalises():

@@ -117,3 +117,22 @@ def test_cli_retrieval_and_linear_probe_run_end_to_end(tmp_path, capsys):
 def test_cli_user_error_is_one_line(tmp_path, capsys):
     code = main(["eval", "zeroshot", "--data", str(tmp_path / "missing"), "--random-init", "--model", TINY])
     assert code == 2 and "missing: no such file or folder" in capsys.readouterr().err
+
+
+def test_text_features_on_the_positions_that_count_equal_open_clips(tiny):
+    """The text tower run up to the batch's last end-of-text token gives open_clip's encode_text features; a caption
+    with '!' (token id 0, the padding id) and one cut at 77 tokens included. A tower not pooled at the end-of-text
+    token runs as open_clip runs it."""
+    from wit.trainer.eval.features import text_features
+
+    tokens = open_clip.get_tokenizer(TINY)(["a cat!", "Wow! a dog!! on the grass !", "a dog " * 60, "x"])
+    with torch.no_grad():
+        want = tiny.encode_text(tokens)
+        assert torch.allclose(text_features(tiny, tokens), want, atol=1e-5)
+        short = tokens[[0, 1, 3]]  # 9 positions instead of 77
+        assert torch.allclose(text_features(tiny, short), tiny.encode_text(short), atol=1e-5)
+        tiny.text_pool_type = "last"
+        try:
+            assert torch.equal(text_features(tiny, short), tiny.encode_text(short))
+        finally:
+            tiny.text_pool_type = "argmax"

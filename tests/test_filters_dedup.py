@@ -145,9 +145,12 @@ def test_rows_an_earlier_stage_dropped_never_stand_for_their_group(tmp_path):
                              "phash": pa.array([7, 7, 7, 9], pa.int64())}), tmp_path / "images" / "00000.parquet")
     pq.write_table(pa.table({"uid": uids, "keep": [False, True, True, True],
                              "reason": ["caption_filename", None, None, None]}), tmp_path / "text" / "00000.parquet")
-    dedup(DedupConfig(images=str(tmp_path / "images"), out=str(tmp_path / "out"), near_k=0, after=(str(tmp_path / "text"),)))
+    summary = dedup(DedupConfig(images=str(tmp_path / "images"), out=str(tmp_path / "out"), near_k=0,
+                                after=(str(tmp_path / "text"),)))
     got = {r["uid"]: (r["keep"], r["reason"]) for r in pq.read_table(tmp_path / "out" / "00000.parquet").to_pylist()}
     assert got == {"a": (False, "caption_filename"), "b": (True, None), "c": (False, "dup_of:b"), "d": (True, None)}
+    # its own drops only: the text filter's is counted apart (the pipeline's line showed it as the dedup's)
+    assert summary["dropped"] == {"dup_of": 1} and summary["dropped_before"] == 1 and summary["kept"] == 2
 
 
 def _components_brute_force(uids, hashes, k) -> dict[str, str]:

@@ -531,6 +531,8 @@ tensorboard = false
 """)
     assert main(["pipeline", str(config)]) == 0
     capfd.readouterr()
+    assert main(["pipeline", str(config), "--set", "train.steps=4", "--plan"]) == 0
+    assert "training goes on from step_00000002.pt" in capfd.readouterr().out
     assert main(["pipeline", str(config), "--set", "train.steps=4"]) == 0
     out = capfd.readouterr().out
     assert "[1/1] train    start  resume: steps 2 -> 4: the command goes on from where it ended" in out, out
@@ -543,3 +545,40 @@ tensorboard = false
     err = capfd.readouterr().err
     assert "the train stage's redo (options changed: steps 4 -> 3) deletes train: " in err and "--force" in err, err
     assert sorted(p.name for p in checkpoints.glob("*.pt")) == ["step_00000002.pt", "step_00000004.pt"]
+
+    # killed before its first checkpoint: the plan must not promise a resume it cannot give
+    record = root / "_wit" / "pipeline" / "train.json"
+    record.write_text(json.dumps(json.loads(record.read_text()) | {"state": "running"}))
+    for p in checkpoints.glob("*.pt"):
+        p.unlink()
+    assert main(["pipeline", str(config), "--set", "train.steps=4", "--plan"]) == 0
+    assert "it wrote no checkpoint, so training starts again at step 0" in capfd.readouterr().out
+
+
+def test_paths_in_the_config_are_read_against_its_folder_and_an_early_error_leaves_nothing(tmp_path, monkeypatch,
+                                                                                          capsys):
+    project = tmp_path / "project"
+    config = write_small(project)
+    monkeypatch.chdir(tmp_path)  # the project's parent: list.csv, q.txt and out are the project's all the same
+    assert main(["pipeline", "project/p.toml"]) == 0
+    assert (project / "out" / "balance" / "urls").is_dir() and not (tmp_path / "out").exists()
+    # an error before any stage wrote a file of its own: the output root this run made is gone again
+    config.write_text(config.read_text().replace('extra = ["q.txt"]', 'extra = ["gone.txt"]')
+                      .replace('out = "out"', 'out = "out2"'))
+    capsys.readouterr()
+    assert main(["pipeline", "project/p.toml"]) == 2
+    assert f"{project / 'gone.txt'}" in one_line(capsys)
+    assert sorted(os.listdir(project)) == ["list.csv", "out", "p.toml", "q.txt"]
+
+
+def test_a_stage_that_keeps_nothing_stops_the_pipeline_in_one_line(tmp_path, monkeypatch, server, capsys):
+    # no allow_net: the crawl refuses every loopback URL, and the text filter must not run on nothing
+    config = write_small(tmp_path, ("queries", "match", "balance", "download", "text"), server.url)
+    config.write_text(config.read_text().replace('allow_net = ["127.0.0.1/32"]', ""))
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):  # and again once the crawl is finished: its record says it kept nothing
+        capsys.readouterr()
+        assert main(["pipeline", str(config)]) == 2
+        err = one_line(capsys)
+        assert "the download stage kept none of its" in err and "ssrf_blocked" in err and "allow_net" in err, err
+        assert not (tmp_path / "out" / "verdicts").exists()

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import s3fs
 import torch
+from moto.server import ThreadedMotoServer
 
 from wit.cli import main
+from wit.trainer import checkpoint
 from wit_trainer_data import jpeg, write_shards
 
 
@@ -99,6 +107,67 @@ def test_resume_latest_skips_an_unreadable_newest_checkpoint(shards, tmp_path, c
     assert train(shards, out, "--steps", "8", "--resume", "latest") == 2
     err = capsys.readouterr().err
     assert f"wit train: error: {ckpts}: none of its 3 checkpoints is readable" in err and "Traceback" not in err
+
+
+@pytest.mark.timeout(120)
+def test_a_fresh_run_refuses_a_folder_holding_another_run(shards, tmp_path, capsys):
+    out, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    assert train(shards, out, "--steps", "4", "--ckpt-every", "2") == 0
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert train(shards, out, "--steps", "2", "--seed", "1") == 2  # the same folders, no --resume
+    assert (f"wit train: error: {ckpts}: holds checkpoints of another run (step_00000002.pt .. step_00000004.pt); "
+            "continue it with --resume latest, or start this one in a new --out (or --ckpt)") in error_line(capsys)
+    assert train(shards, out, "--steps", "2", "--ckpt", str(tmp_path / "elsewhere")) == 2  # its log and config
+    assert f"wit train: error: {out}: holds another run (its log.jsonl)" in error_line(capsys)
+    assert train(shards, tmp_path / "new", "--steps", "2", "--ckpt", str(ckpts)) == 2  # its checkpoints
+    assert f"wit train: error: {ckpts}: holds checkpoints of another run" in error_line(capsys)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files  # nothing of the first run touched
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "new").exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_checkpoint_bucket_that_does_not_exist_is_refused_not_made(shards, s3_server, tmp_path, capsys):
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    assert train(shards, tmp_path / "run", "--steps", "2", "--ckpt", "s3://wit-never-made/ckpt") == 2
+    assert error_line(capsys) == ("wit train: error: s3://wit-never-made/ckpt: bucket 'wit-never-made' does not exist; "
+                                  "wit does not create buckets: create it first\n")
+    assert not fs.exists("wit-never-made") and not (tmp_path / "run").exists()
+
+
+@pytest.mark.timeout(240)
+def test_s3_gone_mid_run_is_one_line_and_resume_trusts_only_whole_checkpoints(shards, s3_server, tmp_path):
+    """A second S3 server of this test's own, stopped for real while `wit train` saves a checkpoint every step."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    endpoint = "http://{}:{}".format(*server.get_host_and_port())
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
+    fs.mkdir("wit-goes-away")
+    ckpt, out = "s3://wit-goes-away/ckpt", tmp_path / "run"
+    cmd = [sys.executable, "-m", "wit.trainer.train", "--data", shards, "--out", str(out), "--ckpt", ckpt,
+           "--batch-size", "4", "--workers", "0", "--warmup", "1", "--no-tensorboard", "--steps", "60",
+           "--ckpt-every", "1", "--keep", "0"]
+    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_MAX_ATTEMPTS": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while not fs.exists(f"{ckpt}/step_00000002.pt"):  # two checkpoints written, 58 steps still to go
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+            fs.invalidate_cache()
+    finally:
+        server.stop()  # the endpoint is gone before the run can end
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    last = err.splitlines()[-1]
+    assert re.fullmatch(rf"wit train: error: {ckpt}/step_\d{{8}}\.pt: could not write the checkpoint of step \d+ "
+                        r"\(\w+: .*\); --resume latest continues from the last one written", last), err  # no endpoint
+
+    # moto keeps its buckets in the process: the session's server (AWS_ENDPOINT_URL here) serves what was written.
+    # What --resume latest takes: the newest checkpoint, whole, and no newer one it had to skip.
+    skipped = []
+    url, state = checkpoint.load_latest(ckpt, warn=skipped.append)
+    assert skipped == [] and url == checkpoint.list_steps(ckpt)[-1] and state["step"] == int(url[-11:-3]) >= 2
 
 
 @pytest.mark.timeout(120)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import json
 import random
+from pathlib import Path
 
 import open_clip
 import pytest
@@ -108,6 +109,29 @@ def test_index_file_gives_counts_without_listing(tmp_path):
         resolve_shards("pipe:curl http://x/{0..1}.tar")
     with pytest.raises(WitError, match="not found"):
         resolve_shards(str(tmp_path / "{00005..00006}.tar"))
+
+
+def test_a_bad_index_is_one_line_naming_it(tmp_path, s3_bucket, capsys):
+    from wit.cli import main
+
+    good = json.dumps({"shards": {"00000.tar": 3, "00001.tar": 5}})
+    cases = {  # index -> (its bytes, or None for none, what the error says after its name)
+        str(tmp_path / "missing.json"): (None, "no such shard index"),
+        f"{s3_bucket}/missing/index.json": (None, "no such shard index"),
+        "s3://wit-no-such-bucket/index.json": (None, "no such shard index"),
+        str(tmp_path / "cut.json"): (good[:20], "not a shard index, or a truncated one (JSONDecodeError: "),
+        str(tmp_path / "text.json"): (good.replace("5", '"five"'), 'shard 00001.tar: count "five" is not a whole'),
+        str(tmp_path / "float.json"): (good.replace("5", "5.5"), "shard 00001.tar: count 5.5 is not a whole number"),
+        str(tmp_path / "negative.json"): (good.replace("5", "-5"), "shard 00001.tar: count -5 is not a whole number"),
+        str(tmp_path / "list.json"): ("[1, 2]", 'not a shard index (expected {"shards": '),
+    }
+    for url, (data, says) in cases.items():
+        if data is not None:
+            Path(url).write_text(data)
+        assert main(["train", "--data", url, "--out", str(tmp_path / "run")]) == 2, url
+        err = capsys.readouterr().err
+        assert err.startswith(f"wit train: error: {url}: {says}") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
 
 
 def test_decode_large_jpeg_at_reduced_size_and_seeded_crop():

@@ -82,7 +82,7 @@ def test_two_ranks_read_every_sample_once_per_epoch_from_s3(s3_bucket, tmp_path)
         assert skipped[epoch] == {"000010002", "000010005", "000020003"}  # counted, and only those
     assert [records[0][s]["keys"] for s in range(3)] != [records[0][s]["keys"] for s in range(3, 6)]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert sum(r["skipped"] for r in log) == 6 and log[-1]["step"] == 6 and log[-1]["samples_seen"] == 48
+    assert sum(r["skipped"] for r in log) == 6 and log[-1]["step"] == 6 and log[-1]["samples_seen"] == 48 - 6
     assert all(r["loss"] > 0 and r["temperature"] > 0.01 for r in log)
 
     # The final checkpoint loads with weights_only=True and into open_clip.
@@ -168,3 +168,42 @@ def test_tensorboard_scalars_equal_the_jsonl_log_and_resampled_runs_end_to_end(t
     keys = collections.Counter(k for r in steps(out, 0).values() for k in r["keys"])
     assert max(keys.values()) > 1 and not (out / "tensorboard").exists()  # 24 draws with replacement
     assert json.loads((out / "config.json").read_text())["resampled"] is True
+
+
+@pytest.mark.timeout(120)
+def test_checkpoint_time_is_logged_apart_and_not_counted_in_the_next_intervals_samples_per_s(tmp_path, monkeypatch):
+    """A checkpoint after each log line: the next line's interval_s (which samples/s divides by) leaves out the
+    checkpoint_s it reports, so both fit in the wall time between the two lines."""
+    from wit.trainer.train import main
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    write_shards(lambda n, d: (tmp_path / n).write_bytes(d), [9, 5, 12])
+    assert main(["--data", str(tmp_path / "{00000..00002}.tar"), "--batch-size", "4", "--workers", "0", "--steps", "6",
+                 "--log-every", "2", "--ckpt-every", "2", "--warmup", "1", "--no-tensorboard",
+                 "--out", str(tmp_path / "run")]) == 0
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["checkpoint_s"] == 0 and all(r["checkpoint_s"] > 0 for r in log[1:])
+    for before, after in zip(log, log[1:]):
+        wall = after["time"] - before["time"]  # time.time(); interval_s is perf_counter's: 1 ms for the clocks
+        assert after["interval_s"] + after["checkpoint_s"] <= wall + 1e-3, (before, after)
+        assert after["samples_per_s"] == pytest.approx(2 * 4 / after["interval_s"])
+
+
+def test_on_cuda_cudnn_picks_its_fastest_kernels_and_float32_products_may_use_tf32():
+    """As open_clip_train sets them (flags only: setting them needs no GPU)."""
+    from wit.trainer.train import fast_cuda_math
+
+    flags = (torch.backends.cudnn, "benchmark"), (torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn,
+                                                                                              "allow_tf32")
+    saved = [getattr(owner, name) for owner, name in flags]
+    try:
+        for owner, name in flags:
+            setattr(owner, name, False)
+        fast_cuda_math(torch.device("cpu"))
+        assert not any(getattr(owner, name) for owner, name in flags)
+        fast_cuda_math(torch.device("cuda", 0))
+        assert all(getattr(owner, name) for owner, name in flags)
+    finally:
+        for (owner, name), value in zip(flags, saved):
+            setattr(owner, name, value)

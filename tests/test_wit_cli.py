@@ -40,3 +40,24 @@ def test_each_command_is_parsed_by_its_own_wing_alone():
     assert commands(build_parser()) == set(COMMANDS) and set(COMMANDS.values()) <= set(WINGS)
     for command, wing in COMMANDS.items():
         assert command in commands(build_parser(command))
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, image_server):
+    """`wit download ... | head -2`: the crawl's later lines meet a closed pipe; no traceback, the SIGPIPE status."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import write_csv
+
+    names = sorted(image_server.images)[:4]
+    write_csv(tmp_path / "l.csv", [(f"{image_server.url}/img/{n}", f"a photo {i}") for i, n in enumerate(names * 5)])
+    proc = subprocess.Popen([sys.executable, "-m", "wit", "download", str(tmp_path / "l.csv"), "--out",
+                             str(tmp_path / "out"), "--allow-net", "127.0.0.1/32", "--processes", "1",
+                             "--shard-size", "5", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    first = proc.stdout.readline()  # the plan's first line comes before any shard is fetched
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141 and first.startswith(b"output"), (first, err)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -23,15 +23,25 @@ FIELDS = {"state_dict": dict, "optimizer": dict, "step": int, "samples_seen": in
 
 
 def save(ckpt_dir: str, step: int, state: dict, keep: int = 0) -> str:
+    """Write the checkpoint of `step`, then remove all but the newest `keep`. A storage error (a full disk, an S3
+    endpoint gone) is a one-line WitError naming the file; the file appears whole or not at all (write_atomic), and
+    a temporary name left behind is never taken for a checkpoint (NAME)."""
     buf = io.BytesIO()
     torch.save(state, buf)
     url = join(ckpt_dir, f"step_{step:08d}.pt")
-    fs, path = fs_and_path(ckpt_dir)
-    fs.makedirs(path, exist_ok=True)
-    write_atomic(url, buf.getvalue())
+    try:
+        write_atomic(url, buf.getvalue())  # makes a local folder; on an object store no folder (nor bucket) is made
+    except Exception as err:  # noqa: BLE001 - storage errors of every kind (OSError, botocore's) end here
+        raise WitError(f"{url}: could not write the checkpoint of step {step} ({reason(err)}); --resume latest "
+                       "continues from the last one written") from None
     if keep:
-        for old in list_steps(ckpt_dir)[:-keep]:
-            fs.rm(fs_and_path(old)[1])
+        try:
+            for old in list_steps(ckpt_dir)[:-keep]:
+                fs, path = fs_and_path(old)
+                fs.rm(path)
+        except Exception as err:  # noqa: BLE001 - as above
+            raise WitError(f"{url} written, but older checkpoints in {ckpt_dir} could not be removed "
+                           f"({reason(err)})") from None
     return url
 
 

@@ -24,6 +24,10 @@ class TrainConfig:
     online_balance: bool = opt(False, "online balancing (MetaCLIP 2): each epoch keeps each sample with the keep_prob "
                                       "of its corpus manifest (`wit curate balance --online`, then `wit shards write`), "
                                       "drawn from (seed, epoch, uid); the epoch lays out only the kept samples")
+    max_bad_shards: int = opt(0, "shards holding fewer samples than their count (index.json, or the tar headers at "
+                                 "start: cut short, missing, unreadable) that the run tolerates, their missing samples "
+                                 "masked and each shard reported once; one more stops it (0: the first stops it)",
+                              minimum=0)
     seed: int = opt(0, "seed of the data order, augmentation and initialisation")
     loss: str = opt("clip", "clip: symmetric InfoNCE (softmax); siglip: the sigmoid loss, with a learnable bias "
                             "(temperature starts at 10, bias at -10), exchanged between neighbouring ranks",
@@ -40,16 +44,23 @@ class TrainConfig:
     grad_checkpointing: bool = opt(False, "recompute activations in the backward pass: less memory, more time")
     compile: bool = opt(False, "torch.compile the model")
     decode: str = opt("auto", "where JPEGs are decoded and cropped: gpu (nvJPEG on the device, the loader workers only "
-                              "read and tokenise), cpu (PIL in the loader workers), auto (gpu on CUDA, else cpu)",
+                              "read and tokenise), cpu (PIL in the loader workers), auto (gpu on CUDA once its JPEG "
+                              "self-test passes, else cpu)",
                       choices=("auto", "gpu", "cpu"))
     channels_last: bool = opt(False, "images and model in channels-last memory format (helps convolutions on GPUs)")
     log_every: int = opt(10, "steps per log line", minimum=1)
-    ckpt_every: int = opt(200, "steps per checkpoint (one is always written at the end)", minimum=1)
-    ckpt_minutes: float = opt(0.0, "also checkpoint when this many minutes passed (checked at log lines; 0: off)",
+    ckpt_every: int = opt(200, "steps per checkpoint (one is always written at the end; 0: by time only)",
+                          minimum=0)
+    ckpt_minutes: float = opt(5.0, "also checkpoint when this many minutes passed since the last one (checked at "
+                                   "log lines; 0: off), so that a kill loses minutes whatever a step costs",
                               minimum=0)
     keep: int = opt(3, "newest checkpoints kept (0: all)", minimum=0)
     log_samples: bool = opt(False, "also write each step's sample keys and local loss to <out>/samples-rank<r>.jsonl")
     tensorboard: bool = opt(True, "also write the log scalars to TensorBoard event files in <out>/tensorboard")
+    eval_tasks: str = opt("", "evaluate during training: a task list in DataComp's form (`wit eval suite`); results "
+                              "in log.jsonl, TensorBoard and <out>/eval/step_XXXXXXXX.jsonl")
+    eval_every: str = opt("", "with --eval-tasks: every N steps (500) or minutes (30m), and at the end")
+    eval_root: str = opt("", "with --eval-tasks: the folder of the datasets (default: the task list's folder)")
 
     @property
     def ckpt_dir(self) -> str:

@@ -16,10 +16,13 @@ Resampled mode (open_clip's --dataset-resampled) replaces steps 1-3: each (rank,
 shards drawn uniformly with replacement, seeded by (seed, epoch, rank, worker); an "epoch" is then just a step count.
 A sample that cannot be used (truncated tar, bad image, no caption) keeps its slot with valid=False and is
 reported in the batch's `skipped` list; the loss masks the slot, so every rank keeps the same batch shape.
+A sample that its shard should hold by its count but does not (the shard ends early, is missing or unreadable) is
+masked alike, and the batch's `short_shards` names the shard and both counts: the trainer stops the run on it.
 """
 from __future__ import annotations
 
 import io
+import json
 import math
 import random
 import sys
@@ -34,6 +37,7 @@ from PIL import Image
 
 from wit.shards import fasttar, online
 from wit.shards.storage import WitError, expand, join, read_json
+from wit.trainer.checkpoint import reason
 
 SCALE, RATIO = (0.9, 1.0), (3 / 4, 4 / 3)  # open_clip's training RandomResizedCrop
 
@@ -43,18 +47,35 @@ def resolve_shards(spec: str) -> tuple[list[str], list[int]]:
     """Shard URLs and sample counts from an index (`.../index.json`: {"shards": {"00000.tar": n}}) or a brace
     pattern (`s3://b/{00000..00099}.tar`), counted from tar headers."""
     if spec.endswith(".json"):
-        index = read_json(spec)
-        if not isinstance(index, dict) or not isinstance(index.get("shards"), dict):
-            raise WitError(f'{spec}: not a shard index (expected {{"shards": {{"00000.tar": count, ...}}}})')
+        shards = read_index(spec)
         base = spec.rsplit("/", 1)[0] if "/" in spec else "."
-        names = sorted(index["shards"])
-        return [name if "://" in name else join(base, name) for name in names], [int(index["shards"][n]) for n in names]
+        names = sorted(shards)
+        return [name if "://" in name else join(base, name) for name in names], [shards[n] for n in names]
     if spec.startswith("pipe:"):
         raise WitError(f"{spec}: pipe: shard URLs are refused (they run shell commands)")
     urls = expand(spec)
     with ThreadPoolExecutor(8) as pool:
         counts = list(pool.map(_count_or_zero, urls))
     return urls, counts
+
+
+def read_index(spec: str) -> dict[str, int]:
+    """{shard name: sample count} of an index file; anything else (missing, unreadable, cut short, a count that is
+    not a whole number) is a one-line WitError naming the file (and the shard)."""
+    try:
+        index = read_json(spec)
+    except FileNotFoundError:
+        raise WitError(f"{spec}: no such shard index") from None
+    except ValueError as err:  # bad JSON (a file cut short) or bad UTF-8
+        raise WitError(f"{spec}: not a shard index, or a truncated one ({type(err).__name__}: {err})") from None
+    except Exception as err:  # noqa: BLE001 - storage errors of every kind (no bucket, no endpoint) end here
+        raise WitError(f"{spec}: cannot read the shard index ({type(err).__name__}: {err})") from None
+    if not isinstance(index, dict) or not isinstance(index.get("shards"), dict):
+        raise WitError(f'{spec}: not a shard index (expected {{"shards": {{"00000.tar": count, ...}}}})')
+    for name, count in index["shards"].items():
+        if type(count) is not int or count < 0:  # bool is an int subclass; 12.0 and "12" are refused as well
+            raise WitError(f"{spec}: shard {name}: count {json.dumps(count)} is not a whole number of samples")
+    return index["shards"]
 
 
 def _count_or_zero(url: str) -> int:
@@ -167,8 +188,8 @@ def crop_box(width: int, height: int, rng: random.Random) -> tuple[int, int, int
 
 def crop_plan(data: bytes, size: int, rng: random.Random) -> tuple[Image.Image, tuple[int, int, int, int], int]:
     """(image opened and set to decode at reduced size, its crop box, the reduction factor): the one place where a
-    sample's crop is drawn, for the CPU path (which decodes the image here) and the device path (which decodes the
-    full-size JPEG on the device and crops the box times the factor). Reads the header only; nothing is decoded."""
+    sample's crop is drawn, for the CPU path (which decodes the image here) and the device path (which decodes on the
+    device the JPEGs that need no reduction, `suits_the_device`). Reads the header only; nothing is decoded."""
     img = Image.open(io.BytesIO(data))
     full = img.size
     need = math.ceil(size / math.sqrt(SCALE[0] / RATIO[1]))  # the smallest crop side must still cover `size`
@@ -194,6 +215,15 @@ def crop_resized(img: Image.Image, box: tuple[int, int, int, int], size: int, ou
     return out
 
 
+def suits_the_device(img: Image.Image, factor: int) -> bool:
+    """Whether `--decode gpu` decodes this image (opened by crop_plan) on the device; the loader workers decode the
+    rest. A baseline RGB or grey JPEG, yes. A progressive one (its SOF2 marker, which PIL reads with the header) goes
+    through nvJPEG's slow one-at-a-time path, not the batched hardware one; an oversized one (at least twice the side
+    its crop needs, so crop_plan's draft `factor` > 1) is decoded here by libjpeg at 1/4 of its pixels or fewer,
+    where the device would decode it whole; PNG, CMYK and others nvJPEG does not take."""
+    return img.format == "JPEG" and img.mode in ("RGB", "L") and not img.info.get("progressive") and factor == 1
+
+
 def caption_of(sample: dict[str, bytes]) -> str:
     text = sample.get("txt", b"").decode("utf-8").strip()
     if not text:
@@ -202,6 +232,14 @@ def caption_of(sample: dict[str, bytes]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- one epoch
+class ShortShard(EOFError):
+    """A sample its shard should hold by its count but does not: the shard ends early, is missing or unreadable."""
+
+    def __init__(self, url: str, message: str):
+        super().__init__(message)
+        self.url = url
+
+
 class EpochStream(torch.utils.data.IterableDataset):
     """One rank's batches of one epoch, from batch `start` on; run by DataLoader workers (or in-process)."""
 
@@ -213,6 +251,7 @@ class EpochStream(torch.utils.data.IterableDataset):
         self.image_size, self.tokenizer, self.window = image_size, tokenizer, window
         self.jpeg_bytes = jpeg_bytes  # leave JPEG decoding and cropping to the device (trainer/gpu_decode.py)
         self._readers = {}  # worker -> (shard, next index, open sample iterator) of the tar it is reading
+        self._short: dict[int, str] = {}  # shard -> why it yields fewer samples than its count
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -277,20 +316,22 @@ class EpochStream(torch.utils.data.IterableDataset):
         return out
 
     def read(self, window, worker: int):
-        """(window, raw samples of its (shard, index) pairs); runs of one shard are read in one pass."""
+        """(window, raw samples of its (shard, index) pairs); runs of one shard are read in one pass. A sample that
+        its shard does not hold (the shard ends early, or stays unreadable) gets the ShortShard error saying so."""
         out, runs = {}, {}
         for shard, i in window:
             runs.setdefault(shard, []).append(i)
         for shard, idx in runs.items():
             lo, hi = min(idx), max(idx) + 1
             got = self.read_slice(shard, lo, hi, worker)
-            for i in idx:
-                out[shard, i] = got.get(i, (f"{shard}:{i}", EOFError("sample missing (truncated shard?)")))
+            for i in idx:  # an error of its own per slot: one raised again and again would keep every frame
+                out[shard, i] = got.get(i) or (f"{shard}:{i}", ShortShard(self.urls[shard], self._short[shard]))
         return window, out
 
     def read_slice(self, shard: int, lo: int, hi: int, worker: int) -> dict:
         """Samples lo..hi-1 of a shard. Windows read a segment in order, so the open tar carries on from one
-        window to the next instead of listing the shard's headers again (on S3, re-reading it)."""
+        window to the next instead of listing the shard's headers again (on S3, re-reading it). Fewer than asked
+        for: the shard is short (self._short says how)."""
         got, err = {}, None
         for attempt in range(3):
             try:
@@ -302,30 +343,51 @@ class EpochStream(torch.utils.data.IterableDataset):
                     next(reader, None)
                 while lo + len(got) < hi:
                     item = next(reader, None)
-                    if item is None:  # the shard ended early (truncated)
+                    if item is None:  # the shard ends before its count
+                        if shard not in self._short:
+                            self.short(shard, self.holding(shard))
                         break
                     got[lo + len(got)] = item
                 self._readers[worker] = (shard, lo + len(got), reader)
                 return got
+            except fasttar.TarMissing:  # gone: not worth another try
+                self.short(shard, "is missing")
+                return got
             except Exception as e:  # transient storage errors: reopen and go on from where we were
                 self._readers[worker], err = None, e
                 time.sleep(0.2 * (attempt + 1))
-        print(f"wit train: warning: {self.urls[shard]}: read failed after 3 tries ({type(err).__name__}: {err})",
-              file=sys.stderr)
+        self.short(shard, f"is unreadable after 3 tries at sample {lo + len(got)} ({reason(err)})")
         return got
+
+    def short(self, shard: int, what: str) -> None:
+        """Remember, once per shard, why it yields fewer samples than its count (the plan's, from the index)."""
+        if shard not in self._short:
+            count = (self.plan.counts if self.online_counts is None else self.online_counts)[shard]
+            self._short[shard] = f"{self.urls[shard]}: {what}, but its count is {count}"
+
+    def holding(self, shard: int) -> str:
+        """What a short shard holds, from its headers (read again: this is the rare, failing path)."""
+        try:
+            return f"holds {fasttar.count_samples(self.urls[shard])} samples"
+        except fasttar.TarMissing:
+            return "is missing"
+        except Exception as err:  # noqa: BLE001 - unreadable now, whatever the reason
+            return f"cannot be read ({reason(err)})"
 
     def collate(self, j: int, slots) -> dict:
         """The batch: uint8 `images` [B, 3, size, size]; with `jpeg_bytes`, instead `jpegs` (the stored bytes of the
         RGB or grey JPEGs end to end, one tensor: one shared-memory handle per batch, not per sample) with
-        `jpeg_sizes` [B] (0 for other slots), their crop `boxes` in full-size pixels, and `images` [K, ...] of the K
-        other samples (PNG, CMYK, ...), decoded here, at `decoded_at`."""
+        `jpeg_sizes` [B] (0 for other slots), their crop `boxes`, and `images` [K, ...] of the K other samples (PNG,
+        CMYK, progressive, oversized: `suits_the_device`), decoded here, at `decoded_at`."""
         size, B = self.image_size, len(slots)
         images = torch.zeros(0 if self.jpeg_bytes else B, 3, size, size, dtype=torch.uint8)
         jpegs, sizes, boxes = [], torch.zeros(B, dtype=torch.int64), torch.zeros(B, 4, dtype=torch.int64)
         decoded, decoded_at = [], []
-        texts, keys, valid, skipped = [], [], [], []
+        texts, keys, valid, skipped, short = [], [], [], [], {}
         for n, (key, sample, rng) in enumerate(slots):
             try:
+                if isinstance(sample, ShortShard):
+                    short[sample.url] = str(sample)
                 if isinstance(sample, Exception):
                     raise sample
                 image = fasttar.image_of(sample)
@@ -335,18 +397,18 @@ class EpochStream(torch.utils.data.IterableDataset):
                 img, box, factor = crop_plan(image, size, rng)
                 if not self.jpeg_bytes:
                     crop_resized(img, box, size, out=images[n])
-                elif img.format == "JPEG" and img.mode in ("RGB", "L"):
+                elif suits_the_device(img, factor):
                     jpegs.append(image)
                     sizes[n] = len(image)
-                    boxes[n] = torch.tensor(box) * factor
+                    boxes[n] = torch.tensor(box)
                 else:
                     decoded.append(crop_resized(img, box, size)), decoded_at.append(n)
                 texts.append(text), keys.append(key), valid.append(True)
             except Exception as err:
                 texts.append(""), keys.append(key), valid.append(False)
                 skipped.append(f"{key}: {type(err).__name__}: {err}")
-        batch = {"texts": self.tokenizer(texts), "valid": torch.tensor(valid),
-                 "keys": keys, "skipped": skipped, "epoch": self.plan.epoch, "step": j}
+        batch = {"texts": self.tokenizer(texts), "valid": torch.tensor(valid), "keys": keys, "skipped": skipped,
+                 "short_shards": short, "epoch": self.plan.epoch, "step": j}
         if not self.jpeg_bytes:
             return {"images": images, **batch}
         images = torch.stack(decoded) if decoded else images

@@ -22,11 +22,11 @@ import torch.distributed as dist
 from wit.shards import lineage as lineage_records
 from wit.shards.options import add_arguments, from_args
 from wit.shards.progress import bar as progress_bar
-from wit.shards.storage import WitError
+from wit.shards.storage import WitError, check_bucket
 from wit.trainer import checkpoint
 from wit.trainer.config import TrainConfig
 from wit.trainer.data import ShardLoader, resolve_shards
-from wit.trainer.gpu_decode import DeviceBatches, decode_mode, prepared_ahead
+from wit.trainer.gpu_decode import DeviceBatches, choose_decode, prepared_ahead
 from wit.trainer.lineage import Lineage, shard_versions
 from wit.trainer.loss import LOSSES, MAX_LOGIT_SCALE, clip_loss, model_kwargs
 
@@ -76,6 +76,16 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def fast_cuda_math(device: torch.device) -> None:
+    """On CUDA, what open_clip_train sets (so that the two compare fairly): cuDNN times its kernels for each input
+    shape once and keeps the fastest (the shapes never change here), and float32 matrix products and convolutions
+    (what bf16 autocast leaves in float32, and the device path's crop-resize) may use TF32 tensor cores."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def set_threads(workers: int) -> int:
     """torch's intra-op threads: the cores left to this rank after its loader workers, at least one, unless
     OMP_NUM_THREADS says otherwise. torch's default, a thread per core, oversubscribes the cores together with the
@@ -103,10 +113,10 @@ def on_rank0(fn, rank: int, world: int):
     return box[0]
 
 
-def all_sum(values: list[float], device) -> list[float]:
+def all_sum(values: list[float], device, group=None) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_initialized():
-        dist.all_reduce(t)
+        dist.all_reduce(t, group=group)
     return t.tolist()
 
 
@@ -128,6 +138,21 @@ def find_resume(cfg: TrainConfig, rank: int, world: int) -> tuple[str | None, di
     if recorded and recorded != cfg.model:
         raise WitError(f"{url}: a checkpoint of --model {recorded}, but this run has --model {cfg.model}")
     return url, state
+
+
+def refuse_another_run(cfg: TrainConfig) -> None:
+    """A fresh run needs folders of its own: in one that holds another run's checkpoints or log, it would overwrite
+    some of that run's steps, leave its later ones beside its own (which `--resume latest` and `wit eval` would then
+    take) and append to its log."""
+    steps = checkpoint.list_steps(cfg.ckpt_dir)
+    if steps:
+        names = steps[0].rsplit("/", 1)[-1] + (f" .. {steps[-1].rsplit('/', 1)[-1]}" if len(steps) > 1 else "")
+        raise WitError(f"{cfg.ckpt_dir}: holds checkpoints of another run ({names}); continue it with --resume "
+                       "latest, or start this one in a new --out (or --ckpt)")
+    log = Path(cfg.out) / "log.jsonl"
+    if log.exists() and log.stat().st_size:
+        raise WitError(f"{cfg.out}: holds another run (its log.jsonl); continue it with --resume latest, or start "
+                       "this one in a new --out")
 
 
 def skipping(message: str) -> None:
@@ -153,12 +178,20 @@ def train(cfg: TrainConfig) -> int:
         raise WitError("--data: no shards given (a brace pattern or an index .json)")
     if cfg.accum < 1 or cfg.batch_size % cfg.accum:
         raise WitError(f"--accum {cfg.accum}: must divide --batch-size {cfg.batch_size}")
+    # s3fs sends its requests from an asyncio loop of its own: when an endpoint dies mid-upload, aiohttp's orphaned
+    # write task is logged there with a traceback, beside the error that reaches the caller (reported in one line)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     rank, world, device = setup_distributed()
+    fast_cuda_math(device)
+    cpu_group = dist.new_group(backend="gloo") if world > 1 and device.type == "cuda" else None  # sums w/o the GPU
     threads = set_threads(cfg.workers)
     # Rank 0 lists (or reads the index of) the shards and tells the others; fail early on bad data, before building
     # the model, and on a bad checkpoint
     shards = on_rank0(lambda: resolve_shards(cfg.data), rank, world)
     versions = on_rank0(lambda: shard_versions(cfg.data, *shards), rank, world)  # the lineage's names and hashes
+    on_rank0(lambda: check_bucket(cfg.ckpt_dir), rank, world)  # before anything is written there
+    if not cfg.resume:
+        on_rank0(lambda: refuse_another_run(cfg), rank, world)
     resume, state = find_resume(cfg, rank, world)
     torch.manual_seed(cfg.seed)
     logging.disable(logging.WARNING)  # open_clip warns that it loads no pretrained weights: a fresh run has none
@@ -171,7 +204,7 @@ def train(cfg: TrainConfig) -> int:
     size = size[0] if isinstance(size, (tuple, list)) else size
     mean = torch.tensor(getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN, device=device)
     std = torch.tensor(getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD, device=device)
-    decode = decode_mode(cfg.decode, device)
+    decode, why = choose_decode(cfg.decode, device)  # auto: the device only once its JPEG self-test passed
     loader = ShardLoader(cfg.data, batch_size=cfg.batch_size, image_size=size, rank=rank, world=world,
                          tokenizer=open_clip.get_tokenizer(cfg.model), workers=cfg.workers, seed=cfg.seed,
                          window=cfg.window, resampled=cfg.resampled, shards=shards, jpeg_bytes=decode == "gpu",
@@ -195,23 +228,26 @@ def train(cfg: TrainConfig) -> int:
     if rank == 0:
         (out / "config.json").write_text(cfg.to_json() + "\n")
         print(f"wit train: {world} x {device.type} ({threads} threads, {cfg.workers} loader workers each, "
-              f"decode on {decode}), "
+              f"decode on {decode}: {why}), "
               f"{sum(loader.counts)} samples in {len(loader.urls)} shards, "
-              f"{loader.steps_per_epoch} steps/epoch\n{cfg.to_json()}", flush=True)
+              f"{loader.steps_per_epoch} steps/epoch; config in {out / 'config.json'}", flush=True)
         print(f"wit train: {'resuming from ' + resume if resume else 'starting fresh'} at step {step}{note}", flush=True)
         if changed:
             print(f"wit train: {changed}", flush=True)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     samples_log = open(out / f"samples-rank{rank}.jsonl", "a") if cfg.log_samples else None
     board = tensorboard_writer(out) if rank == 0 and cfg.tensorboard else None
+    evaluation = training_eval(cfg, rank, world, device, out)
     bar = progress_bar(total=cfg.steps, initial=step, desc="train", unit="step", disable=rank != 0)
 
     batches, last_save, started = prepared_ahead(iter(loader), prepare), time.monotonic(), time.perf_counter()
-    interval = {"loss": 0.0, "steps": 0, "wait": 0.0, "skipped": 0, "t0": time.perf_counter()}
+    interval = new_interval()
+    bad_shards: dict[str, str] = {}  # url -> how it is short of its count; tolerated up to --max-bad-shards
     while step < cfg.steps:
         t = time.perf_counter()
         batch, (images, texts, valid) = next(batches)
         interval["wait"] += time.perf_counter() - t
+        usable = usable_samples(batch, bad_shards, cfg, step, rank, world, cpu_group)
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -224,7 +260,7 @@ def train(cfg: TrainConfig) -> int:
         with torch.no_grad():
             model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         step += 1
-        samples_seen += world * cfg.batch_size
+        samples_seen += usable  # trained on: not the masked slots
         bar.update()
 
         interval["loss"] += loss  # a tensor: no device sync until the log line
@@ -234,33 +270,44 @@ def train(cfg: TrainConfig) -> int:
             samples_log.write(json.dumps({"step": step - 1, "epoch": batch["epoch"], "keys": batch["keys"],
                                          "skipped": batch["skipped"], "loss": loss.item()}) + "\n")
             samples_log.flush()
-        save_now = step % cfg.ckpt_every == 0 or step == cfg.steps
+        save_now = (cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0) or step == cfg.steps
         if step % cfg.log_every == 0 or step == cfg.steps:
             due = rank == 0 and cfg.ckpt_minutes > 0 and time.monotonic() - last_save > cfg.ckpt_minutes * 60
-            loss_sum, wait, skipped, due = all_sum([float(interval["loss"]), interval["wait"], interval["skipped"],
-                                                    float(due)], device)  # rank 0's clock decides for all
+            decoded = prepare.decoder.take_counts() if decode == "gpu" else {}  # where the images were decoded
+            loss_sum, wait, skipped, due, *counts = all_sum([float(interval["loss"]), interval["wait"],
+                                                             interval["skipped"], float(due), *decoded.values()],
+                                                            device)  # rank 0's clock decides for all
             save_now = save_now or due > 0
             elapsed = time.perf_counter() - interval["t0"]
             n = interval["steps"]
-            record = {"step": step, "epoch": batch["epoch"], "loss": loss_sum / n / world, "lr": lr,
+            record = {"step": step, "epoch": batch["epoch"], "time": time.time(), "interval_s": elapsed,
+                      "loss": loss_sum / n / world, "lr": lr,
                       "temperature": 1 / model.logit_scale.exp().item(), "logit_scale": model.logit_scale.exp().item(),
                       "samples_per_s": n * world * cfg.batch_size / elapsed,
                       "samples_per_s_per_device": n * cfg.batch_size / elapsed,
-                      "data_wait": wait / world / elapsed, "skipped": int(skipped), "samples_seen": samples_seen}
+                      "data_wait": wait / world / elapsed, "skipped": int(skipped), "bad_shards": len(bad_shards),
+                      "samples_seen": samples_seen, "checkpoint_s": interval["saving"],
+                      **{f"decode_{kind}": int(count) for kind, count in zip(decoded, counts)}}
             if rank == 0:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 if board:  # the same scalars, for TensorBoard
-                    for name in record.keys() - {"step"}:
+                    for name in record.keys() - {"step", "time"}:
                         board.add_scalar(f"train/{name}", record[name], step)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", sps=f"{record['samples_per_s']:.0f}")
                 bar.write(log_line(record))  # stdout, above the bar (which is on stderr)
-            interval = {"loss": 0.0, "steps": 0, "wait": 0.0, "skipped": 0, "t0": time.perf_counter()}
+            interval = new_interval()
         if save_now:
+            saving = time.perf_counter()
             position = loader.state_dict(after=batch)
             save(cfg, rank, world, model, optimizer, position, step, samples_seen,
                  lineage.record(position) if rank == 0 else None)
             last_save = time.monotonic()
+            spent = time.perf_counter() - saving
+            interval["saving"] += spent  # logged as checkpoint_s with the next line
+            interval["t0"] += spent  # so that its samples/s counts training time, not the saving
+        if evaluation:
+            evaluation.maybe_run(model, step, final=step == cfg.steps, log=log, board=board, bar=bar)
 
     bar.close()
     if board:
@@ -271,10 +318,54 @@ def train(cfg: TrainConfig) -> int:
     return 0
 
 
+def new_interval() -> dict:
+    """What a log line sums over its steps; t0 is when they began, moved on by the time spent saving checkpoints."""
+    return {"loss": 0.0, "steps": 0, "wait": 0.0, "skipped": 0, "saving": 0.0, "t0": time.perf_counter()}
+
+
+def usable_samples(batch: dict, bad_shards: dict[str, str], cfg: TrainConfig, step: int, rank: int, world: int,
+                   group) -> int:
+    """The number of usable samples in the global batch, once it passes the checks that stop every rank at the same
+    step: no more than --max-bad-shards shards holding fewer samples than their count (the loader's `short_shards`),
+    and a usable sample at all (on none, AdamW would still move the weights by momentum and decay). One sum per step
+    on the CPU (`group`: gloo beside NCCL), so it does not wait for the device."""
+    new = {url: why for url, why in batch["short_shards"].items() if url not in bad_shards}
+    usable, news = all_sum([int(batch["valid"].sum()), len(new)], torch.device("cpu"), group)
+    if news:  # rare: every rank learns every new short shard, so all ranks count alike
+        gathered = [None] * world
+        if world > 1:
+            dist.all_gather_object(gathered, new, group=group)
+        else:
+            gathered = [new]
+        for url, why in (item for shards in gathered for item in shards.items()):
+            if url in bad_shards:
+                continue  # found by two ranks at once
+            bad_shards[url] = why
+            if len(bad_shards) > cfg.max_bad_shards:
+                raise WitError(f"{why} (step {step + 1}: more than --max-bad-shards {cfg.max_bad_shards} such shards)")
+            if rank == 0:
+                print(f"wit train: warning: {why}; its missing samples are masked ({len(bad_shards)} of "
+                      f"--max-bad-shards {cfg.max_bad_shards})", file=sys.stderr, flush=True)
+    if usable == 0:
+        raise WitError(f"step {step + 1}: none of the {world * cfg.batch_size} samples of the batch is usable "
+                       f"({batch['skipped'][0]}); nothing to train on")
+    return int(usable)
+
+
 def log_line(r: dict) -> str:
     return (f"step {r['step']} epoch {r['epoch']}  loss {r['loss']:.4f}  temperature {r['temperature']:.4f}  "
             f"lr {r['lr']:.2e}  {r['samples_per_s']:.0f} samples/s ({r['samples_per_s_per_device']:.0f}/device)  "
             f"data wait {r['data_wait']:.0%}  skipped {r['skipped']}")
+
+
+def training_eval(cfg: TrainConfig, rank: int, world: int, device, out: Path):
+    """The evaluator of --eval-tasks (trainer/eval/in_training.py), or None."""
+    if not cfg.eval_tasks:
+        if cfg.eval_every:
+            raise WitError("--eval-every: needs --eval-tasks (a task list)")
+        return None
+    from wit.trainer.eval.in_training import TrainingEval
+    return TrainingEval(cfg, rank, world, device, out)
 
 
 def tensorboard_writer(out: Path):
@@ -313,20 +404,22 @@ def forward_backward(forward, ddp, images, texts, valid, accum: int, autocast, o
 
 def save(cfg, rank, world, model, optimizer, loader_state: dict, step, samples_seen,
          lineage: dict | None = None) -> None:
-    """Rank 0 writes one file, every rank's RNG state in it, and its lineage (what it read) in it and beside it."""
+    """Rank 0 writes one file, every rank's RNG state in it, and its lineage (what it read) in it and beside it.
+    Every rank waits for it (nobody runs ahead of a checkpoint that may be needed to resume) and stops with rank 0's
+    error when it could not be written."""
     rngs = [None] * world
     if world > 1:
         dist.all_gather_object(rngs, checkpoint.rng_state())
     else:
         rngs = [checkpoint.rng_state()]
-    if rank == 0:
+
+    def write():
         state = {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                  "samples_seen": samples_seen, "rng": rngs, "loader": loader_state,
                  "config": json.loads(cfg.to_json()), "lineage": lineage}
         checkpoint.save(cfg.ckpt_dir, step, state, cfg.keep)
         lineage_records.write(cfg.ckpt_dir, step, lineage)
-    if world > 1:
-        dist.barrier()  # nobody runs ahead of a checkpoint that may be needed to resume
+    on_rank0(write, rank, world)
 
 
 def main(argv: list[str] | None = None) -> int:

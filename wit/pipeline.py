@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 import textwrap
 import time
@@ -24,7 +25,7 @@ from wit import records
 from wit.shards.lock import output_lock
 from wit.shards.options import DefaultsHelp, check_keys, cli_fields, from_mapping, opt
 from wit.shards.runner import ENGINES
-from wit.shards.storage import WitError, absolute, entries, fs_and_path
+from wit.shards.storage import WitError, absolute, entries, exists, fs_and_path, join
 from wit.stages import AFTER, BEFORE, CORPUS, STAGES, Context, Layout, Stage
 
 try:
@@ -102,18 +103,53 @@ def load(path: str, sets: list[str] | tuple[str, ...] = ()) -> Pipeline:
     if p.balance == "before" and "download" in p.stages and "balance" not in p.stages:
         raise WitError(f"{path} [pipeline]: balance = 'before' downloads the balance's selection; add the balance "
                        "stage (and match, queries) to stages")
-    p = replace(p, out=absolute(p.out), lists=tuple(absolute(x) for x in p.lists), stages=tuple(dict.fromkeys(p.stages)))
+    base = config_folder(path)
+    p = replace(p, out=against(base, p.out), lists=tuple(against(base, x) for x in p.lists),
+                stages=tuple(dict.fromkeys(p.stages)))
     context = Context(p, Layout(p.out.rstrip("/")), {})
     steps = []
     for name in (BEFORE if p.balance == "before" else AFTER):
         if name in p.stages:
-            steps.append(_step(STAGES[name], data.get(name, {}), path, context))
+            steps.append(_step(STAGES[name], user_paths(STAGES[name], data.get(name, {}), base), path, context))
     for i, step in enumerate(steps):
         step.after = [s.name for s in steps[:i] if any(records.overlaps(r, w) for r in step.reads for w in s.writes)]
     for name in AFTER:  # tables of stages not run now: their keys are checked all the same
         if name in data and name not in p.stages:
             check_keys(STAGES[name].config, data[name], f"{path} [{name}]")
     return Pipeline(path, p, context, steps)
+
+
+def config_folder(path: str) -> str:
+    """The folder of the config file: relative paths in it are read against it, as make -f reads a Makefile's."""
+    return absolute(path).rstrip("/").rsplit("/", 1)[0] or "/"
+
+
+def against(base: str, value: str) -> str:
+    """A path of the config file read against its folder; URLs and absolute paths stay as they are."""
+    value = os.path.expanduser(value)
+    if "://" in value or value.startswith("/"):
+        return value
+    return absolute(join(base, value))
+
+
+def user_paths(stage: Stage, table: dict, base: str) -> dict:
+    """The stage's table with the paths the user gives read against the config file's folder (Stage.inputs: when
+    the value looks like a path or such a file is there, else it is a keyword such as 'none' or 'latest';
+    Stage.outputs: always)."""
+    out = dict(table)
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in stage.inputs and name not in stage.outputs:
+            continue
+
+        def resolve(v):
+            if not isinstance(v, str) or not v:
+                return v
+            there = against(base, v)
+            path_like = "/" in v or "." in v  # else a keyword: 'none', 'latest', 'cifar10', 'wordsegment'
+            return there if name in stage.outputs or path_like or exists(there) else v
+        out[key] = [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
+    return out
 
 
 def _step(stage: Stage, table: dict, path: str, context: Context) -> Step:
@@ -181,6 +217,26 @@ class Decision:
 
 def run(pipe: Pipeline, *, start: str | None = None, only: str | None = None, plan: bool = False,
         force: bool = False) -> int:
+    """Run (or plan) the pipeline. A run that made its output root and fails before any stage wrote a file outside
+    the `_wit/` bookkeeping folders removes that root again: an early error leaves nothing behind."""
+    fresh = not plan and not exists(pipe.config.out)
+    try:
+        return run_stages(pipe, start=start, only=only, plan=plan, force=force)
+    except BaseException:
+        if fresh and exists(pipe.config.out) and only_bookkeeping(pipe.config.out):
+            fs, local = fs_and_path(pipe.config.out)
+            fs.rm(local, recursive=True)
+        raise
+
+
+def only_bookkeeping(root: str) -> bool:
+    """Whether every file under `root` lies in a `_wit/` folder (records, locks, scratch: nothing a user keeps)."""
+    fs, local = fs_and_path(root)
+    base = local.rstrip("/") + "/"
+    return all("_wit" in name[len(base):].split("/")[:-1] for name in fs.find(local))
+
+
+def run_stages(pipe: Pipeline, *, start: str | None, only: str | None, plan: bool, force: bool) -> int:
     names = [s.name for s in pipe.steps]
     for flag, value in (("--from", start), ("--only", only)):
         if value and value not in names:
@@ -202,13 +258,18 @@ def run(pipe: Pipeline, *, start: str | None = None, only: str | None = None, pl
         confirm_clears(pipe, decisions, force)
         started, ran = time.time(), 0
         for i, d in enumerate(decisions):
+            later = any(e.action for e in decisions[i + 1:])  # a stage after this one takes part in this run
             if d.action in ("", "skip"):
                 _say(f"{_tag(pipe, i)} {d.action or 'not run':<6} {_why(pipe, d, start)}")
+                if d.action == "skip" and later:
+                    stop_if_empty(d.step.name, (d.record or {}).get("figures") or {})
                 continue
             if d.action == "redo":
                 clear(pipe, d)
-            execute(pipe, d, _tag(pipe, i), f"{d.action}: {_why(pipe, d, start)}", prints)
+            figures = execute(pipe, d, _tag(pipe, i), f"{d.action}: {_why(pipe, d, start)}", prints)
             ran += 1
+            if later:
+                stop_if_empty(d.step.name, figures)
     _say(f"wit pipeline: done in {time.time() - started:.0f} s ({ran} of {len(names)} stages ran)")
     return 0
 
@@ -226,7 +287,7 @@ def decide_all(pipe: Pipeline, chosen: list[str], prints: records.Fingerprints, 
         stage = step.stage
         done = record is not None and record.get("state") == "done"
         changed = records.option_changes(record, config_json(step.config), pipe.layout.root,
-                                         set(step.fill)) if record else []
+                                         set(step.fill), config_folder(pipe.source)) if record else []
         action, why = records.decide(
             record, changed, prints.of(step.reads, legacy), prints.of(step.writes, legacy) if done else [],
             [u for u in step.after if u in ran], runtime=stage.all_runtime(), grows=set(stage.grows),
@@ -279,7 +340,32 @@ def _confirmed(question: str) -> bool:
     return input(f"wit pipeline: {question}. Delete it? [y/N] ").strip().lower() in ("y", "yes")
 
 
-def execute(pipe: Pipeline, d: Decision, tag: str, why: str, prints: records.Fingerprints) -> None:
+def stop_if_empty(stage: str, figures: dict) -> None:
+    """A stage that kept none of its rows ends the run in one line, naming its main drop reasons: the stages after
+    it would only run on nothing (and the last of them fail with a message about its own input)."""
+    left = figures.get("kept", figures.get("matched", figures.get("samples")))
+    rows = figures.get("rows")
+    if left != 0 or rows == 0:
+        return
+    reasons = sorted((figures.get("dropped") or {}).items(), key=lambda kv: -kv[1])
+    why = "; ".join(f"{k} {v:,}" for k, v in reasons[:3]) + ("; ..." if len(reasons) > 3 else "")
+    hint = next((h for key, h in HINTS.items() if reasons and reasons[0][0].startswith(key)), "")
+    raise WitError(f"the {stage} stage kept none of its {'input' if rows is None else f'{rows:,}'} rows"
+                   + (f" ({why})" if why else "") + "; the stages after it would run on nothing"
+                   + (f": {hint}" if hint else ""))
+
+
+# What a user can do about the reason that dropped every row
+HINTS = {
+    "ssrf_blocked": "every URL points at a private or loopback address, which the crawl refuses unless [download] "
+                    "allow_net names it (e.g. allow_net = [\"127.0.0.0/8\"])",
+    "robots": "the hosts' robots.txt refuse wit's user agent ([download] ignore_robots = true only for your own hosts)",
+    "no_query_match": "no caption contains a query entry: check [queries] and the captions' language",
+    "not_english": "the English filter dropped every caption: [text] english = false keeps other languages",
+}
+
+
+def execute(pipe: Pipeline, d: Decision, tag: str, why: str, prints: records.Fingerprints) -> dict:
     step = d.step
     options = _options(step)
     _say(f"{tag} start  {why}" + (f"; options: {options}" if options else ""))
@@ -287,7 +373,8 @@ def execute(pipe: Pipeline, d: Decision, tag: str, why: str, prints: records.Fin
     root = pipe.layout.root
     created = [records.portable(w, root) for w in step.writes if _made(pipe, d.record, w) or not _holds(w)]
     record = {"stage": step.name, "state": "running", "command": _command(pipe, step), "config": config_json(step.config),
-              "root": root, "created": created, "inputs": prints.of(step.reads), "started": records.now()}
+              "root": root, "config_folder": config_folder(pipe.source), "created": created,
+              "inputs": prints.of(step.reads), "started": records.now()}
     records.write(pipe.layout.records, step.name, record)
     summary = step.stage.call(pipe.context, step.config)
     seconds = time.time() - began
@@ -300,6 +387,7 @@ def execute(pipe: Pipeline, d: Decision, tag: str, why: str, prints: records.Fin
                   figures=figures)
     records.write(pipe.layout.records, step.name, record)
     _say(f"{tag} done in {seconds:.1f} s: {format_figures(figures)}")
+    return figures
 
 
 def clear(pipe: Pipeline, d: Decision) -> None:
@@ -364,6 +452,9 @@ def _bytes(n: int) -> str:
 def _why(pipe: Pipeline, d: Decision, start: str | None, plan: bool = False) -> str:
     if not d.action:
         return f"({'before --from ' + start if start else 'not --only'})"
+    if d.action == "resume":
+        note = d.step.stage.resume_note(pipe.context, d.step.config)
+        return f"{d.why}; {note}" if note else d.why
     if d.action != "redo" or not d.clears:
         return d.why
     asks = "; asks first, or --force" if plan and d.step.stage.costly else ""
@@ -404,7 +495,10 @@ def format_figures(figures: dict) -> str:
     if {"rows", "kept", "dropped"} <= figures.keys():
         text = f"rows {figures['rows']:,}, kept {figures['kept']:,}"
         dropped = figures["dropped"]
-        return text + ("; dropped " + ", ".join(f"{k} {v:,}" for k, v in dropped.items()) if dropped else "")
+        text += "; dropped " + ", ".join(f"{k} {v:,}" for k, v in dropped.items()) if dropped else ""
+        text += f"; languages {figures['languages']}" if figures.get("languages") else ""
+        return text + (f" (and {figures['dropped_before']:,} rows earlier stages dropped)"
+                       if figures.get("dropped_before") else "")
     return ", ".join(f"{k} {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k} {v}"
                      for k, v in figures.items())
 

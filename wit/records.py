@@ -111,23 +111,27 @@ def legacy(record: dict | None) -> bool:
     return record is not None and record.get("state") != UNREADABLE and "root" not in record
 
 
-def portable(value, root: str | None):
-    """`value` with every path under `root` written as `<out>/...` (in lists too): what a record compares."""
+def portable(value, root: str | None, config: str | None = None):
+    """`value` with every path under `root` written as `<out>/...` and every other path under the config file's
+    folder as `<config>/...` (in lists too): what a record compares, so that a moved project is the same one."""
     if isinstance(value, list):
-        return [portable(v, root) for v in value]
-    if root and isinstance(value, str) and (value == root or value.startswith(root + "/")):
-        return "<out>" + value[len(root):]
+        return [portable(v, root, config) for v in value]
+    for anchor, name in ((root, "<out>"), (config, "<config>")):
+        if anchor and isinstance(value, str) and (value == anchor or value.startswith(anchor.rstrip("/") + "/")):
+            return name + value[len(anchor):]
     return value
 
 
-def option_changes(record: dict, config: dict, root: str, ignore: set[str]) -> list[tuple[str, object, object]]:
+def option_changes(record: dict, config: dict, root: str, ignore: set[str],
+                   config_folder: str | None = None) -> list[tuple[str, object, object]]:
     """(option, then, now) for every option outside `ignore` that changed since the record (none when the record
-    is unreadable); paths under the root are compared relative to it."""
+    is unreadable); paths under the root, and else under the config file's folder, are compared relative to them."""
     if record.get("state") == UNREADABLE:
         return []
-    then_root, now_root = (None, None) if legacy(record) else (record["root"], root)
-    then = {k: portable(v, then_root) for k, v in record["config"].items() if k not in ignore}
-    now_ = {k: portable(v, now_root) for k, v in config.items() if k not in ignore}
+    then_at = (None, None) if legacy(record) else (record["root"], record.get("config_folder"))
+    now_at = (None, None) if legacy(record) else (root, config_folder if then_at[1] else None)
+    then = {k: portable(v, *then_at) for k, v in record["config"].items() if k not in ignore}
+    now_ = {k: portable(v, *now_at) for k, v in config.items() if k not in ignore}
     return [(k, then.get(k, NONE), now_.get(k, NONE)) for k in sorted(then.keys() | now_.keys())
             if then.get(k, NONE) != now_.get(k, NONE)]
 

@@ -84,6 +84,11 @@ class Stage:
     grows: tuple[str, ...] = ()  # options whose larger value continues a finished run (train's steps), not redoes it
     reruns: tuple[str, ...] = ()  # options that, set, run a finished stage again (the crawl's retry_failed)
     costly = False  # what it writes took hours (a crawl, a training run): a redo that would delete it asks first
+    # Keys of its table that name files the user gives (the folders between stages are the pipeline's): a relative
+    # one is read against the config file's folder (inputs: unless it is a keyword such as 'none', 'latest' or
+    # 'cifar10'; wit.pipeline.user_paths).
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ("temp_dir",)
 
     @property
     def config(self):
@@ -122,6 +127,10 @@ class Stage:
     def figures(self, summary: dict) -> dict:
         """What the stage's end line shows: rows in, kept, dropped by reason, or the stage's own figures."""
         return {}
+
+    def resume_note(self, c: Context, cfg) -> str:
+        """What resuming it really does, when its command cannot always go on where it stopped ('' otherwise)."""
+        return ""
 
     def all_runtime(self) -> set[str]:
         from wit.shards.runner import EngineOptions
@@ -200,11 +209,17 @@ class Text(Stage):
         return run_text(cfg)
 
     def figures(self, s):
-        return funnel(s["rows"], s["kept"], s["dropped"])
+        figures = funnel(s["rows"], s["kept"], s["dropped"])
+        if s.get("languages"):  # what langid said of the captions it judged: the five most common, then the rest
+            top = list(s["languages"].items())
+            figures["languages"] = ", ".join(f"{k} {v:,}" for k, v in top[:5]) + (
+                f", other {sum(v for _, v in top[5:]):,}" if len(top) > 5 else "")
+        return figures
 
 
 class Images(Stage):
     name, command, config_class = "images", "filter images", "wit.filters.images:ImagesConfig"
+    inputs = ("eval_sets",)
 
     def fill(self, c):
         return {"raw": c.layout.raw, "out": c.layout.verdicts("images")}
@@ -241,12 +256,14 @@ class Dedup(Stage):
         write_json_atomic(join(cfg.out, "_wit", "dedup_summary.json"), summary)  # as `wit dedup` does
         return summary
 
-    def figures(self, s):
-        return funnel(s["kept"] + sum(s["dropped"].values()), s["kept"], s["dropped"])
+    def figures(self, s):  # the rows earlier stages dropped are theirs: counted apart, not as this stage's drops
+        figures = funnel(s["kept"] + sum(s["dropped"].values()), s["kept"], s["dropped"])
+        return figures | ({"dropped_before": s["dropped_before"]} if s.get("dropped_before") else {})
 
 
 class Queries(Stage):
     name, command, config_class = "queries", "queries build", "wit.filters.queries:QueryBuildConfig"
+    inputs = ("unigrams", "bigrams", "titles", "wordnet", "extra")
 
     def fill(self, c):
         return {"out": c.layout.queries}
@@ -372,6 +389,7 @@ class Train(Stage):
     runtime = ("log_every", "tensorboard", "log_samples", "keep", "ckpt_every", "ckpt_minutes")
     grows = ("steps",)  # more steps: `wit train --resume latest` goes on from the last checkpoint
     costly = True
+    inputs, outputs = ("resume",), ("ckpt",)
 
     def fill(self, c):
         return {"data": join(c.layout.corpus, "index.json")}
@@ -411,9 +429,18 @@ class Train(Stage):
         return {"steps": s["step"], "loss": None if s["loss"] is None else round(s["loss"], 4),
                 "checkpoints": s["checkpoints"]}
 
+    def resume_note(self, c, cfg):
+        from wit.trainer.checkpoint import latest
+
+        last = latest(cfg.ckpt_dir)
+        if last is None:
+            return "it wrote no checkpoint, so training starts again at step 0"
+        return f"training goes on from {last.rsplit('/', 1)[-1]}"
+
 
 class ZeroShot(Stage):
     name, command, config_class = "zeroshot", "eval zeroshot", "wit.trainer.eval.zeroshot:ZeroShotConfig"
+    inputs = ("data", "prompts")
     runtime = ("batch_size", "workers", "device")
 
     def fill(self, c):

@@ -1,4 +1,4 @@
-"""`wit eval zeroshot|retrieval|linear-probe`: evaluate a trained CLIP (or random weights) on image datasets."""
+"""`wit eval zeroshot|retrieval|linear-probe|suite`: evaluate a trained CLIP (or random weights) on image datasets."""
 from __future__ import annotations
 
 import argparse
@@ -8,12 +8,14 @@ from wit.shards.options import DefaultsHelp, add_arguments, from_args
 EPILOG = ("Prints a short table; --out writes the results as JSON. Examples:\n"
           "  wit eval zeroshot --data ../shared/data/cifar10/test.tar --prompts cifar10 --checkpoint ckpt.pt\n"
           "  wit eval retrieval --data flickr8k/images --captions flickr8k/captions.csv --checkpoint ckpt.pt\n"
-          "  wit eval linear-probe --train cifar10/train.tar --test cifar10/test.tar --checkpoint ckpt.pt")
+          "  wit eval linear-probe --train cifar10/train.tar --test cifar10/test.tar --checkpoint ckpt.pt\n"
+          "  wit eval suite --tasks datacomp --root ~/wds --checkpoint ckpt.pt --out eval_results.jsonl")
 
 
 def register(sub) -> None:
     from wit.trainer.eval.linear_probe import LinearProbeConfig
     from wit.trainer.eval.retrieval import RetrievalConfig
+    from wit.trainer.eval.suite import SuiteConfig
     from wit.trainer.eval.zeroshot import ZeroShotConfig
 
     p = sub.add_parser("eval", help="zero-shot, retrieval and linear-probe evaluation of a CLIP checkpoint",
@@ -40,6 +42,14 @@ def register(sub) -> None:
     add_arguments(lp, LinearProbeConfig)
     lp.set_defaults(run=run_linear_probe)
 
+    s = tasks.add_parser("suite", formatter_class=DefaultsHelp, help="a task list (DataComp's form) in one run",
+                         description="Zero-shot classification and retrieval over a task list in DataComp's "
+                                     "tasklist.yml form, read from local copies (CLIP_benchmark's WebDataset "
+                                     "layout, or wit's folder/tar/CSV forms); writes DataComp's eval_results.jsonl "
+                                     "and prints a table with the average.")
+    add_arguments(s, SuiteConfig)
+    s.set_defaults(run=run_suite)
+
 
 def run_zeroshot(args) -> int:
     from wit.trainer.eval.zeroshot import ZeroShotConfig, run
@@ -56,4 +66,10 @@ def run_retrieval(args) -> int:
 def run_linear_probe(args) -> int:
     from wit.trainer.eval.linear_probe import LinearProbeConfig, run
     run(from_args(LinearProbeConfig, args))
+    return 0
+
+
+def run_suite(args) -> int:
+    from wit.trainer.eval.suite import SuiteConfig, run
+    run(from_args(SuiteConfig, args))
     return 0

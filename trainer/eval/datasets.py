@@ -3,6 +3,7 @@
 Labelled images: a folder of `<class>/<image>`, one tar of such folders (`test/<class>/0001.jpg`), or WebDataset
 shards whose samples carry a class (`.cls` member, or a field of the `.json` member). Captioned images: a folder
 plus a CSV of `image,caption` rows (several rows per image allowed), or shards of `.jpg` + `.txt`.
+Either kind in CLIP_benchmark's WebDataset layout (`benchmark_set`), how its `wds_*` sets are published.
 Paths are fsspec URLs (local or s3://); shard lists take brace patterns.
 """
 from __future__ import annotations
@@ -181,23 +182,82 @@ def _folder_csv(folder: str, captions_csv: str, limit: int) -> Captioned:
     return Captioned(images, len(names), captions, text_image)
 
 
-def _captioned_shards(url: str, limit: int) -> Captioned:
+def _captioned_shards(url: str, limit: int, lines: bool = False) -> Captioned:
+    """Shards of image + `.txt`: one caption per sample, or with `lines` one per line of it (CLIP_benchmark's
+    retrieval sets, which hold an image's several captions that way)."""
     # Captions are small and needed up front (text side); images are read again lazily afterwards.
-    captions, keys = [], []
+    captions, text_image, n_images = [], [], 0
     for key, sample in shard_samples(url):
-        if limit and len(keys) >= limit:
+        if limit and n_images >= limit:
             break
         if "txt" not in sample:
             raise WitError(f"{key}: sample has no .txt caption")
-        captions.append(sample["txt"].decode("utf-8").strip())
-        keys.append(key)
+        text = sample["txt"].decode("utf-8")
+        own = text.splitlines() if lines else [text.strip()]
+        if not own:
+            raise WitError(f"{key}: the .txt caption is empty")
+        captions.extend(own)
+        text_image.extend([n_images] * len(own))
+        n_images += 1
 
     def images():
         for n, (key, sample) in enumerate(shard_samples(url)):
-            if n >= len(keys):
+            if n >= n_images:
                 return
             yield key, _image_of(key, sample)
-    return Captioned(images, len(keys), captions, list(range(len(keys))))
+    return Captioned(images, n_images, captions, text_image)
+
+
+# ------------------------------------------------------------------------------ CLIP_benchmark's WebDataset layout
+@dataclass(frozen=True)
+class BenchmarkSet:
+    """A set in CLIP_benchmark's layout: `<root>/<split>/nshards.txt` and `0.tar` ... (an image and a `.cls` label,
+    or for retrieval a `.txt` of captions, one per line, per sample); beside the splits `classnames.txt`,
+    `zeroshot_classification_templates.txt` (one `{c}` template a line) and `dataset_type.txt`."""
+    root: str
+    kind: str  # "classification" or "retrieval"
+    shards: str  # a brace pattern
+    classes: list[str] | None
+    templates: list[str] | None
+
+    def labelled(self, limit: int = 0) -> Source:
+        return Source(lambda: _labelled_shards(self.shards, "label", limit), limit or None)
+
+    def captioned(self, limit: int = 0) -> Captioned:
+        return _captioned_shards(self.shards, limit, lines=True)
+
+
+def is_benchmark_set(url: str, split: str = "test") -> bool:
+    fs, path = fs_and_path(url)
+    return fs.exists(f"{path.rstrip('/')}/{split}/nshards.txt")
+
+
+def _text_file(url: str, required: bool) -> str | None:
+    fs, path = fs_and_path(url)
+    if not fs.exists(path):
+        if required:
+            raise WitError(f"{url}: missing (CLIP_benchmark's layout needs it)")
+        return None
+    with fs.open(path, "r", encoding="utf-8") as f:
+        return f.read()
+
+
+def benchmark_set(url: str, split: str = "test") -> BenchmarkSet:
+    """Read a set's metadata files (as CLIP_benchmark's `build_wds_dataset` does: each line stripped)."""
+    root = url.rstrip("/")
+    nshards_file = f"{root}/{split}/nshards.txt"
+    raw = _text_file(nshards_file, required=True).strip()
+    if not raw.isdigit() or int(raw) < 1:
+        raise WitError(f"{nshards_file}: holds {raw[:40]!r}, not a number of shards")
+    kind = (_text_file(f"{root}/dataset_type.txt", required=False) or "classification").strip().lower()
+    if kind not in ("classification", "retrieval"):
+        raise WitError(f"{root}/dataset_type.txt: {kind!r} sets are not supported (classification or retrieval)")
+    shards = f"{root}/{split}/{{0..{int(raw) - 1}}}.tar"
+    if kind == "retrieval":
+        return BenchmarkSet(root, kind, shards, None, None)
+    lines = {name: [line.strip() for line in _text_file(f"{root}/{name}.txt", required=True).splitlines()]
+             for name in ("classnames", "zeroshot_classification_templates")}
+    return BenchmarkSet(root, kind, shards, lines["classnames"], lines["zeroshot_classification_templates"])
 
 
 def read_bytes(data: bytes):

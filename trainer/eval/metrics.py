@@ -17,11 +17,25 @@ def class_embeddings(text_emb: torch.Tensor) -> torch.Tensor:
     return F.normalize(F.normalize(text_emb.float(), dim=-1).mean(dim=1), dim=-1)
 
 
+def label_ranks(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row, how many other classes score at least as high as the label (0: the label is the top guess)."""
+    right = logits.gather(1, labels.view(-1, 1))
+    return (logits >= right).sum(dim=1) - 1
+
+
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
     """Share of rows whose label is among the k highest logits; k above the class count counts as all."""
-    right = logits.gather(1, labels.view(-1, 1))
-    wrong_above = (logits >= right).sum(dim=1) - 1  # classes other than the label scoring at least as high
-    return {f"top{k}": float((wrong_above < k).float().mean()) for k in ks}
+    ranks = label_ranks(logits, labels)
+    return {f"top{k}": float((ranks < k).double().mean()) for k in ks}
+
+
+def mean_per_class_recall(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 recall of each class that has images, averaged over those classes (scikit-learn's balanced accuracy,
+    which CLIP_benchmark and DataComp report): a rare class weighs as much as a common one."""
+    hits = (label_ranks(logits, labels) == 0).double()
+    classes, per_image_class = labels.unique(return_inverse=True)
+    recall = torch.zeros(len(classes), dtype=torch.float64).index_add_(0, per_image_class, hits)
+    return float((recall / per_image_class.bincount(minlength=len(classes))).mean())
 
 
 def retrieval_recall(image_emb: torch.Tensor, text_emb: torch.Tensor, text_image: torch.Tensor,
@@ -48,11 +62,35 @@ def retrieval_recall(image_emb: torch.Tensor, text_emb: torch.Tensor, text_image
         right = sim.gather(1, own_idx)
         t2i_rank.append((sim >= right).sum(dim=1) - 1)
     i2t, t2i = torch.cat(i2t_rank), torch.cat(t2i_rank)
-    out = {f"image_to_text_R@{k}": float((i2t < k).float().mean()) for k in ks}
-    out.update({f"text_to_image_R@{k}": float((t2i < k).float().mean()) for k in ks})
+    out = {f"image_to_text_R@{k}": float((i2t < k).double().mean()) for k in ks}
+    out.update({f"text_to_image_R@{k}": float((t2i < k).double().mean()) for k in ks})
     return out
 
 
 def accuracy(pred, labels) -> float:
     pred, labels = torch.as_tensor(pred), torch.as_tensor(labels)
     return float((pred == labels).float().mean())
+
+
+# The metric names of CLIP_benchmark and DataComp's eval_results.jsonl, which `wit eval suite` writes.
+RECALL_KS = (1, 5, 10)
+CLASSIFICATION_METRICS = ("acc1", "acc5", "mean_per_class_recall")
+RETRIEVAL_METRICS = (*(f"{way}_retrieval_recall@{k}" for way in ("image", "text") for k in RECALL_KS),
+                     "mean_recall@1")
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float | None]:
+    """acc1, acc5 (None under 5 classes, as DataComp writes it) and mean per-class recall."""
+    top = topk_accuracy(logits, labels, ks=(1, 5))
+    return {"acc1": top["top1"], "acc5": top["top5"] if logits.shape[1] >= 5 else None,
+            "mean_per_class_recall": mean_per_class_recall(logits, labels)}
+
+
+def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_image: torch.Tensor) -> dict[str, float]:
+    """CLIP_benchmark's names: image retrieval is text->image, text retrieval image->text; DataComp's main metric
+    mean_recall@1 is their mean."""
+    r = retrieval_recall(image_emb, text_emb, text_image, ks=RECALL_KS)
+    out = {f"image_retrieval_recall@{k}": r[f"text_to_image_R@{k}"] for k in RECALL_KS}
+    out.update({f"text_retrieval_recall@{k}": r[f"image_to_text_R@{k}"] for k in RECALL_KS})
+    out["mean_recall@1"] = (out["image_retrieval_recall@1"] + out["text_retrieval_recall@1"]) / 2
+    return out

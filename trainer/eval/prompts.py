@@ -59,4 +59,12 @@ def clean(name: str) -> str:
 
 
 def prompts_for(classname: str, templates: list[str]) -> list[str]:
-    return [t.format(classname) for t in templates]
+    """Each template with the class name in its place: `{}` (the CLIP repo's) or `{c}` (CLIP_benchmark's files)."""
+    return [fill(t, classname) for t in templates]
+
+
+def fill(template: str, classname: str) -> str:
+    try:
+        return template.format(classname, c=classname)
+    except (KeyError, IndexError, ValueError) as err:
+        raise WitError(f"template {template!r}: has a placeholder other than {{}} or {{c}} ({err!r})") from None
