@@ -16,7 +16,7 @@ import pyarrow as pa
 from PIL import Image
 
 from wit.filters.leakage import EvalIndex
-from wit.filters.phash import gray32, phash_gray
+from wit.shards.phash import gray32, phash_gray
 from wit.shards import fasttar
 from wit.shards.options import opt
 from wit.shards.runner import EngineOptions

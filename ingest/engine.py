@@ -40,7 +40,8 @@ from wit.ingest.crawl_stats import FetchStats
 from wit.ingest.fetch import FetchSettings, fetcher
 from wit.ingest.output import disk_full, disk_full_error, shard_name
 from wit.ingest.reasons import reason_for
-from wit.shards.schema import FAILED, MANIFEST, OK
+from wit.shards import revocations
+from wit.shards.schema import FAILED, MANIFEST, OK, REVOKED
 from wit.shards.storage import fs_and_path, join, read_json, write_json_atomic
 from wit.shards.tables import read_parquet
 from wit.shards.verify import key_mismatch, mark_verified, publish_shard, tar_keys
@@ -273,11 +274,15 @@ class WitDownloader:
             errors.increment(error or "success")
             writer.write(image, meta["key"], rows[i][caption_at], meta)
 
-        # a row the list reader marked invalid never reaches the fetcher
+        # a row the list reader marked invalid never reaches the fetcher, nor does one the revocation ledger revokes
+        uid_at = self.column_list.index("uid")
+        revoked = revoked_rows(self.output, [r[uid_at] for r in rows], [r[url_at] for r in rows])
         todo = []
         for i, r in enumerate(rows):
             if r[invalid_at]:
                 write(i, None, r[invalid_at])
+            elif revoked[i]:
+                write(i, None, f"{REVOKED}: in the revocation ledger of {self.output}")
             else:
                 todo.append((i, r[url_at]))
         for i, body, error in fetcher(self.fetch).fetch_rows(todo, stats):
@@ -294,6 +299,12 @@ class WitDownloader:
                     counts["failed_to_resize"], start, time.time(), errors, self.oom_shard_count)
         stats_file = join(self.staging, f"{shard_name(shard_id, self.oom_shard_count)}_stats.json")
         write_json_atomic(stats_file, {**read_json(stats_file), "fetch": stats.to_json()})
+
+
+def revoked_rows(out: str, uids: list[str], urls: list[str]):
+    """Which rows of a shard the revocation ledgers of the crawl's output revoke (shards/revocations.py)."""
+    ledger = revocations.load_cached(out)
+    return ledger.mask(uids=uids, urls=urls) if ledger else [False] * len(uids)
 
 
 def build_downloader(cfg, column_list: list[str], staging: str, name_width: int) -> WitDownloader:

@@ -5,6 +5,9 @@ The pipeline folder is read by convention (each part optional except raw/):
   verdicts/<stage>/    filter verdicts, one folder per stage (uid, keep, reason)
   balance/selection/   balance selection (uid, status, reason, matched); queries.parquet names the entries
   corpus/              training shards' corpus manifests and index.json (wit shards write)
+  _wit/revocations/    the revocation ledger (wit revoke; and the ledgers above root): the samples it took out of
+                       the corpus are the funnel's last stage, and a section shows its requests, the shards it
+                       rewrote and the checkpoints of train/checkpoints that read a revoked sample
   embeddings/          `wit embed`'s output: the CLIP-score distribution (shards/score_audit.py)
 The funnel walks the stages in that order; each stage removes rows with a reason, and rows in = dropped + kept.
 Every folder is a DuckDB view over its parquet files and every figure an aggregate query, so the report of a
@@ -19,8 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wit.shards import gallery
+from wit.shards import gallery, revocation_audit, revocations
 from wit.shards.options import opt
+from wit.shards.schema import REVOKED
 from wit.shards.score_audit import clip_score_report, plot_clip_scores
 from wit.shards.sql import SQLOptions, ident, register_filesystem, run_sql
 from wit.shards.storage import (
@@ -123,8 +127,20 @@ def audit(cfg: AuditConfig) -> str:
         con.execute("CREATE VIEW sel AS SELECT uid, status IN ('selected', 'eligible') AS keep, reason, matched "
                     "FROM sel_raw")  # eligible: an online selection's pairs, each epoch keeps some
         stages.append(("balance", "sel"))
+    ledger = revocations.load(root)
+    if ledger.removed.num_rows:  # the samples `wit revoke` took out of the corpus: the funnel's last stage
+        con.register("revoked_uids", ledger.removed.select(["uid"]))
+        con.execute("CREATE VIEW rev AS SELECT r.uid, g.uid IS NULL AS keep, CASE WHEN g.uid IS NOT NULL THEN "
+                    f"'{REVOKED}' END AS reason FROM (SELECT DISTINCT uid FROM raw WHERE status = 'ok') r "
+                    "LEFT JOIN (SELECT DISTINCT uid FROM revoked_uids) g USING (uid)")
+        stages.append((REVOKED, "rev"))
     steps = funnel(con, stages, cfg.gallery)
+    for step in steps:
+        if step["stage"] == REVOKED:
+            step.pop("samples", None)  # the gallery never shows a sample that was taken back
     report: dict = {"root": root, "funnel": [{k: v for k, v in s.items() if k != "samples"} for s in steps]}
+    if ledger:
+        report["revocations"] = revocation_audit.section(ledger, root)
     has_corpus = exists(join(root, "corpus", "index.json"))
     final = report["funnel"][-1]["kept"]
     if has_corpus:
@@ -325,6 +341,8 @@ def render_html(report: dict, plots: list[str], gallery_html: str = "") -> str:
         mean = f"mean {c['mean']:.3f}; " if c["mean"] is not None else ""
         parts.append(f"<h2>CLIP scores</h2><p>{c['scored']:,} pairs scored, {c['unscored']:,} without a score; "
                      f"{mean}quantiles {e(quantiles) or 'none'}</p>")
+    if "revocations" in report:
+        parts.append(revocation_audit.render(report["revocations"]))
     parts.append("<h2>Top domains</h2><table><tr><th>domain</th><th>pairs</th></tr>" + "".join(
         f"<tr><td>{e(str(d))}</td><td>{n:,}</td></tr>" for d, n in report["top_domains"]) + "</table>")
     parts.append("<h2>Plots</h2>" + "".join(f"<p><img src='{e(p)}' alt='{e(p)}'></p>" for p in plots))

@@ -30,7 +30,7 @@ from multiprocessing import get_context
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from wit.shards import fasttar
+from wit.shards import fasttar, revocations
 from wit.shards import reshard_exchange as exchange
 from wit.shards.reshard_plan import CORPUS_FIELDS, Plan, build_plan, rank_shard, read_partition, sources_for
 from wit.shards.options import opt
@@ -154,7 +154,23 @@ def _json_column(column: pa.ChunkedArray) -> list[str]:
 
 
 def _publish(out: str, shard: str, tar: bytes, manifest: pa.Table) -> None:
-    publish_shard(out, shard, tar, manifest, {"count": manifest.num_rows, "successes": manifest.num_rows})
+    stats = {"count": manifest.num_rows, "successes": manifest.num_rows,
+             "wit": {"sha256": hashlib.sha256(tar).hexdigest()}}  # the content hash a trainer's lineage names
+    publish_shard(out, shard, tar, manifest, stats)
+
+
+def shard_hash(task: tuple[str, str]) -> tuple[str, str]:
+    """(shard, sha256 of its tar): from its stats, or (a shard written before stats kept it) from the tar."""
+    out, name = task
+    sha = (read_json(join(out, f"{name}_stats.json")).get("wit") or {}).get("sha256")
+    if not sha:
+        fs, path = fs_and_path(join(out, f"{name}.tar"))
+        h = hashlib.sha256()
+        with fs.open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+        sha = h.hexdigest()
+    return name, sha
 
 
 def verify(task: tuple[str, str]) -> tuple[str, int]:
@@ -164,10 +180,13 @@ def verify(task: tuple[str, str]) -> tuple[str, int]:
     return name, check.samples if check.ok else -1
 
 
-def write_index(out: str, counts: dict[str, int], seed: int) -> dict:
-    """index.json (shard -> samples, total) and a wids shard index, so readers need no listing."""
+def write_index(out: str, counts: dict[str, int], seed: int, hashes: dict[str, str] | None = None) -> dict:
+    """index.json (shard -> samples, total; shard -> sha256 of its tar, the content a trainer's lineage names) and a
+    wids shard index, so readers need no listing."""
     index = {"schema_version": SCHEMA_VERSION, "total": sum(counts.values()), "seed": seed,
              "shards": {f"{name}.tar": n for name, n in sorted(counts.items())}}
+    if hashes:
+        index["sha256"] = dict(sorted(hashes.items()))
     write_json_atomic(join(out, "index.json"), index)
     write_json_atomic(join(out, "wids.json"), {
         "__kind__": "wids-shard-index-v1", "wids_version": 1, "name": "wit-corpus",
@@ -191,7 +210,7 @@ def reshard(cfg: ReshardConfig) -> dict:
         ranked = join(shared, "ranked")
         map_(rank_shard, [(cfg.raw, s, cfg.seed, ranked) for s in sources])
         plan = build_plan(con, [join(ranked, f"{s}.parquet") for s in sources], cfg.verdicts, cfg.selection,
-                          cfg.shard_size, cfg.raw, join(shared, "plan"))
+                          cfg.shard_size, cfg.raw, join(shared, "plan"), revocations.load(cfg.out))
         if plan.samples == 0:
             raise WitError(f"{cfg.raw}: no sample survives the verdicts and the selection; nothing to write")
         if plan.not_in_crawl:
@@ -209,7 +228,8 @@ def reshard(cfg: ReshardConfig) -> dict:
                 reshard_ray.exchange(cfg, plan, senders, todo)
             else:
                 _local_exchange(cfg, plan, senders, todo, join(scratch, "exchange"), map_)
-        index = write_index(cfg.out, plan.counts, cfg.seed)
+        hashes = dict(map_(shard_hash, [(cfg.out, n) for n in plan.counts]))
+        index = write_index(cfg.out, plan.counts, cfg.seed, {f"{n}.tar": h for n, h in hashes.items()})
         exchanged = _count_files(join(scratch, "exchange"))
         intermediates = exchanged + _count_files(ranked) + _count_files(plan.folder)
     _clean_up(cfg, scratch, shared)

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from wit.shards.revocations import Revocations, match
 from wit.shards.schema import DROPPED, ELIGIBLE, KEEP_PROB, OK, SELECTED
 from wit.shards.sql import first_line, ident, literal, run_sql
 from wit.shards.storage import WitError, fs_and_path, is_local, join
@@ -144,8 +145,12 @@ def _schemas(urls: list[str]) -> list[pa.Schema]:
 
 
 def build_plan(con, ranked: list[str], verdicts: tuple[str, ...], selection: str | None, shard_size: int,
-               raw: str, folder: str) -> Plan:
-    """Join, number and cut the ranked rows; write the plan partitioned by crawled shard and by output shard."""
+               raw: str, folder: str, ledger: Revocations | None = None) -> Plan:
+    """Join, number and cut the ranked rows; write the plan partitioned by crawled shard and by output shard.
+
+    The samples a revocation ledger revokes are left out after the numbering, not before: every other sample keeps
+    its place (its shard and key), so the corpus is what `wit revoke` leaves of the one written without the ledger,
+    and the plan's fingerprint does not change when a request is added."""
     q = lambda sql: run_sql(con, sql, what="reshard plan").fetchall()  # noqa: E731
     q(f"CREATE OR REPLACE TEMP TABLE ok AS SELECT * FROM {scan(con, ranked)}")
     dup = q("SELECT uid FROM ok GROUP BY uid HAVING count(*) > 1 LIMIT 1")
@@ -183,6 +188,10 @@ def build_plan(con, ranked: list[str], verdicts: tuple[str, ...], selection: str
             FROM ok {' '.join(keep)} {('WHERE ' + ' AND '.join(where)) if where else ''})""")
     fields = ", ".join(ident(c) for c in CORPUS_FIELDS) + matched.replace("sel.", "")
     width = name_width(q("SELECT coalesce(max(out_no), 0) FROM plan")[0][0])
+    n, xor, total = q("SELECT count(*), bit_xor(rank), sum(rank)::VARCHAR FROM plan")[0]
+    if ledger:
+        match(con, ledger, "plan", what="reshard plan")
+        q("DELETE FROM plan WHERE uid IN (SELECT uid FROM revoked)")
     naming = (f"printf('%0{width}d', out_no) AS shard, printf('%0{width}d_%06d', out_no, pos % {int(shard_size)}) AS key")
     tag = uuid.uuid4().hex[:8]
     staged = f"{folder}.new-{tag}" if is_local(folder) else os.path.join(_local_stage(con), f"plan-{tag}")
@@ -193,8 +202,7 @@ def build_plan(con, ranked: list[str], verdicts: tuple[str, ...], selection: str
           f"(FORMAT parquet, PARTITION_BY ({by}), FILENAME_PATTERN 'part_{{i}}')")
     counts = dict(q(f"SELECT printf('%0{width}d', out_no), count(*) FROM plan GROUP BY out_no ORDER BY out_no"))
     sources = [r[0] for r in q("SELECT DISTINCT src_shard FROM plan ORDER BY src_shard")]
-    n, xor, total = q("SELECT count(*), bit_xor(rank), sum(rank)::VARCHAR FROM plan")[0]
-    for table in ("plan", "sel", "ok", *(f"verdict_{i}" for i in range(len(verdicts)))):
+    for table in ("plan", "sel", "ok", "revoked", *(f"verdict_{i}" for i in range(len(verdicts)))):
         q(f"DROP TABLE IF EXISTS {ident(table)}")  # the exchange runs next: give DuckDB's memory back
     _swap_in(staged, folder)
     fingerprint = {"raw": raw, "shard_size": shard_size, "samples": n, "rank_xor": xor, "rank_sum": total}

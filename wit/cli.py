@@ -10,7 +10,7 @@ from wit.shards.storage import WitError
 
 # Modules that contribute subcommands, each with `register(subparsers)`: the wings', then the door's own pipeline.
 WINGS = ["wit.ingest.cli", "wit.filters.clean_cli", "wit.filters.cli", "wit.shards.cli", "wit.trainer.cli",
-         "wit.trainer.embed_cli", "wit.trainer.eval.cli", "wit.pipeline"]
+         "wit.trainer.embed_cli", "wit.trainer.eval.cli", "wit.pipeline", "wit.revoke"]
 
 
 class WitParser(argparse.ArgumentParser):
@@ -25,7 +25,8 @@ class WitParser(argparse.ArgumentParser):
 COMMANDS = {"download": "wit.ingest.cli", "filter": "wit.filters.clean_cli", "dedup": "wit.filters.clean_cli",
             "queries": "wit.filters.cli", "curate": "wit.filters.cli", "shards": "wit.shards.cli",
             "audit": "wit.shards.cli", "train": "wit.trainer.cli", "eval": "wit.trainer.eval.cli",
-            "pipeline": "wit.pipeline", "dedup-semantic": "wit.filters.clean_cli", "embed": "wit.trainer.embed_cli"}
+            "pipeline": "wit.pipeline", "dedup-semantic": "wit.filters.clean_cli", "embed": "wit.trainer.embed_cli",
+            "revoke": "wit.revoke"}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
