@@ -537,7 +537,7 @@ def _epilog() -> str:
     lines += ["", "A table per stage; its keys are the options of the stage's command, except the folders the "
                   "pipeline sets:"]
     lines += [f"  [{name}]{' ' * (10 - len(name))}wit {STAGES[name].command}" for name in AFTER]
-    lines += ["", "Example: README.md, 'The pipeline on real data'; the demo's config: wit/demo.toml."]
+    lines += ["", "A small config: README.md, 'Your list in five minutes'; the demo's: wit/demo.toml; all of it: wit/README.md."]
     return "\n".join(lines)
 
 
