@@ -35,7 +35,8 @@ def read_source(raw: str, src: str, plan: str, only: set[int] | None = None, sha
     ok_keys = set(manifest.filter(pc.equal(manifest["status"], OK))["key"].to_pylist())
     tar = join(raw, f"{src}.tar")
     jpg: list[bytes | None] = [None] * len(wanted)
-    for key, sample in _read_tar(tar):
+    samples = fasttar.ManifestSamples(tar)
+    for key, sample in samples:
         if key not in ok_keys:
             raise WitError(f"{tar}: sample {key} is not an ok row of {src}.parquet")
         i = wanted.get(key)
@@ -44,6 +45,10 @@ def read_source(raw: str, src: str, plan: str, only: set[int] | None = None, sha
             if image is None:
                 raise WitError(f"{tar}: sample {key} has no image (members: {', '.join(sorted(sample))})")
             jpg[i] = image
+    if samples.problem == fasttar.TAR_MISSING:
+        raise WitError(f"{tar}: missing (its manifest lists ok samples)")
+    if samples.problem:
+        raise WitError(samples.error)
     lost = [k for k, i in wanted.items() if jpg[i] is None]
     if lost:
         uid = rows["uid"][wanted[lost[0]]].as_py()
@@ -94,15 +99,3 @@ def _publish(out: str, shard: str, tar: bytes, manifest: pa.Table) -> None:
     stats = {"count": manifest.num_rows, "successes": manifest.num_rows,
              "wit": {"sha256": hashlib.sha256(tar).hexdigest()}}  # the content hash a trainer's lineage names
     publish_shard(out, shard, tar, manifest, stats)
-
-
-
-
-def _read_tar(url: str):
-    """All samples of a crawled tar; a missing or damaged tar is a one-line error naming it."""
-    try:
-        yield from fasttar.read_samples(url)
-    except fasttar.TarMissing:
-        raise WitError(f"{url}: missing (its manifest lists ok samples)") from None
-    except fasttar.TarError as err:
-        raise WitError(str(err)) from None

@@ -160,30 +160,24 @@ def embed_shard(job: EmbedJob) -> dict:
             image[[row for row, _ in good]] = emb
         batch.clear()
 
-    problem = None
-    if row_of:
-        try:
-            for key, sample in fasttar.read_samples(join(job.shards, f"{job.shard}.tar")):
-                row = row_of.get(key)
-                if row is None or seen[row]:
-                    continue
-                seen[row] = True
-                data = fasttar.image_of(sample)
-                if data is None:
-                    reasons[row] = "no_image"
-                    continue
-                batch.append((row, data))
-                if len(batch) == job.batch_size:
-                    flush()
-        except fasttar.TarMissing:
-            problem = "tar_missing"
-        except (fasttar.TarError, OSError):
-            problem = "tar_unreadable"
-        if batch:
+    samples = fasttar.ManifestSamples(join(job.shards, f"{job.shard}.tar"))
+    for key, sample in samples if row_of else ():
+        row = row_of.get(key)
+        if row is None or seen[row]:
+            continue
+        seen[row] = True
+        data = fasttar.image_of(sample)
+        if data is None:
+            reasons[row] = "no_image"
+            continue
+        batch.append((row, data))
+        if len(batch) == job.batch_size:
             flush()
+    if batch:
+        flush()
     for i in row_of.values():
         if not seen[i]:
-            reasons[i] = problem or "missing_in_tar"
+            reasons[i] = samples.missing
     todo = [i for i in range(n) if reasons[i] is None]
     for start in range(0, len(todo), job.batch_size):
         rows = todo[start:start + job.batch_size]
