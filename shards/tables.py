@@ -70,18 +70,28 @@ def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
         raise WitError(f"{url}: not a readable parquet file ({err})") from None
 
 
-def read_manifest(url: str, columns: list[str]) -> pa.Table:
-    """Columns of a shard's manifest, each checked against the manifest schema: a missing column or one of another
-    type is a WitError naming the file, not a surprise further on."""
-    table = read_parquet(url, columns)
-    for name in columns:
+def read_manifest(url: str, columns: list[str] | None = None, required: tuple[str, ...] = ()) -> pa.Table:
+    """A shard's manifest (the columns asked for, else all), checked against the manifest schema: no such file, a
+    file that is not parquet, a column asked for (or `required`) that it lacks, or a column of another type than the
+    schema's is a WitError naming the file, not a surprise further on. The one reader of crawl manifests."""
+    try:
+        table = read_parquet(url, columns)
+    except FileNotFoundError:
+        raise WitError(f"{url}: no such manifest") from None
+    for name in [*(columns or ()), *required]:
         if name not in table.column_names:
             raise WitError(f"{url}: no column {name!r} (columns: {', '.join(open_parquet(url).schema_arrow.names)})")
-        want, got = MANIFEST.field(name).type, table.schema.field(name).type
-        if got != want and not (pa.types.is_integer(want) and pa.types.is_integer(got)) \
-                and not (pa.types.is_string(want) and pa.types.is_large_string(got)) and not pa.types.is_null(got):
-            raise WitError(f"{url}: column {name!r} is {got}, the manifest schema has {want}")
+    for field in table.schema:
+        if field.name in MANIFEST.names and not _fits(field.type, MANIFEST.field(field.name).type):
+            raise WitError(f"{url}: column {field.name!r} is {field.type}, the manifest schema has "
+                           f"{MANIFEST.field(field.name).type}")
     return table
+
+
+def _fits(got: pa.DataType, want: pa.DataType) -> bool:
+    """A column's type where the schema wants another: any integer for an integer, large strings, or all nulls."""
+    return (got == want or pa.types.is_null(got) or (pa.types.is_integer(want) and pa.types.is_integer(got))
+            or (pa.types.is_string(want) and pa.types.is_large_string(got)))
 
 
 def write_parquet(url: str, table: pa.Table) -> None:
