@@ -61,16 +61,16 @@ def _queries_build(args) -> int:
 
 
 def _curate_match(args) -> int:
-    from wit.filters.io import list_parquet
+    from wit.shards.tables import parquet_inputs
     from wit.filters.match import MatchConfig, run
 
-    run(from_args(MatchConfig, args, inputs=tuple(list_parquet(args.inputs))))
+    run(from_args(MatchConfig, args, inputs=tuple(parquet_inputs(args.inputs))))
     return 0
 
 
 def _curate_balance(args) -> int:
     from wit.filters.balance import BalanceConfig, run
-    from wit.filters.io import list_parquet
+    from wit.shards.tables import parquet_inputs
 
-    run(from_args(BalanceConfig, args, matches=tuple(list_parquet(args.matches))))
+    run(from_args(BalanceConfig, args, matches=tuple(parquet_inputs(args.matches))))
     return 0

@@ -28,7 +28,7 @@ from wit.shards.schema import REVOKED
 from wit.shards.score_audit import clip_score_report, plot_clip_scores
 from wit.shards.sql import SQLOptions, ident, register_filesystem, run_sql
 from wit.shards.storage import (
-    WitError, absolute, exists, fs_and_path, join, read_json, write_atomic, write_json_atomic,
+    WitError, absolute, entries, exists, fs_and_path, join, read_json, write_atomic, write_json_atomic,
 )
 from wit.shards.tables import parquet_files, read_schema
 
@@ -48,9 +48,7 @@ STAGE_ORDER = ("text", "images", "dedup", "clip_score", "semantic")
 
 def _folders(url: str) -> list[str]:
     fs, path = fs_and_path(url)
-    if not fs.exists(path):
-        return []
-    names = [p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if fs.isdir(p)]
+    names = [n for n in entries(url) if fs.isdir(f"{path.rstrip('/')}/{n}")]
     return sorted(names, key=lambda n: (STAGE_ORDER.index(n) if n in STAGE_ORDER else len(STAGE_ORDER), n))
 
 

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from wit.shards.revocations import Revocations, match
 from wit.shards.schema import DROPPED, ELIGIBLE, KEEP_PROB, MANIFEST, OK, SELECTED
 from wit.shards.sql import first_line, ident, literal, run_sql
-from wit.shards.storage import WitError, fs_and_path, is_local, join
+from wit.shards.storage import WitError, exists, fs_and_path, is_local, join
 from wit.shards.tables import parquet_files, read_manifest, read_parquet, write_parquet
 
 # The crawl manifest columns a corpus row carries, in the order the sample's .json lists them.
@@ -196,11 +196,10 @@ def partition(folder: str, part: str, column: str, value: str) -> str:
 def read_partition(folder: str, part: str, column: str, value: str, columns: list[str] | None = None) -> pa.Table:
     """The plan rows of one shard, in position order."""
     where = partition(folder, part, column, value)
-    fs, path = fs_and_path(where)
-    files = sorted(fs.glob(path.rstrip("/") + "/*.parquet"))
+    files = parquet_files(where) if exists(where) else []
     if not files:
         raise WitError(f"{where}: the plan has no rows here (the plan folder was changed while resharding?)")
-    tables = [read_parquet(fs.unstrip_protocol(p) if "://" in where else p, columns) for p in files]
+    tables = [read_parquet(url, columns) for url in files]
     table = pa.concat_tables(tables)
     return table.take(pc.sort_indices(table["pos"]))
 

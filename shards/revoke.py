@@ -31,7 +31,7 @@ from wit.shards.runner import run_map
 from wit.shards.schema import OK
 from wit.shards.sql import literal
 from wit.shards.storage import (
-    WitError, exists, fs_and_path, join, move, read_json, remove_scratch, write_atomic,
+    WitError, entries, exists, fs_and_path, join, move, read_json, remove_scratch, write_atomic,
 )
 from wit.shards.tables import parquet_files, read_parquet, write_parquet
 from wit.shards.verify import MARKERS, publish_shard, verify_shard
@@ -156,11 +156,8 @@ def rewrite_shard(task: Rewrite) -> tuple[str, str]:
 
 def finish_staged(corpus: str) -> list[tuple[str, str]]:
     """Finish the rewrites a killed run had committed (`ready`), and drop the staging of the others: [(shard, sha)]."""
-    fs, path = fs_and_path(join(corpus, *STAGING))
-    if not fs.exists(path):
-        return []
     done = []
-    for shard in sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)):
+    for shard in entries(join(corpus, *STAGING)):
         if exists(join(corpus, *STAGING, shard, READY)):
             done.append((shard, _finish(corpus, shard)))
         else:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wit.shards.schema import MANIFEST
-from wit.shards.storage import WitError, fs_and_path, is_local, move, write_atomic
+from wit.shards.storage import WitError, absolute, entries, expand, fs_and_path, is_local, join, move, write_atomic
 
 
 def arrow_reader(data: bytes) -> pa.BufferReader:
@@ -132,13 +132,35 @@ def write_parquet_stream(url: str, schema: pa.Schema, batches) -> int:
 
 
 def parquet_files(folder: str) -> list[str]:
-    """Shard-named parquet files in a folder (`00012.parquet`), in shard number order; not `_wit/` scratch."""
+    """Shard-named parquet files in a folder (`00012.parquet`), in shard number order; not `_wit/` scratch, nor a
+    file being written (`.parquet.tmp-*`)."""
     fs, path = fs_and_path(folder)
     fs.invalidate_cache(path)
     if not fs.isdir(path):
         raise WitError(f"{folder}: no such folder")
-    files = sorted(fs.glob(path.rstrip("/") + "/*.parquet"), key=shard_order)
-    return [fs.unstrip_protocol(p) if "://" in folder else p for p in files]
+    base = absolute(folder)
+    return sorted((join(base, name) for name in entries(folder) if name.endswith(".parquet")), key=shard_order)
+
+
+def parquet_inputs(patterns: list[str] | tuple[str, ...]) -> list[str]:
+    """The parquet files a command's inputs name: files, brace patterns, globs, or folders (their parquet files, as
+    parquet_files lists them); each pattern's files in order, a pattern that names none an error."""
+    files: list[str] = []
+    for pattern in patterns:
+        for url in expand(pattern):
+            fs, path = fs_and_path(url)
+            if fs.isdir(path):
+                found = parquet_files(url)
+            elif any(ch in path for ch in "*?["):
+                found = [fs.unstrip_protocol(p) if "://" in url else p for p in sorted(fs.glob(path))]
+            elif fs.exists(path):
+                found = [absolute(url)]
+            else:
+                raise WitError(f"{url}: not found")
+            if not found:
+                raise WitError(f"{url}: no parquet files there")
+            files += found
+    return files
 
 
 def read_folder(folder: str, required: tuple[str, ...] = (), columns: list[str] | None = None) -> pa.Table:

@@ -303,12 +303,12 @@ class Match(Stage):
         return [*cfg.inputs, cfg.queries]
 
     def call(self, c, cfg):
-        from wit.filters.io import list_parquet
+        from wit.shards.tables import parquet_inputs
         from wit.filters.match import run
         from wit.shards.lists import find_lists
 
         # as `wit curate match` expands its inputs; URL lists (balance before download) as `wit download` does
-        inputs = find_lists(list(cfg.inputs)) if c.before else list_parquet(list(cfg.inputs))
+        inputs = find_lists(list(cfg.inputs)) if c.before else parquet_inputs(list(cfg.inputs))
         return run(replace(cfg, inputs=tuple(inputs)))
 
     def figures(self, s):
@@ -329,9 +329,9 @@ class Balance(Stage):
 
     def call(self, c, cfg):
         from wit.filters.balance import run
-        from wit.filters.io import list_parquet
+        from wit.shards.tables import parquet_inputs
 
-        return run(replace(cfg, matches=tuple(list_parquet(list(cfg.matches)))))  # as `wit curate balance` does
+        return run(replace(cfg, matches=tuple(parquet_inputs(list(cfg.matches)))))  # as `wit curate balance` does
 
     def figures(self, s):
         pairs = s["pairs"]
