@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from wit.shards import fasttar, revocations
 from wit.shards.reshard import shard_hash
 from wit.shards.reshard import write_index as write
+from wit.shards.layout import Layout
 from wit.shards.runner import run_map
 from wit.shards.schema import OK
 from wit.shards.sql import literal
@@ -231,7 +232,7 @@ def corpus_of(root: str, given: str | None) -> str | None:
         if not exists(join(given, "index.json")):
             raise WitError(f"--corpus {given}: no index.json (a corpus is what `wit shards write` writes)")
         return given
-    for candidate in (root, join(root, "corpus")):
+    for candidate in (root, Layout(root).corpus):
         if exists(join(candidate, "index.json")):
             return candidate
     return None
@@ -241,5 +242,5 @@ def phashes_of(root: str, given: str | None) -> str | None:
     """The image verdicts holding the corpus samples' pHashes: --phashes, else ROOT/verdicts/images if there."""
     if given:
         return given
-    default = join(root, "verdicts", "images")
+    default = Layout(root).verdicts("images")
     return default if exists(default) else None

@@ -26,7 +26,8 @@ from wit.shards.lock import output_lock
 from wit.shards.options import DefaultsHelp, check_keys, cli_fields, from_mapping, opt
 from wit.shards.runner import ENGINES
 from wit.shards.storage import WitError, absolute, entries, exists, fs_and_path, join
-from wit.stages import AFTER, BEFORE, CORPUS, STAGES, Context, Layout, Stage
+from wit.shards.layout import Layout
+from wit.stages import AFTER, BEFORE, CORPUS, STAGES, Context, Stage
 
 try:
     import tomllib

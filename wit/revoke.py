@@ -12,13 +12,14 @@ import json
 from dataclasses import dataclass
 
 from wit.shards import fasttar, lineage, revocations
+from wit.shards.layout import Layout
 from wit.shards.lock import output_lock
 from wit.shards.options import DefaultsHelp, add_arguments, from_args, opt
 from wit.shards.phash import phash_bytes
 from wit.shards.revoke import apply, corpus_of, phashes_of
 from wit.shards.runner import EngineOptions
 from wit.shards.sql import SQLOptions, default_temp_dir
-from wit.shards.storage import WitError, absolute, exists, fs_and_path, join, remove_scratch
+from wit.shards.storage import WitError, absolute, exists, fs_and_path, remove_scratch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,7 +70,7 @@ def revoke(cfg: RevokeConfig) -> dict:
 
 def report(cfg: RevokeConfig) -> list[dict]:
     root = absolute(cfg.root)
-    runs = [absolute(r) for r in cfg.runs] or [r for r in [join(root, "train", "checkpoints")] if exists(r)]
+    runs = [absolute(r) for r in cfg.runs] or [r for r in [Layout(root).checkpoints] if exists(r)]
     if not runs:
         raise WitError(f"{root}: no training runs to report on (ROOT/train/checkpoints); name them with --runs")
     return lineage.report(revocations.load(root).removed, runs)

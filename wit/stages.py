@@ -17,42 +17,10 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
+from wit.shards.layout import Layout
 from wit.shards.storage import WitError, absolute, is_local, join
 
 FILTERS = ("text", "images", "dedup")  # the verdict stages, in the order the audit's funnel walks them
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The folders under the output root: the layout `wit audit` reads."""
-    root: str
-
-    @property
-    def raw(self) -> str:
-        return join(self.root, "raw")
-
-    def verdicts(self, stage: str) -> str:
-        return join(self.root, "verdicts", stage)
-
-    @property
-    def queries(self) -> str:
-        return join(self.root, "queries.parquet")
-
-    @property
-    def matches(self) -> str:
-        return join(self.root, "matches")
-
-    @property
-    def balance(self) -> str:
-        return join(self.root, "balance")
-
-    @property
-    def corpus(self) -> str:
-        return join(self.root, "corpus")
-
-    @property
-    def records(self) -> str:
-        return join(self.root, "_wit", "pipeline")
 
 
 @dataclass
@@ -345,7 +313,7 @@ class Reshard(Stage):
     def fill(self, c):
         f = {"raw": c.layout.raw, "out": c.layout.corpus, "verdicts": c.verdict_folders()}
         if "balance" in c.declared:
-            f["selection"] = join(c.layout.balance, "selection")
+            f["selection"] = c.layout.selection
         return f
 
     def reads(self, c, cfg):
@@ -364,7 +332,7 @@ class Audit(Stage):
     name, command, config_class = "audit", "audit", "wit.shards.audit:AuditConfig"
 
     def fill(self, c):
-        return {"root": c.layout.root, "out": join(c.layout.root, "audit")}
+        return {"root": c.layout.root, "out": c.layout.audit}
 
     def reads(self, c, cfg):
         lay = c.layout
@@ -395,9 +363,9 @@ class Train(Stage):
         return {"data": join(c.layout.corpus, "index.json")}
 
     def defaults(self, c):
-        d = {"resume": "latest", "ckpt": join(c.layout.root, "train", "checkpoints")}  # a kill resumes exactly
+        d = {"resume": "latest", "ckpt": c.layout.checkpoints}  # a kill resumes exactly
         if is_local(c.layout.root):
-            d["out"] = join(c.layout.root, "train")  # the run folder is local: logs, config, TensorBoard
+            d["out"] = c.layout.train  # the run folder is local: logs, config, TensorBoard
         return d
 
     def reads(self, c, cfg):
@@ -444,7 +412,7 @@ class ZeroShot(Stage):
     runtime = ("batch_size", "workers", "device")
 
     def fill(self, c):
-        f = {"out": join(c.layout.root, "zeroshot.json")}
+        f = {"out": c.layout.zeroshot}
         if "train" in c.declared:
             f["checkpoint"] = c.configs["train"].ckpt_dir
         return f
