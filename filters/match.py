@@ -10,7 +10,7 @@ import functools
 import json
 import posixpath
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,7 +26,7 @@ from wit.shards.options import opt
 from wit.shards.runner import EngineOptions, run_map
 from wit.shards.schema import MATCHES
 from wit.shards.storage import WitError, fs_and_path, move, write_json_atomic
-from wit.shards.tables import open_parquet
+from wit.shards.tables import open_parquet, parquet_inputs
 
 BATCH_ROWS = 65_536
 CARRY_COLUMNS = ("url", "status")  # copied into the match file (with the caption) when the input has them
@@ -147,6 +147,11 @@ def _open_manifest(url: str, uid_column: str) -> pq.ParquetFile | None:
         return None
     source = open_parquet(url)  # a file that is not parquet: a WitError naming it
     return source if uid_column in source.schema_arrow.names else None
+
+
+def run_match(cfg: MatchConfig) -> dict:
+    """`wit curate match`: the parquet files its inputs name (tables.parquet_inputs), matched by `run`."""
+    return run(replace(cfg, inputs=tuple(parquet_inputs(cfg.inputs))))
 
 
 def run(cfg: MatchConfig) -> dict:

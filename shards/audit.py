@@ -171,6 +171,13 @@ def audit(cfg: AuditConfig) -> str:
     return write_report(out, report)
 
 
+def run_audit(cfg: AuditConfig) -> dict:
+    """`wit audit`: the report, and the two ends of its funnel (what the pipeline's line shows)."""
+    report = audit(cfg)
+    steps = read_json(join(report.rsplit("/", 1)[0], "report.json"))["funnel"]
+    return {"report": report, "rows": steps[0]["rows_in"], "kept": steps[-1]["kept"]}
+
+
 def _eval_sets(root: str) -> list[str]:
     """The evaluation sets the image stage hashed (its summary records them), to show a leak's eval image."""
     summary = Layout(root).images_summary

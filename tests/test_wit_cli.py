@@ -32,14 +32,26 @@ def test_every_option_has_help_and_no_empty_defaults():
 
 
 def test_each_command_is_parsed_by_its_own_wing_alone():
-    from wit.cli import COMMANDS, WINGS
+    import json
+    import subprocess
+    import sys
+
+    from wit.commands import COMMANDS
 
     def commands(parser):
         return {path[0] for path, _ in _all_parsers(parser) if len(path) == 1}
 
-    assert commands(build_parser()) == set(COMMANDS) and set(COMMANDS.values()) <= set(WINGS)
-    for command, wing in COMMANDS.items():
-        assert command in commands(build_parser(command))
+    words = {c.words.split()[0] for c in COMMANDS.values()}  # every command is declared once, in wit/commands.py
+    assert commands(build_parser()) == words
+    for command in words:
+        assert commands(build_parser(command)) == {command}
+    # a fresh `wit <command>` imports its own wing's modules and the ground floor's, no other wing's (nor torch)
+    loaded = ("import json, sys; from wit.cli import build_parser; build_parser(sys.argv[1]); "
+              "print(json.dumps([sorted({m.split('.')[1] for m in sys.modules if m.startswith('wit.')}), "
+              "'torch' in sys.modules]))")
+    for command, wing in (("download", "ingest"), ("dedup", "filters"), ("audit", "shards"), ("train", "trainer")):
+        out = subprocess.run([sys.executable, "-c", loaded, command], capture_output=True, text=True, check=True)
+        assert json.loads(out.stdout) == [sorted({"cli", "commands", "shards", wing}), False], command
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, image_server):
