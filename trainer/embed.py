@@ -275,25 +275,16 @@ def _gather_results(results: list[dict], world: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """torchrun's entry point: `torchrun --nproc_per_node N -m wit.trainer.embed SHARDS --out ... --checkpoint ...`."""
-    import argparse
+    from wit.trainer.train import rank_main
 
-    from wit.shards.options import add_arguments, from_args
+    return rank_main("wit embed", __doc__.splitlines()[0], EmbedConfig, _embed_and_show, argv)
 
-    parser = argparse.ArgumentParser(prog="wit embed", description=__doc__.splitlines()[0])
-    add_arguments(parser, EmbedConfig)
-    try:
-        summary = run_embed(from_args(EmbedConfig, parser.parse_args(argv)))
-        if _ranks()[0] == 0:
-            print(summary, flush=True)
-        return 0
-    except WitError as err:
-        print(f"wit embed: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        import torch.distributed as dist
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+def _embed_and_show(cfg: EmbedConfig) -> int:
+    summary = run_embed(cfg)
+    if _ranks()[0] == 0:
+        print(summary, flush=True)
+    return 0
 
 
 if __name__ == "__main__":
