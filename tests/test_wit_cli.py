@@ -64,7 +64,9 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, image_server
     from tests.conftest import write_csv
 
     names = sorted(image_server.images)[:4]
-    write_csv(tmp_path / "l.csv", [(f"{image_server.url}/img/{n}", f"a photo {i}") for i, n in enumerate(names * 5)])
+    rows = [(f"{image_server.url}/img/{n}", f"a photo {i}") for i, n in enumerate(names * 5)]
+    rows.append((f"{image_server.url}/slow/{names[0]}", "a slow photo"))  # seconds: the reader is gone by its end
+    write_csv(tmp_path / "l.csv", rows)
     proc = subprocess.Popen([sys.executable, "-m", "wit", "download", str(tmp_path / "l.csv"), "--out",
                              str(tmp_path / "out"), "--allow-net", "127.0.0.1/32", "--processes", "1",
                              "--shard-size", "5", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
