@@ -34,7 +34,7 @@ from wit.shards.options import opt
 from wit.shards.runner import EngineOptions, imap
 from wit.shards.schema import DROPPED, ELIGIBLE, NO_QUERY_MATCH, NOT_SELECTED, OK, REVOKED, SELECTED, SELECTION
 from wit.shards.storage import WitError, fs_and_path, join, write_atomic
-from wit.shards.tables import open_parquet, read_parquet, read_schema, write_parquet
+from wit.shards.tables import open_parquet, parquet_inputs, read_parquet, read_schema, write_parquet
 
 NOT_IN_POOL = "not_in_pool"
 
@@ -239,7 +239,7 @@ def _spacing(files: list[str]) -> str:
 
 
 def run(cfg: BalanceConfig) -> dict:
-    files = list(cfg.matches)
+    files = parquet_inputs(cfg.matches) if cfg.matches else []
     if not files:
         raise WitError("no match files given")
     if cfg.t < 1:

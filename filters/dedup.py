@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import duckdb
 import numpy as np
@@ -28,7 +28,7 @@ from wit.shards.options import opt
 from wit.shards.sql import SQLOptions, literal, register_filesystem, run_sql
 from wit.shards.tables import parquet_files, read_parquet, write_parquet
 from wit.shards.schema import VERDICT
-from wit.shards.storage import WitError, fs_and_path, join, remove_scratch
+from wit.shards.storage import WitError, absolute, fs_and_path, join, remove_scratch, write_json_atomic
 
 BUCKET_CAP = 10_000  # rows of one band bucket beyond which it is joined by sub-bands (a 10K bucket: 5e7 pairs)
 
@@ -154,7 +154,9 @@ def _components(con: duckdb.DuckDBPyConnection) -> int:
 
 
 def dedup(cfg: DedupConfig) -> dict:
-    """Dedup the kept rows of every image verdict file; write one dedup verdict file per input file."""
+    """Dedup the kept rows of every image verdict file; write one dedup verdict file per input file, and the summary
+    it returns to OUT/_wit/dedup_summary.json."""
+    cfg = replace(cfg, images=absolute(cfg.images), out=absolute(cfg.out), after=tuple(absolute(a) for a in cfg.after))
     if cfg.images.rstrip("/") == cfg.out.rstrip("/"):
         raise WitError(f"{cfg.out}: would overwrite the image verdicts it reads; choose another --out")
     files = parquet_files(cfg.images)
@@ -205,6 +207,7 @@ def dedup(cfg: DedupConfig) -> dict:
     before = counts.pop(EARLIER, 0)
     stats.update(shards=len(names), kept=counts.pop("kept", 0),
                  dropped=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))), dropped_before=before)
+    write_json_atomic(join(cfg.out, "_wit", "dedup_summary.json"), stats)
     return stats
 
 

@@ -264,6 +264,45 @@ def read_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     return _samples(read_members(url))
 
 
+# Why a row of a shard's manifest has no sample from its tar (the reasons the image stage and `wit embed` write)
+TAR_MISSING, TAR_UNREADABLE, MISSING_IN_TAR = "tar_missing", "tar_unreadable", "missing_in_tar"
+
+
+class ManifestSamples:
+    """One strict pass over a shard's tar on behalf of its manifest, the one way the image stage, `wit embed` and
+    the reshard read a crawled shard: `for key, sample in ManifestSamples(url)` gives every sample; a tar that cannot
+    be read to its end ends the loop instead of raising, after the samples read before the problem (down to the
+    sample it cut, when that sample's image was read whole). Then `missing` is the reason of each manifest row the
+    loop did not give (missing_in_tar, or tar_missing / tar_unreadable for every such row), and `error` says what
+    went wrong, for humans."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.problem: str | None = None  # TAR_MISSING or TAR_UNREADABLE once the loop has met one
+        self.error = ""
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, bytes]]]:
+        self.problem, self.error = None, ""
+        try:
+            yield from read_samples(self.url)
+        except TarMissing as err:
+            self.problem, self.error = TAR_MISSING, str(err)
+        except (TarError, OSError) as err:
+            key, sample = getattr(err, "partial", None) or (None, {})
+            if image_of(sample) is not None:  # its image was read whole: a row with a reason of its own, if any
+                yield key, sample
+            self.problem, self.error = TAR_UNREADABLE, str(err)
+
+    @property
+    def missing(self) -> str:
+        return self.problem or MISSING_IN_TAR
+
+    @property
+    def detail(self) -> str | None:
+        """The problem for a verdict's detail column: tar_missing, or tar_unreadable with its error."""
+        return self.problem if self.problem != TAR_UNREADABLE else f"{self.problem}: {self.error}"
+
+
 # ---------------------------------------------------------------------------------------------- the seekable reader
 class SeekableTar:
     """Headers and members of one open tar, read by seeking: listing skips all data."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from wit.shards.storage import WitError, fs_and_path, join, read_json, write_json_atomic
+from wit.shards.storage import WitError, entries, join, read_json, write_json_atomic
 
 FORMAT = 1
 FOLDER = "lineage"
@@ -54,12 +54,8 @@ def write(ckpt_dir: str, step: int, record: dict) -> str:
 
 def records(ckpt_dir: str) -> list[dict]:
     """The lineage records of a checkpoint folder, oldest first (each with its `file`)."""
-    fs, path = fs_and_path(join(ckpt_dir, FOLDER))
-    fs.invalidate_cache(path)
-    if not fs.exists(path):
-        return []
     out = []
-    for name in sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)):
+    for name in entries(join(ckpt_dir, FOLDER)):
         if name.startswith("step_") and name.endswith(".json"):
             url = join(ckpt_dir, FOLDER, name)
             try:

@@ -6,8 +6,9 @@ import html
 from collections import Counter, defaultdict
 
 from wit.shards import lineage
+from wit.shards.layout import Layout
 from wit.shards.revocations import Revocations
-from wit.shards.storage import exists, join
+from wit.shards.storage import exists
 
 
 def section(ledger: Revocations, root: str) -> dict:
@@ -19,7 +20,7 @@ def section(ledger: Revocations, root: str) -> dict:
         first.setdefault(r["request"], r)
     removed = ledger.removed.select(["request", "corpus", "shard", "uid", "new_sha256"]).to_pylist()
     per_request = Counter(r["request"] for r in removed)
-    runs = [run for run in [join(root, "train", "checkpoints")] if exists(run)]
+    runs = [run for run in [Layout(root).checkpoints] if exists(run)]
     checkpoints = [{k: v for k, v in row.items() if k != "keys"} for row in lineage.report(ledger.removed, runs)]
     return {
         "ledgers": ledger.sources,

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from wit.shards.phash import band_columns, near_pairs
 from wit.shards.sql import ident, run_sql
-from wit.shards.storage import WitError, exists, fs_and_path, is_local, join
+from wit.shards.storage import WitError, entries, exists, is_local, join
 from wit.shards.tables import read_parquet, write_parquet
 
 LEDGER = ("_wit", "revocations")
@@ -128,11 +128,7 @@ def write_removed(root: str, table: pa.Table, name: str) -> str:
 
 
 def _names(folder: str) -> list[str]:
-    fs, path = fs_and_path(folder)
-    fs.invalidate_cache(path)
-    if not fs.exists(path):
-        return []
-    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if p.endswith(".parquet"))
+    return [name for name in entries(folder) if name.endswith(".parquet")]
 
 
 # ---------------------------------------------------------------------------------------------- reading the ledger

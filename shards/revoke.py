@@ -27,11 +27,12 @@ import pyarrow.compute as pc
 from wit.shards import fasttar, revocations
 from wit.shards.reshard import shard_hash
 from wit.shards.reshard import write_index as write
+from wit.shards.layout import Layout
 from wit.shards.runner import run_map
 from wit.shards.schema import OK
 from wit.shards.sql import literal
 from wit.shards.storage import (
-    WitError, exists, fs_and_path, join, move, read_json, remove_scratch, write_atomic,
+    WitError, entries, exists, fs_and_path, join, move, read_json, remove_scratch, write_atomic,
 )
 from wit.shards.tables import parquet_files, read_parquet, write_parquet
 from wit.shards.verify import MARKERS, publish_shard, verify_shard
@@ -156,11 +157,8 @@ def rewrite_shard(task: Rewrite) -> tuple[str, str]:
 
 def finish_staged(corpus: str) -> list[tuple[str, str]]:
     """Finish the rewrites a killed run had committed (`ready`), and drop the staging of the others: [(shard, sha)]."""
-    fs, path = fs_and_path(join(corpus, *STAGING))
-    if not fs.exists(path):
-        return []
     done = []
-    for shard in sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)):
+    for shard in entries(join(corpus, *STAGING)):
         if exists(join(corpus, *STAGING, shard, READY)):
             done.append((shard, _finish(corpus, shard)))
         else:
@@ -234,7 +232,7 @@ def corpus_of(root: str, given: str | None) -> str | None:
         if not exists(join(given, "index.json")):
             raise WitError(f"--corpus {given}: no index.json (a corpus is what `wit shards write` writes)")
         return given
-    for candidate in (root, join(root, "corpus")):
+    for candidate in (root, Layout(root).corpus):
         if exists(join(candidate, "index.json")):
             return candidate
     return None
@@ -244,5 +242,5 @@ def phashes_of(root: str, given: str | None) -> str | None:
     """The image verdicts holding the corpus samples' pHashes: --phashes, else ROOT/verdicts/images if there."""
     if given:
         return given
-    default = join(root, "verdicts", "images")
+    default = Layout(root).verdicts("images")
     return default if exists(default) else None

@@ -423,12 +423,19 @@ def save(cfg, rank, world, model, optimizer, loader_state: dict, step, samples_s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="wit train", description=__doc__.splitlines()[0])
-    add_arguments(parser, TrainConfig)
+    return rank_main("wit train", __doc__.splitlines()[0], TrainConfig, train, argv)
+
+
+def rank_main(prog: str, description: str, config_class, run, argv: list[str] | None) -> int:
+    """The entry point of a torchrun rank (`-m wit.trainer.train` or `-m wit.trainer.embed` with a command's flags,
+    what `wit train|embed --nproc N` starts): the flags into the config, `run` on it (its exit status), a WitError
+    as one line, and the process group ended whatever happened."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser, config_class)
     try:
-        return train(from_args(TrainConfig, parser.parse_args(argv)))
+        return run(from_args(config_class, parser.parse_args(argv)))
     except WitError as err:
-        print(f"wit train: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():

@@ -12,13 +12,14 @@ import json
 from dataclasses import dataclass
 
 from wit.shards import fasttar, lineage, revocations
+from wit.shards.layout import Layout
 from wit.shards.lock import output_lock
-from wit.shards.options import DefaultsHelp, add_arguments, from_args, opt
+from wit.shards.options import opt
 from wit.shards.phash import phash_bytes
 from wit.shards.revoke import apply, corpus_of, phashes_of
 from wit.shards.runner import EngineOptions
 from wit.shards.sql import SQLOptions, default_temp_dir
-from wit.shards.storage import WitError, absolute, exists, fs_and_path, join, remove_scratch
+from wit.shards.storage import WitError, absolute, exists, fs_and_path, remove_scratch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,7 +70,7 @@ def revoke(cfg: RevokeConfig) -> dict:
 
 def report(cfg: RevokeConfig) -> list[dict]:
     root = absolute(cfg.root)
-    runs = [absolute(r) for r in cfg.runs] or [r for r in [join(root, "train", "checkpoints")] if exists(r)]
+    runs = [absolute(r) for r in cfg.runs] or [r for r in [Layout(root).checkpoints] if exists(r)]
     if not runs:
         raise WitError(f"{root}: no training runs to report on (ROOT/train/checkpoints); name them with --runs")
     return lineage.report(revocations.load(root).removed, runs)
@@ -151,30 +152,20 @@ def image_rows(where: str, near: int | None) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- the command
-def register(sub) -> None:
-    p = sub.add_parser(
-        "revoke", formatter_class=DefaultsHelp,
-        help="take samples back: record a request in the ledger, rewrite the corpus shards that hold them; --report "
-             "says which checkpoints trained on them",
-        description="Append a revocation request (URLs, domains, uids, images) to ROOT/_wit/revocations/ and apply "
-                    "the ledger to the corpus under ROOT: only the shards that hold a revoked sample are rewritten "
-                    "(verified before the old shard is replaced), index.json follows. Crawls (wit download), "
-                    "selections (wit curate balance) and reshards under ROOT never take a revoked pair again. "
-                    "Running it again changes nothing; with no request it applies the ledger as it is.",
-    )
-    add_arguments(p, RevokeConfig)
-    p.set_defaults(run=_run)
+def run(cfg: RevokeConfig) -> dict | list[dict]:
+    """`wit revoke` (wit/commands.py declares it): the request applied, or with --report the checkpoints' rows."""
+    if not cfg.report:
+        return revoke(cfg)
+    if cfg.urls or cfg.domains or cfg.uids or cfg.images:
+        raise WitError("--report changes nothing; make the request first, then ask for the report")
+    return report(cfg)
 
 
-def _run(args) -> int:
-    cfg = from_args(RevokeConfig, args)
-    if cfg.report:
-        if cfg.urls or cfg.domains or cfg.uids or cfg.images:
-            raise WitError("--report changes nothing; make the request first, then ask for the report")
-        rows = report(cfg)
-        for line in lineage.show(rows):
+def show(result: dict | list[dict]) -> int:
+    """The report as lines, a revocation's summary as JSON."""
+    if isinstance(result, list):
+        for line in lineage.show(result):
             print(line)
-        return 0
-    summary = revoke(cfg)
-    print(json.dumps(summary, indent=2))
+    else:
+        print(json.dumps(result, indent=2))
     return 0
