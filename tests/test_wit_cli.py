@@ -56,7 +56,9 @@ def test_each_command_is_parsed_by_its_own_wing_alone():
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, image_server):
-    """`wit download ... | head -2`: the crawl's later lines meet a closed pipe; no traceback, the SIGPIPE status."""
+    """`wit download ... | true`: the crawl's lines meet a pipe whose reader has gone; no traceback, the SIGPIPE
+    status. (The reader leaves before the crawl prints anything: the summary is written in one go at the end, so a
+    reader that took its first line first would race the rest of it into the pipe's buffer.)"""
     import os
     import subprocess
     import sys
@@ -65,16 +67,15 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, image_server
 
     names = sorted(image_server.images)[:4]
     rows = [(f"{image_server.url}/img/{n}", f"a photo {i}") for i, n in enumerate(names * 5)]
-    rows.append((f"{image_server.url}/slow/{names[0]}", "a slow photo"))  # seconds: the reader is gone by its end
     write_csv(tmp_path / "l.csv", rows)
     proc = subprocess.Popen([sys.executable, "-m", "wit", "download", str(tmp_path / "l.csv"), "--out",
                              str(tmp_path / "out"), "--allow-net", "127.0.0.1/32", "--processes", "1",
                              "--shard-size", "5", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    first = proc.stdout.readline()  # the plan's first line comes before any shard is fetched
-    proc.stdout.close()
+    proc.stdout.close()  # the reader is gone before the interpreter has even imported wit
     err = proc.stderr.read().decode()
-    assert proc.wait(timeout=300) == 141 and first.startswith(b"output"), (first, err)
+    assert proc.wait(timeout=300) == 141, err
+    assert list((tmp_path / "out").glob("*.tar")), err  # the crawl itself ran to its end
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
 
 

@@ -417,8 +417,12 @@ def save(cfg, rank, world, model, optimizer, loader_state: dict, step, samples_s
         state = {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                  "samples_seen": samples_seen, "rng": rngs, "loader": loader_state,
                  "config": json.loads(cfg.to_json()), "lineage": lineage}
-        checkpoint.save(cfg.ckpt_dir, step, state, cfg.keep)
-        lineage_records.write(cfg.ckpt_dir, step, lineage)
+        url = checkpoint.save(cfg.ckpt_dir, step, state, cfg.keep)
+        try:
+            lineage_records.write(cfg.ckpt_dir, step, lineage)
+        except Exception as err:  # noqa: BLE001 - storage errors of every kind, as checkpoint.save says them
+            raise WitError(f"{url} written, but not the lineage record beside it ({checkpoint.reason(err)}); "
+                           "--resume latest continues from it (its lineage is inside it too)") from None
     on_rank0(write, rank, world)
 
 
