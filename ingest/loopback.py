@@ -8,6 +8,9 @@ Routes:  /img/<name>        the image            /404, /500, /503    that status
          /slowok/<name>     waits `slowok_delay`, then sends the image evenly over `slowok_seconds`
          /delay/<name>      waits `delay_seconds`, then the image (keeps a connection busy: politeness tests)
          /flaky/<name>      503 for the first `flaky_failures` requests of a name, then the image
+         /busy/<name>?times=N&after=S[&date=1]   429 for the first N requests of a name (with `Retry-After: S`,
+                            or that moment as an HTTP date with date=1; none without after), then the image
+         /gate/<name>       waits until `gate` is set (at most `hang_seconds`), then the image
          /trickle/<name>    honest headers, then the image 1 byte per `trickle_interval` for `trickle_seconds`
          /dribble           the status line and headers 1 byte per `trickle_interval`, for `trickle_seconds`
          /hang              reads the request and never answers (for `hang_seconds`)
@@ -21,8 +24,11 @@ Routes:  /img/<name>        the image            /404, /500, /503    that status
          /robots.txt        `robots_txt` when set, else 404; after `robots_delay` seconds
 
 What the server saw is kept for tests: `requests` (paths), `request_times` ((monotonic time, path)),
+`answer_times` ((wall-clock time, path, status) of every answer sent whole, just before its last bytes),
 `held` ((path, seconds the client kept a slow route's connection)), `max_connections` (most TCP connections open
-at once) and `max_in_flight` (most requests being answered at once). `closed_port` and `StuckListener` stand in for
+at once) and `max_in_flight` (most requests being answered at once). A request stops counting as in flight just
+before the last bytes of its answer leave: a client that has the whole answer (and sends its next request) can
+never see it still counted, so the peak is exact for the answers sent whole. `closed_port` and `StuckListener` stand in for
 dead hosts: nothing listening (refused at once), and a listener that never accepts (connects hang).
 """
 from __future__ import annotations
@@ -34,6 +40,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -69,6 +76,9 @@ class LoopbackImageServer:
         self.request_times: list[tuple[float, str]] = []
         self.held: list[tuple[str, float]] = []
         self.flaky_seen: Counter = Counter()
+        self.busy_seen: Counter = Counter()
+        self.answer_times: list[tuple[float, str, int]] = []
+        self.gate = threading.Event()
         self.connections = self.max_connections = self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
         self.httpd = _Server((host, port), self._handler())
@@ -122,12 +132,22 @@ class LoopbackImageServer:
                 path = urlsplit(self.path).path
                 head, _, name = path.lstrip("/").partition("/")
                 server._count("in_flight", 1)
+                self.counted = True
                 try:
                     self._route(head, name, path)
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True
                 finally:
+                    self._answered()
+
+            def _answered(self, status: int | None = None):
+                """The request is no longer in flight (once); an answer sent whole is timed."""
+                if self.counted:
+                    self.counted = False
                     server._count("in_flight", -1)
+                    if status is not None:
+                        with server._lock:
+                            server.answer_times.append((time.time(), self.path, status))
 
             def _route(self, head, name, path):
                 image = server.images.get(name)
@@ -152,6 +172,11 @@ class LoopbackImageServer:
                         server.flaky_seen[name] += 1
                         failing = server.flaky_seen[name] <= server.flaky_failures
                     return self._send(503, b"try later") if failing else self._send(200, image)
+                if head == "busy" and image:
+                    return self._busy(name, image)
+                if head == "gate" and image:
+                    server.gate.wait(server.hang_seconds)
+                    return self._send(200, image)
                 if head == "trickle" and image:
                     return self._trickle(path, self._head(200, len(image)), image)
                 if head == "cut" and image:
@@ -205,8 +230,23 @@ class LoopbackImageServer:
                 for k, v in (headers or {}).items():
                     if k != "Content-Type":
                         self.send_header(k, v)
+                self._answered(code)  # before the headers leave: an empty body is whole with them
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _busy(self, name, image):
+                query = parse_qs(urlsplit(self.path).query)
+                with server._lock:
+                    server.busy_seen[name] += 1
+                    busy = server.busy_seen[name] <= int(query.get("times", ["1"])[0])
+                if not busy:
+                    return self._send(200, image)
+                headers = {}
+                if "after" in query:
+                    after = float(query["after"][0])
+                    headers["Retry-After"] = (formatdate(time.time() + after, usegmt=True) if "date" in query
+                                              else f"{after:g}")
+                return self._send(429, b"slow down", headers)
 
             def _slowok(self, image):
                 start, pieces = time.monotonic(), 20
