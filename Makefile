@@ -27,8 +27,8 @@ help:
 	@echo "make lint       ruff (pyflakes rules) over the code"
 	@echo "make download shards=<lists> [out=<dir|s3://...>] [args='...']   crawl URL-caption lists into shards"
 	@echo "make bench-<name>   run bench/<name>.py against its anchor (see bench/README.md)"
-	@echo "make queries | match pool=<files> | balance [t=20000]   query-based curation (README)"
-	@echo "make filter-text | filter-images | dedup   verdicts on a crawl (README)"
+	@echo "make queries | match pool=<files> | balance [t=20000]   query-based curation (filters/README.md)"
+	@echo "make filter-text | filter-images | dedup   verdicts on a crawl (filters/README.md)"
 	@echo "make train args='--data ...' [nproc=N]   torchrun on all local GPUs, or nproc gloo ranks on CPU"
 	@echo "make eval task=zeroshot args='--data ... --checkpoint ...'   zero-shot, retrieval, linear probe"
 	@echo "make test-trainer | test-eval   one wing's tests"
@@ -73,7 +73,7 @@ demo: venv
 	NO_ALBUMENTATIONS_UPDATE=1 $(PY) -m wit.demo $(args)
 
 corpus: venv
-	@test -n "$(config)" || { echo "usage: make corpus config=<pipeline.toml> [args='--plan']  (see README)" >&2; exit 2; }
+	@test -n "$(config)" || { echo "usage: make corpus config=<pipeline.toml> [args='--plan']  (README.md, 'Your list in five minutes')" >&2; exit 2; }
 	NO_ALBUMENTATIONS_UPDATE=1 $(WIT) pipeline "$(config)" $(args)
 
 download: venv

@@ -26,7 +26,7 @@ from PIL import Image  # noqa: E402
 
 from wit.filters.dedup import dedup_core  # noqa: E402
 from wit.filters.images import read_tar_images  # noqa: E402
-from wit.filters.phash import phash_bytes  # noqa: E402
+from wit.shards.phash import phash_bytes  # noqa: E402
 
 FLICKR = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k" / "images"
 

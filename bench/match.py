@@ -36,7 +36,8 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from wit.filters import queries as querylist
-from wit.filters.match import BATCH_ROWS, build_automaton
+from wit.filters.automaton import build_automaton
+from wit.filters.match import BATCH_ROWS
 from wit.filters.worldwide import WorldwideMatcher
 from wit.filters.spacing import entry_key, space, space_metaclip
 
@@ -199,7 +200,7 @@ def worldwide(args) -> int:
         out = os.path.join(tmp, "queries.parquet")
         querylist.build(querylist.QueryBuildConfig(out=out, cap=args.lang_entries, wordnet=args.wordnet,
                                                    languages=",".join(codes), log=False))
-        entries, languages = querylist.load(out)[0], querylist.load_languages(out)
+        entries, languages = querylist.load(out)[0], langs.load_languages(out)
     captions = []
     for lang in codes:
         with gzip.open(DATA / "multi30k" / "train.{}.gz".format(lang), "rt", encoding="utf-8") as f:

@@ -30,6 +30,7 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # loopback only
 from reshard import OUTPUT_SHARD, synthetic_pool  # noqa: E402
 
 from wit.shards import reshard as R  # noqa: E402
+from wit.shards import reshard_samples  # noqa: E402
 from wit.shards.reshard_plan import build_plan, rank_shard  # noqa: E402
 from wit.shards.sql import connect  # noqa: E402
 
@@ -42,7 +43,7 @@ def _spark_partition(rows, out: str, plan: str, width: int):
 
     def flush(out_no, keys, jpgs):
         shard = f"{out_no:0{width}d}"  # the plan's width, as the other engines name them
-        R.write_output(out, shard, read_partition(plan, "by_out", "shard", shard),
+        reshard_samples.write_output(out, shard, read_partition(plan, "by_out", "shard", shard),
                        pa.table({"key": keys, "jpg": pa.array(jpgs, pa.binary())}), where="the Spark shuffle")
 
     current, keys, jpgs = None, [], []
@@ -66,7 +67,7 @@ def spark_exchange(cfg: R.ReshardConfig, plan, senders: list[str], todo: list[st
     raw, folder, size, out, shards, width = cfg.raw, plan.folder, cfg.shard_size, cfg.out, len(todo), len(todo[0])
 
     def read(src):
-        t = R.read_source(raw, src, folder)
+        t = reshard_samples.read_source(raw, src, folder)
         for pos, key, jpg in zip(t["pos"].to_pylist(), t["key"].to_pylist(), t["jpg"].to_pylist()):
             yield (pos // size, pos), (key, jpg)
 

@@ -167,8 +167,9 @@ PAYLOAD = _payload()
 # ---------------------------------------------------------------------------------------------------- measuring
 
 
-def measure(cmd: list[str], log: Path) -> tuple[float, int, int]:
-    """(wall seconds, peak tree RSS bytes, exit code) of one command, its output in `log`."""
+def measure(cmd: list[str], log: Path, tick=None) -> tuple[float, int, int]:
+    """(wall seconds, peak tree RSS bytes, exit code) of one command, its output in `log`; `tick()` runs with each
+    RSS sample (bench/revoke.py deletes finished output there)."""
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", CI="1")
     start = time.perf_counter()
     with open(log, "w") as out:
@@ -178,6 +179,8 @@ def measure(cmd: list[str], log: Path) -> tuple[float, int, int]:
         def sample():
             while proc.poll() is None:
                 peak[0] = max(peak[0], tree_rss(proc.pid))
+                if tick:
+                    tick()
                 time.sleep(0.2)
 
         watcher = threading.Thread(target=sample, daemon=True)

@@ -29,11 +29,12 @@ import pyarrow.compute as pc
 
 from wit.filters import datacard, languages
 from wit.filters.io import read_table
+from wit.shards import revocations
 from wit.shards.options import opt
 from wit.shards.runner import EngineOptions, imap
-from wit.shards.schema import DROPPED, ELIGIBLE, NO_QUERY_MATCH, NOT_SELECTED, OK, SELECTED, SELECTION
+from wit.shards.schema import DROPPED, ELIGIBLE, NO_QUERY_MATCH, NOT_SELECTED, OK, REVOKED, SELECTED, SELECTION
 from wit.shards.storage import WitError, fs_and_path, join, write_atomic
-from wit.shards.tables import open_parquet, read_parquet, read_schema, write_parquet
+from wit.shards.tables import open_parquet, parquet_inputs, read_parquet, read_schema, write_parquet
 
 NOT_IN_POOL = "not_in_pool"
 
@@ -63,6 +64,7 @@ class SelectTask:
     p: str  # the .npy file of p_e per entry, written once by the driver
     verdicts: tuple[str, ...] = ()
     online: bool = False  # status eligible for every matched pool pair (the draw decides nothing here)
+    out: str = ""  # the output folder, whose revocation ledgers (shards/revocations.py) say which pairs are revoked
 
 
 def draw(seed: int, uid: str) -> float:
@@ -112,19 +114,28 @@ def in_pool(table: pa.Table, source: str, verdicts: tuple[str, ...]) -> np.ndarr
     return ok
 
 
+def revoked(table: pa.Table, out: str) -> np.ndarray:
+    """The rows the revocation ledgers of the output folder revoke (by uid, and by URL where the file has one):
+    out of the pool, never counted nor selected."""
+    ledger = revocations.load_cached(out)
+    if not ledger:
+        return np.zeros(table.num_rows, dtype=bool)
+    return ledger.mask(uids=table["uid"], urls=table["url"] if "url" in table.column_names else None)
+
+
 def _sparse(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(entry ids, pairs per id) of the entries that occur: what a file adds to a 500K-long count vector."""
     unique, n = np.unique(ids, return_counts=True)
     return unique.astype(np.int32), n.astype(np.int64)
 
 
-def count_file(task: tuple[str, tuple[str, ...]]) -> tuple[np.ndarray, np.ndarray, int]:
+def count_file(task: tuple[str, tuple[str, ...], str]) -> tuple[np.ndarray, np.ndarray, int]:
     """c_e over the pool rows of one match file (each pair counts once per entry), as (ids, counts), and its pool
     row count."""
-    url, verdicts = task
+    url, verdicts, out = task
     source = open_parquet(url)
-    table = source.read(columns=[c for c in ("uid", "status", "matched") if c in source.schema_arrow.names])
-    pool = in_pool(table, url, verdicts)
+    table = source.read(columns=[c for c in ("uid", "url", "status", "matched") if c in source.schema_arrow.names])
+    pool = in_pool(table, url, verdicts) & ~revoked(table, out)
     matched = table.column("matched").combine_chunks().filter(pa.array(pool))
     ids, n = _sparse(matched.flatten().to_numpy(zero_copy_only=False))
     entries = _entries(url, source.schema_arrow)
@@ -144,7 +155,8 @@ def _probabilities(url: str) -> np.ndarray:
 def select_file(task: SelectTask) -> dict:
     p = _probabilities(task.p)
     table = read_table(task.source)
-    pool = in_pool(table, task.source, task.verdicts)
+    gone = revoked(table, task.out)
+    pool = in_pool(table, task.source, task.verdicts) & ~gone
     matched = table.column("matched").combine_chunks()
     keep_prob = keep_probabilities(matched, p) * pool
     uids = table.column("uid").to_pylist()
@@ -153,7 +165,8 @@ def select_file(task: SelectTask) -> dict:
     keep = pool & has_match & (u < keep_prob)
     chosen = pool & has_match if task.online else keep  # online: the trainer draws per epoch from keep_prob
     status = np.where(chosen, ELIGIBLE if task.online else SELECTED, DROPPED)
-    reason = np.where(chosen, None, np.where(~pool, NOT_IN_POOL, np.where(has_match, NOT_SELECTED, NO_QUERY_MATCH)))
+    reason = np.where(chosen, None, np.where(gone, REVOKED, np.where(~pool, NOT_IN_POOL,
+                                                                    np.where(has_match, NOT_SELECTED, NO_QUERY_MATCH))))
     cols = {"uid": table.column("uid"), "status": pa.array(status, pa.string()), "reason": pa.array(reason, pa.string()),
             "keep_prob": pa.array(keep_prob), "draw": pa.array(u), "matched": matched}
     schema = SELECTION
@@ -171,7 +184,8 @@ def select_file(task: SelectTask) -> dict:
         "rows": len(uids),
         "selected": int(keep.sum()),  # online: what the seed's one draw would select (the data card's figures)
         ELIGIBLE: int(chosen.sum()) if task.online else 0,
-        NOT_IN_POOL: int((~pool).sum()),
+        NOT_IN_POOL: int((~pool & ~gone).sum()),
+        REVOKED: int(gone.sum()),
         NO_QUERY_MATCH: int((pool & ~has_match).sum()),
         NOT_SELECTED: int((pool & has_match & ~keep).sum()),
         "expected_selected": float(keep_prob.sum()),
@@ -225,7 +239,7 @@ def _spacing(files: list[str]) -> str:
 
 
 def run(cfg: BalanceConfig) -> dict:
-    files = list(cfg.matches)
+    files = parquet_inputs(cfg.matches) if cfg.matches else []
     if not files:
         raise WitError("no match files given")
     if cfg.t < 1:
@@ -234,7 +248,7 @@ def run(cfg: BalanceConfig) -> dict:
     spacing = _spacing(files)
     engine = {"engine": cfg.engine, "workers": cfg.workers, "ray_address": cfg.ray_address}
     counts = np.zeros(n_entries, np.int64)
-    for ids, n, _ in imap(count_file, [(f, tuple(cfg.verdicts)) for f in files], **engine):
+    for ids, n, _ in imap(count_file, [(f, tuple(cfg.verdicts), cfg.out) for f in files], **engine):
         _add(counts, (ids, n))
     t_entry, t_lang = languages.balance_t(queries, counts, cfg.t)  # a worldwide list: t per language (tail rule)
     p = entry_probabilities(counts, t_entry)
@@ -244,19 +258,23 @@ def run(cfg: BalanceConfig) -> dict:
         names = [f"{i:05d}" for i in range(len(files))]  # the same base name in two folders
     tasks = [
         SelectTask(f, posixpath.join(cfg.out, "selection", f"{n}.parquet"),
-                   posixpath.join(cfg.out, "urls", f"{n}.parquet"), cfg.seed, p_url, tuple(cfg.verdicts), cfg.online)
+                   posixpath.join(cfg.out, "urls", f"{n}.parquet"), cfg.seed, p_url, tuple(cfg.verdicts), cfg.online,
+                   cfg.out)
         for f, n in zip(files, names)
     ]
     after = np.zeros(n_entries, np.int64)
     funnel = dict.fromkeys(("rows", "selected", NOT_IN_POOL, NO_QUERY_MATCH, NOT_SELECTED), 0)
-    expected, eligible = 0.0, 0
+    expected, eligible, gone = 0.0, 0, 0
     for r in imap(select_file, tasks, **engine):
         eligible += r[ELIGIBLE]
         _add(after, r["after"])
         for k in funnel:
             funnel[k] += r[k]
+        gone += r[REVOKED]
         expected += r["expected_selected"]  # in file order, as a sum over the list gave it
     funnel["expected_selected"] = round(expected, 3)
+    if gone:  # only a pool that a revocation touched shows the key (a data card is compared as a whole)
+        funnel[REVOKED] = gone
     if cfg.online:
         funnel[ELIGIBLE] = eligible
     per_language = None

@@ -2,14 +2,11 @@
 
 1. Exact: group by the 64-bit pHash (MetaCLIP's way; equal bytes give equal hashes, so this covers sha256 too) or
    by sha256 alone; the smallest uid of a group is kept, the rest get `dup_of:<uid>`.
-2. Near (Hamming <= k, k > 0): among the exact keepers, split each hash into k+1 bands; a pair within distance k
-   shares a band (pigeonhole), so candidates come from k+1 equi-joins on (band value) and are verified with
-   `bit_count(xor(a, b)) <= k`. A band bucket holding more than `bucket_cap` rows (blank images, logos: a hot
-   bucket) would make a join of n^2/2 candidates; its rows are joined on the bucket plus one of k+1 sub-bands of the
-   other bits instead (pigeonhole again: the same pairs, far fewer candidates), and the summary reports such
-   buckets. Connected components of the verified pairs are clusters, found in DuckDB by min-label propagation
-   with pointer jumping (a few rounds; the edges never leave DuckDB); the smallest uid of a cluster is kept, the
-   rest get `near_dup_of:<uid>`.
+2. Near (Hamming <= k, k > 0): among the exact keepers, the band join of shards/phash.py (k+1 equi-joins on band
+   values, verified with `bit_count(xor(a, b)) <= k`; a hot bucket of more than `bucket_cap` rows joined by
+   sub-bands, and the summary reports such buckets) finds every pair within k bits. Connected components of the
+   verified pairs are clusters, found in DuckDB by min-label propagation with pointer jumping (a few rounds; the
+   edges never leave DuckDB); the smallest uid of a cluster is kept, the rest get `near_dup_of:<uid>`.
 Candidate volume is about (k+1) * N^2 / 2^(64/(k+1) + 1) for random hashes: practical for k <= 2 at 10M rows.
 Rows the image stage dropped keep its reason; every input row gets exactly one output row. Only the rows that
 change are written by DuckDB (partitioned by input file); each output file is its input file with them folded in,
@@ -19,19 +16,19 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from wit.filters.phash import bands
+from wit.shards.phash import band_columns, near_pairs
 from wit.shards.options import opt
 from wit.shards.sql import SQLOptions, literal, register_filesystem, run_sql
 from wit.shards.tables import parquet_files, read_parquet, write_parquet
 from wit.shards.schema import VERDICT
-from wit.shards.storage import WitError, fs_and_path, join, remove_scratch
+from wit.shards.storage import WitError, absolute, fs_and_path, join, remove_scratch, write_json_atomic
 
 BUCKET_CAP = 10_000  # rows of one band bucket beyond which it is joined by sub-bands (a 10K bucket: 5e7 pairs)
 
@@ -102,62 +99,14 @@ def _sql(con, sql: str):
     return run_sql(con, sql, what="wit dedup")
 
 
-def _mask(bits: list[int]) -> str:
-    """A BIGINT constant with `bits` set (bit 63 makes it negative)."""
-    value = sum(1 << b for b in bits)
-    return f"CAST({value - (1 << 64) if value >= 1 << 63 else value} AS BIGINT)"
-
-
-def sub_bands(k: int, band: int) -> list[list[int]]:
-    """The bits outside band `band`, in k+1 runs: two hashes in the same band bucket within distance k agree on
-    every bit of at least one run."""
-    shift, width = bands(k)[band]
-    rest = [b for b in range(64) if not shift <= b < shift + width]
-    return [list(part) for part in np.array_split(rest, k + 1)]
-
-
 def _near(con: duckdb.DuckDBPyConnection, k: int, cap: int) -> dict:
     t0 = time.perf_counter()
-    # Exact keepers with a hash, with their k+1 band values.
-    bexprs = ", ".join(f"(phash >> {s}) & {(1 << w) - 1} AS b{i}" for i, (s, w) in enumerate(bands(k)))
+    # Exact keepers with a hash, with their k+1 band values; then the band join (shards.phash) fills `edges`.
     _sql(con, f"""
         CREATE OR REPLACE TEMP TABLE reps AS
-        SELECT p.rid, p.uid, p.phash, {bexprs} FROM pool p ANTI JOIN dups d USING (rid) WHERE p.phash IS NOT NULL""")
-    _sql(con, "CREATE OR REPLACE TEMP TABLE edges (a BIGINT, b BIGINT)")
-    verify = f"a.rid < b.rid AND bit_count(xor(a.phash, b.phash)) <= {k}"
-    stats = {"near_k": k, "candidate_pairs": 0, "bucket_cap": cap, "hot_buckets": 0, "hot_rows": 0,
-             "hot_candidate_pairs": 0, "largest_bucket": 0}
-    histogram: Counter = Counter()
-    for i in range(k + 1):
-        # the bucket-size histogram of band i: pairs sharing the band, and the hot buckets
-        _sql(con, f"CREATE OR REPLACE TEMP TABLE sizes AS SELECT b{i} AS v, count(*) AS n FROM reps GROUP BY 1")
-        pairs, largest, hot, hot_rows = _sql(con, f"""
-            SELECT coalesce(sum(n * (n - 1) // 2), 0), coalesce(max(n), 0), count(*) FILTER (WHERE n > {cap}),
-                   coalesce(sum(n) FILTER (WHERE n > {cap}), 0) FROM sizes""").fetchone()
-        histogram.update(dict(_sql(con, "SELECT (2 ** floor(log2(n)))::BIGINT, count(*) FROM sizes GROUP BY 1")
-                              .fetchall()))
-        stats["candidate_pairs"] += int(pairs)
-        stats["largest_bucket"] = max(stats["largest_bucket"], int(largest))
-        _sql(con, f"CREATE OR REPLACE TEMP TABLE hot AS SELECT v FROM sizes WHERE n > {cap}")
-        _sql(con, f"""
-            INSERT INTO edges SELECT a.rid, b.rid FROM reps a JOIN reps b ON a.b{i} = b.b{i}
-            WHERE {verify} AND a.b{i} NOT IN (SELECT v FROM hot)""")
-        if not hot:
-            continue
-        stats["hot_buckets"] += int(hot)
-        stats["hot_rows"] += int(hot_rows)
-        _sql(con, f"CREATE OR REPLACE TEMP TABLE hot_reps AS SELECT * FROM reps WHERE b{i} IN (SELECT v FROM hot)")
-        for bits in sub_bands(k, i):
-            m = _mask(bits)
-            stats["hot_candidate_pairs"] += int(_sql(con, f"""
-                SELECT coalesce(sum(n * (n - 1) // 2), 0) FROM (
-                    SELECT count(*) AS n FROM hot_reps GROUP BY b{i}, phash & {m})""").fetchone()[0])
-            _sql(con, f"""
-                INSERT INTO edges SELECT a.rid, b.rid FROM hot_reps a JOIN hot_reps b
-                ON a.b{i} = b.b{i} AND (a.phash & {m}) = (b.phash & {m}) WHERE {verify}""")
-    # a pair sharing two bands (or two sub-bands) is one edge
-    _sql(con, "CREATE OR REPLACE TEMP TABLE edges AS SELECT DISTINCT a, b FROM edges")
-    stats["bucket_sizes"] = {str(size): n for size, n in sorted(histogram.items())}
+        SELECT p.rid, p.uid, p.phash, {band_columns(k)} FROM pool p ANTI JOIN dups d USING (rid)
+        WHERE p.phash IS NOT NULL""")
+    stats = near_pairs(lambda text: _sql(con, text), k, cap, "reps")
     stats["verified_pairs"] = _sql(con, "SELECT count(*) FROM edges").fetchone()[0]
     t_join = time.perf_counter() - t0
     stats["cluster_rounds"] = _components(con)
@@ -205,7 +154,9 @@ def _components(con: duckdb.DuckDBPyConnection) -> int:
 
 
 def dedup(cfg: DedupConfig) -> dict:
-    """Dedup the kept rows of every image verdict file; write one dedup verdict file per input file."""
+    """Dedup the kept rows of every image verdict file; write one dedup verdict file per input file, and the summary
+    it returns to OUT/_wit/dedup_summary.json."""
+    cfg = replace(cfg, images=absolute(cfg.images), out=absolute(cfg.out), after=tuple(absolute(a) for a in cfg.after))
     if cfg.images.rstrip("/") == cfg.out.rstrip("/"):
         raise WitError(f"{cfg.out}: would overwrite the image verdicts it reads; choose another --out")
     files = parquet_files(cfg.images)
@@ -256,6 +207,7 @@ def dedup(cfg: DedupConfig) -> dict:
     before = counts.pop(EARLIER, 0)
     stats.update(shards=len(names), kept=counts.pop("kept", 0),
                  dropped=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))), dropped_before=before)
+    write_json_atomic(join(cfg.out, "_wit", "dedup_summary.json"), stats)
     return stats
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 from PIL import Image
 
 from wit.filters.leakage import EvalIndex
-from wit.filters.phash import gray32, phash_gray
+from wit.shards.phash import gray32, phash_gray
 from wit.shards import fasttar
 from wit.shards.options import opt
 from wit.shards.runner import EngineOptions
@@ -50,20 +50,10 @@ class ImageJob:
 
 
 def read_tar_images(url: str) -> tuple[dict[str, bytes | None], str | None]:
-    """{key: image bytes, or None when the sample has no image}, and a problem when the tar could not be read
-    to its end (what was read before the problem is kept, down to the image of the sample it cut)."""
-    out: dict[str, bytes | None] = {}
-    try:
-        for key, sample in fasttar.read_samples(url):
-            out[key] = fasttar.image_of(sample)
-    except fasttar.TarMissing:
-        return out, "tar_missing"
-    except (fasttar.TarError, OSError) as err:
-        key, sample = getattr(err, "partial", None) or (None, {})
-        if fasttar.image_of(sample) is not None:  # its image was read whole; without it: tar_unreadable, not no_image
-            out[key] = fasttar.image_of(sample)
-        return out, f"tar_unreadable: {err}"
-    return out, None
+    """{key: image bytes, or None when the sample has no image}, and what kept the tar from being read to its end
+    (fasttar.ManifestSamples.detail; what was read before the problem is kept)."""
+    samples = fasttar.ManifestSamples(url)
+    return {key: fasttar.image_of(sample) for key, sample in samples}, samples.detail
 
 
 _EVAL_CACHE: dict[tuple[str, int], EvalIndex] = {}  # one index per worker process, built on first use
@@ -107,9 +97,8 @@ def filter_shard(job: ImageJob) -> dict:
     """Judge every row of one shard's manifest; write the verdict file; return counts by reason."""
     cols = ["uid", "status", "key", "original_width", "original_height"]
     manifest = read_manifest(join(job.raw, f"{job.shard}.parquet"), cols).to_pylist()
-    images, tar_problem = ({}, None)
-    if any(r["status"] == OK for r in manifest):
-        images, tar_problem = read_tar_images(join(job.raw, f"{job.shard}.tar"))
+    samples = fasttar.ManifestSamples(join(job.raw, f"{job.shard}.tar"))
+    images = {key: fasttar.image_of(s) for key, s in samples} if any(r["status"] == OK for r in manifest) else {}
     index = _eval_index(job.eval_index, job.eval_k) if job.eval_index else None
     rows = []
     for r in manifest:
@@ -117,8 +106,7 @@ def filter_shard(job: ImageJob) -> dict:
         if r["status"] != OK:
             reason = NOT_OK
         elif r["key"] not in images:
-            reason = {None: "missing_in_tar", "tar_missing": "tar_missing"}.get(tar_problem, "tar_unreadable")
-            row["detail"] = tar_problem
+            reason, row["detail"] = samples.missing, samples.detail
         else:
             reason, extras = judge_image(images[r["key"]], (r["original_width"], r["original_height"]), job, index)
             row.update(extras)

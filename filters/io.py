@@ -6,7 +6,7 @@ import posixpath
 
 import pyarrow as pa
 
-from wit.shards.storage import WitError, expand, fs_and_path, write_json_atomic
+from wit.shards.storage import fs_and_path, write_json_atomic
 from wit.shards.tables import open_parquet, read_parquet
 
 
@@ -28,22 +28,3 @@ def read_table(url: str, columns: list[str] | None = None) -> pa.Table:
 
 def read_schema(url: str) -> pa.Schema:
     return open_parquet(url).schema_arrow
-
-
-def list_parquet(patterns: list[str]) -> list[str]:
-    """Parquet files named by paths, brace patterns, globs or folders (their *.parquet), each sorted."""
-    out: list[str] = []
-    for pattern in patterns:
-        for url in expand(pattern):
-            fs, path = fs_and_path(url)
-            if fs.isdir(path):
-                found = fs.glob(posixpath.join(path, "*.parquet"))
-            elif any(ch in path for ch in "*?["):
-                found = fs.glob(path)
-            else:
-                found = [path] if fs.exists(path) else []
-            if not found:
-                raise WitError(f"{url}: no parquet files there")
-            proto = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
-            out += [p if proto in ("file", "local") else f"{proto}://{p}" for p in sorted(found)]
-    return out

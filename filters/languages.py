@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from wit.shards.storage import WitError
+from wit.shards.tables import read_parquet
 
 WORDFREQ_TOKENS = 1_000_000_000
 
@@ -107,11 +108,17 @@ def per_language_t(counts: np.ndarray, entry_language: np.ndarray, t_en: int, en
     return {lang: t_en if lang == english else tail_t(counts[entry_language == lang], share) for lang in langs}
 
 
+def load_languages(url: str) -> list[str]:
+    """The language of each entry of a query file (a list from before languages were recorded: English)."""
+    table = read_parquet(url)
+    if "language" not in table.column_names:
+        return ["en"] * table.num_rows
+    return table.column("language").to_pylist()
+
+
 def balance_t(queries: str, counts: np.ndarray, t_en: int) -> tuple[np.ndarray | int, dict[str, int] | None]:
     """t per entry for balancing: the scalar t for a one-language list (as before), else each entry's language's
     t by the tail rule, and the t per language. A query file that cannot be read: the scalar t."""
-    from wit.filters.queries import load_languages
-
     try:
         entry_language = np.array(load_languages(queries), dtype=object)
     except (WitError, OSError, ValueError):
@@ -125,8 +132,6 @@ def balance_t(queries: str, counts: np.ndarray, t_en: int) -> tuple[np.ndarray |
 def report_file(task: tuple[str, str]) -> dict[str, dict[str, int]]:
     """Per caption language of one match file and its selection file: rows, pool, matched pairs, kept pairs (online:
     those the seed's one draw keeps, a typical epoch)."""
-    from wit.shards.tables import read_parquet
-
     match_url, selection_url = task
     lang = read_parquet(match_url, ["language"])["language"].to_pylist()
     sel = read_parquet(selection_url, ["status", "reason", "draw", "keep_prob"])
@@ -144,8 +149,6 @@ def report_file(task: tuple[str, str]) -> dict[str, dict[str, int]]:
 def report(parts: list[dict], counts: np.ndarray, after: np.ndarray, queries: str,
            t_lang: dict[str, int]) -> dict[str, dict]:
     """The data card's per-language table: pool, matched pairs, entries (all, matched), t, kept pairs, tail share."""
-    from wit.filters.queries import load_languages
-
     entry_language = np.array(load_languages(queries), dtype=object)
     total: dict[str, dict] = {}
     for part in parts:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from wit.filters.phash import band_values, hamming, phash_bytes
+from wit.shards.phash import band_values, hamming, phash_bytes
 from wit.shards import fasttar
 from wit.shards.storage import WitError, expand, fs_and_path
 from wit.shards.tables import write_parquet

@@ -325,14 +325,6 @@ def load(url: str) -> tuple[list[str], str]:
     return entries, version
 
 
-def load_languages(url: str) -> list[str]:
-    """The language of each entry (a list from before languages were recorded: English)."""
-    table = read_table(url)
-    if "language" not in table.column_names:
-        return ["en"] * table.num_rows
-    return table.column("language").to_pylist()
-
-
 def _say(cfg: QueryBuildConfig, msg: str) -> None:
     if cfg.log:
         print(msg, flush=True)

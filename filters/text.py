@@ -26,8 +26,8 @@ from wit.shards.options import opt
 from wit.shards.runner import EngineOptions, imap, run_map
 from wit.shards.schema import OK, VERDICT, pair_uid, row_uids
 from wit.shards.sql import SQLOptions, literal, register_filesystem, run_sql
-from wit.shards.storage import WitError, absolute, expand, fs_and_path, join, remove_scratch
-from wit.shards.tables import open_parquet, parquet_files, read_parquet, shard_order, write_parquet
+from wit.shards.storage import WitError, absolute, fs_and_path, join, remove_scratch
+from wit.shards.tables import open_parquet, parquet_files, parquet_inputs, read_parquet, write_parquet
 
 NOT_OK = "not_ok_in_ingest"
 TEXT_VERDICT = pa.schema(list(VERDICT) + [pa.field("lang", pa.string()), pa.field("lang_prob", pa.float32())])
@@ -239,27 +239,8 @@ def judge_file(job: TextJob) -> int:
     return len(out)
 
 
-def input_files(inputs: tuple[str, ...]) -> list[str]:
-    files = []
-    for pattern in inputs:
-        for url in expand(absolute(pattern)):
-            fs, path = fs_and_path(url)
-            proto = "" if "://" not in url else url.split("://", 1)[0] + "://"
-            if fs.isdir(path):
-                files += [proto + p for p in sorted(fs.glob(path.rstrip("/") + "/*.parquet"), key=shard_order)]
-            elif any(ch in path for ch in "*?["):
-                files += [proto + p for p in sorted(fs.glob(path))]
-            elif fs.exists(path):
-                files.append(url)
-            else:
-                raise WitError(f"{url}: not found")
-    if not files:
-        raise WitError(f"{' '.join(inputs)}: no parquet files")
-    return files
-
-
 def run_text(cfg: TextConfig) -> dict:
-    files = input_files(cfg.inputs)
+    files = parquet_inputs(cfg.inputs)
     stems = [f.rsplit("/", 1)[-1].removesuffix(".parquet") for f in files]
     if len(set(stems)) != len(stems):
         raise WitError("two inputs share a file name; verdicts are named after their input: give distinct names")

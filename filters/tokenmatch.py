@@ -2,7 +2,7 @@
 
 Under `--spacing metaclip` an entry's key is " entry " and the caption's spaced text is padded, so the key occurs
 in the text exactly when the entry's words (entry.split(" ")) occur as consecutive items of text.split(" "). A
-batch's spaced text (filters.match.spaced_batch) is split once in C, each token looked up in the vocabulary of the
+batch's spaced text (filters.automaton.spaced_batch) is split once in C, each token looked up in the vocabulary of the
 entries' words (arrow's dictionary encoding, then one dict look-up per distinct token), and the entries found level by level over a trie
 of token ids with numpy: level 1 is a table lookup, each further level only extends the positions whose prefix
 is a prefix of some entry. The caption separator " \\x00 " is a token no entry has, so no match spans two
@@ -16,7 +16,7 @@ import itertools
 import numpy as np
 import pyarrow as pa
 
-from wit.filters.match import SEPARATOR, build_automaton, caption_bytes, match_captions, metaclip_bytes
+from wit.filters.automaton import SEPARATOR, build_automaton, caption_bytes, match_captions, metaclip_bytes
 from wit.filters.spacing import entry_key
 from wit.shards.storage import WitError
 

@@ -1,7 +1,7 @@
 """The worldwide matcher (MetaCLIP 2): a caption is matched against the entries of its own language only.
 
 One matcher per language of the query list (MetaCLIP's rule: filters.tokenmatch.TokenMatcher; the ascii rule:
-filters.match's automaton), the language of each caption from filters.languages.identify, and per batch one
+filters.automaton), the language of each caption from filters.languages.identify, and per batch one
 vectorised scan per language present (on the captions of that language, taken out of the batch), the local ids
 mapped back to the query list's ids and the lists put back in caption order. A query list with one language needs no
 language identification: every caption is matched against it (MetaCLIP 1, and wit before --languages).
@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wit.filters import languages as langs
-from wit.filters.match import build_automaton, match_captions
+from wit.filters.automaton import build_automaton, match_captions
 from wit.filters.tokenmatch import TokenMatcher
 
 

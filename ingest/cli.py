@@ -1,38 +1,26 @@
-"""`wit download`: the command line of the ingest wing."""
+"""`wit download`: the ingest wing's command, as the `wit` door declares it (wit/commands.py) and `wit pipeline` runs
+it: one function from the config to the crawl's summary, and how the command line shows that summary."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
-from wit.shards.options import DefaultsHelp, add_arguments, from_args
-
-
-def register(sub) -> None:
-    from wit.ingest.config import DownloadConfig
-
-    p = sub.add_parser(
-        "download",
-        help="crawl URL-caption lists into WebDataset shards with parquet manifests (resumable)",
-        description=(
-            "Crawl URL-caption lists into {shard}.tar + {shard}.parquet (wit manifest) + {shard}_stats.json, "
-            "using img2dataset; shard names have five digits (00000), more when the crawl plans over 10,000 "
-            "shards, one width per crawl. Running the same command again resumes; a shard counts only when its "
-            "tar, manifest and stats agree."
-        ),
-        formatter_class=DefaultsHelp,
-    )
-    add_arguments(p, DownloadConfig)
-    p.set_defaults(run=run)
+from wit.ingest.config import DownloadConfig
 
 
-def run(args) -> int:
-    from wit.ingest.config import DownloadConfig
+def run(cfg: DownloadConfig) -> dict:
+    """The crawl, or with --retry-failed its transient failures again; the summary."""
     from wit.ingest.download import download
     from wit.ingest.retry import retry_failed
+
+    cfg = replace(cfg, progress=cfg.progress and "CI" not in os.environ)  # a CI log gets lines, not a bar
+    return retry_failed(cfg) if cfg.retry_failed else download(cfg)
+
+
+def show(summary: dict) -> int:
     from wit.ingest.summary import format_summary, rules_problem
     from wit.shards.storage import WitError
 
-    cfg = from_args(DownloadConfig, args, progress=args.progress and "CI" not in os.environ)
-    summary = retry_failed(cfg) if cfg.retry_failed else download(cfg)
     print(format_summary(summary))
     if summary.get("missing_shards"):
         return 1

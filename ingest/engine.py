@@ -41,7 +41,8 @@ from wit.ingest.output import disk_full, disk_full_error, shard_name
 from wit.ingest.plan import ShardSpec
 from wit.ingest.reader import shard_rows
 from wit.ingest.reasons import reason_for
-from wit.shards.schema import FAILED, MANIFEST, OK
+from wit.shards import revocations
+from wit.shards.schema import FAILED, MANIFEST, OK, REVOKED
 from wit.shards.storage import exists, fs_and_path, join, read_json, write_json_atomic
 from wit.shards.tables import read_parquet
 from wit.shards.verify import key_mismatch, mark_verified, publish_shard, tar_keys
@@ -273,11 +274,15 @@ class WitDownloader:
             errors.increment(error or "success")
             writer.write(image, key, rows[i][caption_at], meta)
 
-        # a row the list reader marked invalid never reaches the fetcher
+        # a row the list reader marked invalid never reaches the fetcher, nor does one the revocation ledger revokes
+        uid_at = self.column_list.index("uid")
+        revoked = revoked_rows(self.output, [r[uid_at] for r in rows], [r[url_at] for r in rows])
         todo = []
         for i, r in enumerate(rows):
             if r[invalid_at]:
                 write(i, None, r[invalid_at])
+            elif revoked[i]:
+                write(i, None, f"{REVOKED}: in the revocation ledger of {self.output}")
             else:
                 todo.append((i, r[url_at]))
         for i, body, error in fetcher(self.fetch).fetch_rows(todo, stats, spec.budgets):
@@ -338,6 +343,12 @@ def _json_type(kind: pa.DataType) -> bool:
         return _json_type(kind.value_type)
     return (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
             or pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind))
+
+
+def revoked_rows(out: str, uids: list[str], urls: list[str]):
+    """Which rows of a shard the revocation ledgers of the crawl's output revoke (shards/revocations.py)."""
+    ledger = revocations.load_cached(out)
+    return ledger.mask(uids=uids, urls=urls) if ledger else [False] * len(uids)
 
 
 def build_downloader(cfg, staging: str, name_width: int) -> WitDownloader:

@@ -247,3 +247,14 @@ def describe(plan: Plan, host: str, rows: int, cfg) -> str:
     if cfg.per_host_rate > 0:
         line += f" and {cfg.per_host_rate:g}/s (at least {rows / cfg.per_host_rate:,.0f} s for its rows)"
     return line
+
+
+def load(cfg, files: list[tuple[str, int]], start: int, by_host: bool) -> Plan:
+    """The plan of `files` ((url, rows) of its files, shard `start` first); a plan by host prints what its hottest
+    host means for the crawl's time."""
+    urls = [url for url, _ in files]
+    spans = host_spans(cfg, urls, cfg.shard_size) if by_host else []
+    plan = Plan(files, start, cfg.shard_size, spans)
+    if by_host and (hottest := hottest_host(cfg, urls)):
+        print(describe(plan, *hottest, cfg))
+    return plan

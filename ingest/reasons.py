@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from wit.shards.schema import REVOKED
+
 _HTTP = re.compile(r"HTTP Error (\d{3})")
 
 # Reasons wit's fetcher and resizer write themselves, as the first word of the error text.
@@ -11,7 +13,7 @@ OWN = frozenset({
     "ssrf_blocked", "invalid_url", "dns_error", "connection_error", "connection_reset", "tls_error", "bad_response",
     "timeout", "deadline", "too_slow", "host_unreachable", "too_large", "empty_body", "redirect_loop",
     "robots_optout", "robots_disallowed", "robots_unavailable", "tdm_reserved", "decompression_bomb",
-    "unsupported_format", "decode_error", "bad_aspect", "encode_error", "download_error",
+    "unsupported_format", "decode_error", "bad_aspect", "encode_error", "download_error", REVOKED,
 })
 _OWN = re.compile(r"^(http_\d{3}|[a-z_]+):")
 

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from wit.ingest import plan as plans
 from wit.ingest.config import DownloadConfig
-from wit.ingest.download import load_plan, resume_scan, run_engine
+from wit.ingest.distribute import resume_scan, run_engine
 from wit.ingest.inputs import input_names, prepare_inputs
 from wit.ingest.lock import crawl_lock
 from wit.ingest.output import (
@@ -125,7 +125,7 @@ def retry_plan(cfg: DownloadConfig, batch: str, rows: int, first: int, record: d
         plans.write_plan(cfg, [join(batch, "00000.parquet")], folder, hosts_from=inputs)
     else:
         plans.write_list_order_plan([join(batch, "00000.parquet")], folder, cfg.shard_size)
-    return load_plan(cfg, plans.plan_files(folder, rows), start=first, by_host=hosts)
+    return plans.load(cfg, plans.plan_files(folder, rows), start=first, by_host=hosts)
 
 
 def transient_failures(cfg: DownloadConfig, target: str, wanted=is_transient) -> int:

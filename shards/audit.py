@@ -1,10 +1,13 @@
 """`wit audit <root>`: what happened to every input row, from the manifests alone, as HTML + PNG + JSON.
 
-The pipeline folder is read by convention (each part optional except raw/):
+The pipeline folder is read by convention (shards/layout.py names it; each part optional except raw/):
   raw/                 crawl manifests (wit download)
   verdicts/<stage>/    filter verdicts, one folder per stage (uid, keep, reason)
   balance/selection/   balance selection (uid, status, reason, matched); queries.parquet names the entries
   corpus/              training shards' corpus manifests and index.json (wit shards write)
+  _wit/revocations/    the revocation ledger (wit revoke; and the ledgers above root): the samples it took out of
+                       the corpus are the funnel's last stage, and a section shows its requests, the shards it
+                       rewrote and the checkpoints of train/checkpoints that read a revoked sample
   embeddings/          `wit embed`'s output: the CLIP-score distribution (shards/score_audit.py)
 The funnel walks the stages in that order; each stage removes rows with a reason, and rows in = dropped + kept.
 Every folder is a DuckDB view over its parquet files and every figure an aggregate query, so the report of a
@@ -19,12 +22,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wit.shards import gallery
+from wit.shards import gallery, revocation_audit, revocations
+from wit.shards.layout import Layout
 from wit.shards.options import opt
+from wit.shards.schema import REVOKED
 from wit.shards.score_audit import clip_score_report, plot_clip_scores
 from wit.shards.sql import SQLOptions, ident, register_filesystem, run_sql
 from wit.shards.storage import (
-    WitError, absolute, exists, fs_and_path, join, read_json, write_atomic, write_json_atomic,
+    WitError, absolute, entries, exists, fs_and_path, join, read_json, write_atomic, write_json_atomic,
 )
 from wit.shards.tables import parquet_files, read_schema
 
@@ -44,9 +49,7 @@ STAGE_ORDER = ("text", "images", "dedup", "clip_score", "semantic")
 
 def _folders(url: str) -> list[str]:
     fs, path = fs_and_path(url)
-    if not fs.exists(path):
-        return []
-    names = [p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if fs.isdir(p)]
+    names = [n for n in entries(url) if fs.isdir(f"{path.rstrip('/')}/{n}")]
     return sorted(names, key=lambda n: (STAGE_ORDER.index(n) if n in STAGE_ORDER else len(STAGE_ORDER), n))
 
 
@@ -108,27 +111,40 @@ def _dropped(con, sql: str) -> dict:
 
 def audit(cfg: AuditConfig) -> str:
     root = absolute(cfg.root)
-    out = absolute(cfg.out) if cfg.out else join(root, "audit")
-    if not exists(join(root, "raw")):
+    lay = Layout(root)
+    out = absolute(cfg.out) if cfg.out else lay.audit
+    if not exists(lay.raw):
         raise WitError(f"{root}: no raw/ folder (the crawl's output) to audit")
     con = cfg.connect(output=out)
-    view(con, "raw", join(root, "raw"), required=("uid", "status", "reason"))
+    view(con, "raw", lay.raw, required=("uid", "status", "reason"))
     stages = []
-    for stage in _folders(join(root, "verdicts")):
-        view(con, f"v_{stage}", join(root, "verdicts", stage), required=("uid", "keep"))
+    for stage in _folders(lay.all_verdicts):
+        view(con, f"v_{stage}", lay.verdicts(stage), required=("uid", "keep"))
         stages.append((stage, ident(f"v_{stage}")))
-    has_selection = exists(join(root, "balance", "selection"))
+    has_selection = exists(lay.selection)
     if has_selection:
-        view(con, "sel_raw", join(root, "balance", "selection"), required=("uid", "status"))
+        view(con, "sel_raw", lay.selection, required=("uid", "status"))
         con.execute("CREATE VIEW sel AS SELECT uid, status IN ('selected', 'eligible') AS keep, reason, matched "
                     "FROM sel_raw")  # eligible: an online selection's pairs, each epoch keeps some
         stages.append(("balance", "sel"))
+    ledger = revocations.load(root)
+    if ledger.removed.num_rows:  # the samples `wit revoke` took out of the corpus: the funnel's last stage
+        con.register("revoked_uids", ledger.removed.select(["uid"]))
+        con.execute("CREATE VIEW rev AS SELECT r.uid, g.uid IS NULL AS keep, CASE WHEN g.uid IS NOT NULL THEN "
+                    f"'{REVOKED}' END AS reason FROM (SELECT DISTINCT uid FROM raw WHERE status = 'ok') r "
+                    "LEFT JOIN (SELECT DISTINCT uid FROM revoked_uids) g USING (uid)")
+        stages.append((REVOKED, "rev"))
     steps = funnel(con, stages, cfg.gallery)
+    for step in steps:
+        if step["stage"] == REVOKED:
+            step.pop("samples", None)  # the gallery never shows a sample that was taken back
     report: dict = {"root": root, "funnel": [{k: v for k, v in s.items() if k != "samples"} for s in steps]}
-    has_corpus = exists(join(root, "corpus", "index.json"))
+    if ledger:
+        report["revocations"] = revocation_audit.section(ledger, root)
+    has_corpus = exists(join(lay.corpus, "index.json"))
     final = report["funnel"][-1]["kept"]
     if has_corpus:
-        view(con, "corpus", join(root, "corpus"), required=("uid",))
+        view(con, "corpus", lay.corpus, required=("uid",))
         n_corpus = _one(con, "SELECT count(*) FROM corpus")[0]
         report["corpus"] = {"samples": n_corpus, "matches_funnel": n_corpus == final}
     images, where = ("corpus", "") if has_corpus else ("raw", "WHERE status = 'ok'")
@@ -148,16 +164,23 @@ def audit(cfg: AuditConfig) -> str:
         report["queries"] = query_report(con, root, has_corpus, cfg.top)
     if cfg.gallery:
         report["gallery"] = gallery.build(con, steps, _eval_sets(root))
-    embeddings = join(root, "embeddings")
+    embeddings = lay.embeddings
     if exists(embeddings) and parquet_files(embeddings):
         report["clip_scores"] = clip_score_report(embeddings, con)
     con.close()
     return write_report(out, report)
 
 
+def run_audit(cfg: AuditConfig) -> dict:
+    """`wit audit`: the report, and the two ends of its funnel (what the pipeline's line shows)."""
+    report = audit(cfg)
+    steps = read_json(join(report.rsplit("/", 1)[0], "report.json"))["funnel"]
+    return {"report": report, "rows": steps[0]["rows_in"], "kept": steps[-1]["kept"]}
+
+
 def _eval_sets(root: str) -> list[str]:
     """The evaluation sets the image stage hashed (its summary records them), to show a leak's eval image."""
-    summary = join(root, "verdicts", "images", "_wit", "images_summary.json")
+    summary = Layout(root).images_summary
     if not exists(summary):
         return []
     try:
@@ -175,7 +198,7 @@ def query_report(con, root: str, has_corpus: bool, top: int) -> dict:
     _sql(con, f"""CREATE OR REPLACE TEMP TABLE qa AS
                   SELECT e, count(*) AS n, row_number() OVER (ORDER BY count(*) DESC, e) AS rank
                   FROM (SELECT unnest(matched) e FROM {src}) GROUP BY 1""")
-    card = join(root, "balance", "datacard.json")
+    card = Layout(root).datacard
     card = read_json(card) if exists(card) else {}
     t = card.get("t")
     n_before, max_before = _one(con, "SELECT count(*), coalesce(max(n), 0) FROM qb")
@@ -208,7 +231,8 @@ def query_report(con, root: str, has_corpus: bool, top: int) -> dict:
 def _entry_names(con, root: str, ids: list[int]) -> dict[int, str]:
     if not ids:
         return {}
-    for candidate in (join(root, "queries.parquet"), join(root, "balance", "queries.parquet")):
+    lay = Layout(root)
+    for candidate in (lay.queries, join(lay.balance, "queries.parquet")):
         if exists(candidate):
             register_filesystem(con, candidate)
             return dict(_sql(con, "SELECT id, entry FROM read_parquet(?) WHERE list_contains(?, id)",
@@ -325,6 +349,8 @@ def render_html(report: dict, plots: list[str], gallery_html: str = "") -> str:
         mean = f"mean {c['mean']:.3f}; " if c["mean"] is not None else ""
         parts.append(f"<h2>CLIP scores</h2><p>{c['scored']:,} pairs scored, {c['unscored']:,} without a score; "
                      f"{mean}quantiles {e(quantiles) or 'none'}</p>")
+    if "revocations" in report:
+        parts.append(revocation_audit.render(report["revocations"]))
     parts.append("<h2>Top domains</h2><table><tr><th>domain</th><th>pairs</th></tr>" + "".join(
         f"<tr><td>{e(str(d))}</td><td>{n:,}</td></tr>" for d, n in report["top_domains"]) + "</table>")
     parts.append("<h2>Plots</h2>" + "".join(f"<p><img src='{e(p)}' alt='{e(p)}'></p>" for p in plots))

@@ -16,6 +16,8 @@ bytes. Writing emits plain ustar members that every tar reader accepts.
 from __future__ import annotations
 
 import io
+import mmap
+import os
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -262,6 +264,45 @@ def read_samples(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     return _samples(read_members(url))
 
 
+# Why a row of a shard's manifest has no sample from its tar (the reasons the image stage and `wit embed` write)
+TAR_MISSING, TAR_UNREADABLE, MISSING_IN_TAR = "tar_missing", "tar_unreadable", "missing_in_tar"
+
+
+class ManifestSamples:
+    """One strict pass over a shard's tar on behalf of its manifest, the one way the image stage, `wit embed` and
+    the reshard read a crawled shard: `for key, sample in ManifestSamples(url)` gives every sample; a tar that cannot
+    be read to its end ends the loop instead of raising, after the samples read before the problem (down to the
+    sample it cut, when that sample's image was read whole). Then `missing` is the reason of each manifest row the
+    loop did not give (missing_in_tar, or tar_missing / tar_unreadable for every such row), and `error` says what
+    went wrong, for humans."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.problem: str | None = None  # TAR_MISSING or TAR_UNREADABLE once the loop has met one
+        self.error = ""
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, bytes]]]:
+        self.problem, self.error = None, ""
+        try:
+            yield from read_samples(self.url)
+        except TarMissing as err:
+            self.problem, self.error = TAR_MISSING, str(err)
+        except (TarError, OSError) as err:
+            key, sample = getattr(err, "partial", None) or (None, {})
+            if image_of(sample) is not None:  # its image was read whole: a row with a reason of its own, if any
+                yield key, sample
+            self.problem, self.error = TAR_UNREADABLE, str(err)
+
+    @property
+    def missing(self) -> str:
+        return self.problem or MISSING_IN_TAR
+
+    @property
+    def detail(self) -> str | None:
+        """The problem for a verdict's detail column: tar_missing, or tar_unreadable with its error."""
+        return self.problem if self.problem != TAR_UNREADABLE else f"{self.problem}: {self.error}"
+
+
 # ---------------------------------------------------------------------------------------------- the seekable reader
 class SeekableTar:
     """Headers and members of one open tar, read by seeking: listing skips all data."""
@@ -345,6 +386,79 @@ def member(name: str, data: bytes) -> bytes:
     header[257:265] = b"ustar\x0000"
     header[148:156] = b"%06o\0 " % sum(header)
     return bytes(header) + data + bytes(-len(data) % BLOCK)
+
+
+def copy_without(url: str, drop: set[str], out: BinaryIO) -> list[str]:
+    """Write to `out` the tar at `url` without the samples whose key is in `drop`: every other member's headers and
+    data copied byte for byte (runs of kept samples as whole ranges, never parsed into samples), then the
+    end-of-archive blocks; the same bytes `write_samples` gives for the kept samples of a tar it wrote. Returns the
+    keys of every sample of the source, in tar order. A damaged source raises TarError."""
+    with _opened(url) as f, _buffer(f) as buf:
+        spans = _plain_spans(buf)
+        if spans is None:  # extended headers, links, or damage: the general reader (which names the damage)
+            spans, start = [], 0
+            for m in SeekableTar(f).members():
+                end = m.offset + m.size + (-m.size % BLOCK)  # a member's headers (pax, long names) belong to it
+                spans.append((split_name(m.name)[0], start, end))
+                start = end
+        keys: list[str] = []
+        runs: list[list[int]] = []  # [start, end) byte ranges of kept samples, coalesced
+        for key, start, end in spans:
+            if not keys or keys[-1] != key:
+                keys.append(key)
+            if key in drop:
+                continue
+            if runs and runs[-1][1] == start:
+                runs[-1][1] = end
+            else:
+                runs.append([start, end])
+        for a, b in runs:
+            for at in range(a, b, _CHUNK):
+                out.write(buf[at:min(b, at + _CHUNK)])
+    out.write(bytes(2 * BLOCK))
+    return keys
+
+
+@contextmanager
+def _buffer(f: BinaryIO):
+    """The whole file as a buffer: mapped when it is a local file (nothing read twice, nothing held), else read."""
+    try:
+        fileno = f.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        fileno = None
+    if fileno is None or os.fstat(fileno).st_size == 0:
+        yield memoryview(f.read())
+        return
+    with mmap.mmap(fileno, 0, access=mmap.ACCESS_READ) as mapped:
+        view = memoryview(mapped)
+        try:
+            yield view
+        finally:
+            view.release()
+
+
+def _plain_spans(buf) -> list[tuple[str, int, int]] | None:
+    """(key, start, end) of every member of a plain ustar tar (as write_samples writes them), found by following
+    the size fields alone; None at the first member that is anything else (an extended header, a link, a base-256
+    size, a name prefix, a cut), for the general reader. Checksums are not read here: a copy is verified after."""
+    spans, at, n = [], 0, len(buf)
+    while at + BLOCK <= n:
+        if buf[at] == 0 and buf[at:at + BLOCK] == _ZERO:
+            return spans
+        if buf[at + 156] not in (0x30, 0) or buf[at + 124] & 0x80 or (
+                buf[at + 257:at + 262] == b"ustar" and buf[at + 345] != 0):
+            return None
+        try:
+            size = int(bytes(buf[at + 124:at + 136]).split(b"\0", 1)[0].strip() or b"0", 8)
+            name = bytes(buf[at:at + 100]).split(b"\0", 1)[0].decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        end = at + BLOCK + size + (-size % BLOCK)
+        if end > n or name.endswith("/"):
+            return None
+        spans.append((split_name(name)[0], at, end))
+        at = end
+    return None
 
 
 def write_samples(samples: Iterator[tuple[str, dict[str, bytes]]]) -> bytes:

@@ -9,6 +9,7 @@ Four steps, each resumable, none holding more than one shard's rows in Python:
            or, with `--engine ray`, into a Ray Data shuffle (shards/reshard_ray.py).
   gather   (per output shard) collect its samples, order them by rank, write tar, corpus manifest and stats (last,
            the done marker), checked against the plan.
+(Both exchanges read and write a shard through shards/reshard_samples.py.)
   finish   index.json and wids.json; the intermediates are removed in parallel, by prefix.
 The shuffle is global because the ranks are: an output shard draws from every crawled shard, so no shard is one
 domain or one query, and the bytes do not depend on the number of workers or the engine.
@@ -16,7 +17,6 @@ domain or one query, and the bytes do not depend on the number of workers or the
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -24,18 +24,18 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from json.encoder import encode_basestring_ascii
 from multiprocessing import get_context
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from wit.shards import fasttar
+from wit.shards import reshard_ray, revocations
 from wit.shards import reshard_exchange as exchange
 from wit.shards.reshard_plan import CORPUS_FIELDS, Plan, build_plan, rank_shard, read_partition, sources_for
+from wit.shards.reshard_samples import read_source, write_output
 from wit.shards.options import opt
 from wit.shards.runner import EngineOptions, default_workers, run_map
-from wit.shards.schema import OK, SCHEMA_VERSION
+from wit.shards.schema import SCHEMA_VERSION
 from wit.shards.sql import SQLOptions, connect
 from wit.shards.storage import (
     WitError,
@@ -47,8 +47,8 @@ from wit.shards.storage import (
     read_json,
     write_json_atomic,
 )
-from wit.shards.tables import parquet_files, read_parquet
-from wit.shards.verify import publish_shard, shard_names, verify_shard
+from wit.shards.tables import parquet_files
+from wit.shards.verify import shard_names, verify_shard
 
 __all__ = ["CORPUS_FIELDS", "ReshardConfig", "reshard", "write_index"]
 
@@ -68,37 +68,6 @@ class ReshardConfig(EngineOptions, SQLOptions):
 
 # ---- per-shard tasks (module level: process pools and Ray import them by name) ------------------------------------
 
-def read_source(raw: str, src: str, plan: str, only: set[int] | None = None, shard_size: int = 0) -> pa.Table:
-    """The selected samples of one crawled shard as (pos, key, jpg), sorted by pos; bytes as they are in the tar.
-
-    Checks the tar against its manifest both ways: a tar sample that is not an ok row, or an ok row the plan wants
-    that the tar lacks, is a one-line error naming the tar and the sample.
-    """
-    rows = read_partition(plan, "by_src", "src_shard", src)
-    if only is not None:
-        rows = rows.filter(pc.is_in(pc.divide(rows["pos"], shard_size), pa.array(sorted(only), pa.int64())))
-    wanted = {k: i for i, k in enumerate(rows["src_key"].to_pylist())}
-    manifest = read_parquet(join(raw, f"{src}.parquet"), ["key", "status"])
-    ok_keys = set(manifest.filter(pc.equal(manifest["status"], OK))["key"].to_pylist())
-    tar = join(raw, f"{src}.tar")
-    jpg: list[bytes | None] = [None] * len(wanted)
-    for key, sample in _read_tar(tar):
-        if key not in ok_keys:
-            raise WitError(f"{tar}: sample {key} is not an ok row of {src}.parquet")
-        i = wanted.get(key)
-        if i is not None:
-            image = fasttar.image_of(sample)
-            if image is None:
-                raise WitError(f"{tar}: sample {key} has no image (members: {', '.join(sorted(sample))})")
-            jpg[i] = image
-    lost = [k for k, i in wanted.items() if jpg[i] is None]
-    if lost:
-        uid = rows["uid"][wanted[lost[0]]].as_py()
-        raise WitError(f"{tar}: sample {lost[0]} (uid {uid}) listed in {src}.parquet is missing from the tar")
-    return pa.table({"pos": rows["pos"], "key": rows["key"], "jpg": pa.array(jpg, pa.binary())},
-                    schema=exchange.SAMPLES)
-
-
 def scatter(task: tuple[str, str, str, str, int, int]) -> int:
     """Level one of the local exchange: one crawled shard's samples into at most K group files."""
     raw, src, plan, folder, shard_size, per_group = task
@@ -115,46 +84,18 @@ def gather(task: tuple[str, str, str, str, int]) -> int:
     return write_output(out, shard, rows, pa.concat_tables(parts), where=folder)
 
 
-def write_output(out: str, shard: str, rows: pa.Table, samples: pa.Table, where: str) -> int:
-    """Write output shard `shard`: its plan rows in position order, its samples' bytes in any order."""
-    keys = rows["key"].to_pylist()
-    index = {k: i for i, k in enumerate(samples["key"].to_pylist())}
-    if len(index) != samples.num_rows or len(index) != len(keys) or any(k not in index for k in keys):
-        raise WitError(f"{where}: the exchange holds {samples.num_rows} samples for shard {shard}, the plan {len(keys)}")
-    jpg = samples["jpg"].take(pa.array([index[k] for k in keys], pa.int64())).to_pylist()
-    fields = [c for c in rows.column_names if c not in ("pos", "key")]
-    manifest = pa.table({**{c: rows[c] for c in fields}, "shard": pa.array([shard] * len(keys)), "key": rows["key"],
-                         "status": pa.array([OK] * len(keys))})
-    captions = manifest["caption"].to_pylist()
-    texts = sample_json(manifest.drop_columns(["status", "src_key"]))
-    tar = fasttar.write_samples(
-        (key, {"jpg": jpg[i], "txt": (captions[i] or "").encode(), "json": texts[i].encode()})
-        for i, key in enumerate(keys))
-    _publish(out, shard, tar, manifest)
-    return len(keys)
-
-
-def sample_json(table: pa.Table) -> list[str]:
-    """`json.dumps(row)` of every row, byte for byte, built a column at a time (a dict per row cost more than
-    writing the sample)."""
-    template = "{" + ", ".join(encode_basestring_ascii(c) + ": %s" for c in table.column_names) + "}"
-    columns = [_json_column(table[c]) for c in table.column_names]
-    return [template % row for row in zip(*columns)]
-
-
-def _json_column(column: pa.ChunkedArray) -> list[str]:
-    values, t = column.to_pylist(), column.type
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return ["null" if v is None else encode_basestring_ascii(v) for v in values]
-    if pa.types.is_integer(t):
-        return ["null" if v is None else str(v) for v in values]
-    if pa.types.is_list(t) and pa.types.is_integer(t.value_type):
-        return ["null" if v is None else "[" + ", ".join(map(str, v)) + "]" for v in values]
-    return [json.dumps(v) for v in values]
-
-
-def _publish(out: str, shard: str, tar: bytes, manifest: pa.Table) -> None:
-    publish_shard(out, shard, tar, manifest, {"count": manifest.num_rows, "successes": manifest.num_rows})
+def shard_hash(task: tuple[str, str]) -> tuple[str, str]:
+    """(shard, sha256 of its tar): from its stats, or (a shard written before stats kept it) from the tar."""
+    out, name = task
+    sha = (read_json(join(out, f"{name}_stats.json")).get("wit") or {}).get("sha256")
+    if not sha:
+        fs, path = fs_and_path(join(out, f"{name}.tar"))
+        h = hashlib.sha256()
+        with fs.open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+        sha = h.hexdigest()
+    return name, sha
 
 
 def verify(task: tuple[str, str]) -> tuple[str, int]:
@@ -164,10 +105,13 @@ def verify(task: tuple[str, str]) -> tuple[str, int]:
     return name, check.samples if check.ok else -1
 
 
-def write_index(out: str, counts: dict[str, int], seed: int) -> dict:
-    """index.json (shard -> samples, total) and a wids shard index, so readers need no listing."""
+def write_index(out: str, counts: dict[str, int], seed: int, hashes: dict[str, str] | None = None) -> dict:
+    """index.json (shard -> samples, total; shard -> sha256 of its tar, the content a trainer's lineage names) and a
+    wids shard index, so readers need no listing."""
     index = {"schema_version": SCHEMA_VERSION, "total": sum(counts.values()), "seed": seed,
              "shards": {f"{name}.tar": n for name, n in sorted(counts.items())}}
+    if hashes:
+        index["sha256"] = dict(sorted(hashes.items()))
     write_json_atomic(join(out, "index.json"), index)
     write_json_atomic(join(out, "wids.json"), {
         "__kind__": "wids-shard-index-v1", "wids_version": 1, "name": "wit-corpus",
@@ -191,7 +135,7 @@ def reshard(cfg: ReshardConfig) -> dict:
         ranked = join(shared, "ranked")
         map_(rank_shard, [(cfg.raw, s, cfg.seed, ranked) for s in sources])
         plan = build_plan(con, [join(ranked, f"{s}.parquet") for s in sources], cfg.verdicts, cfg.selection,
-                          cfg.shard_size, cfg.raw, join(shared, "plan"))
+                          cfg.shard_size, cfg.raw, join(shared, "plan"), revocations.load(cfg.out))
         if plan.samples == 0:
             raise WitError(f"{cfg.raw}: no sample survives the verdicts and the selection; nothing to write")
         if plan.not_in_crawl:
@@ -204,12 +148,11 @@ def reshard(cfg: ReshardConfig) -> dict:
         if todo:
             senders = plan.sources if len(todo) == len(plan.counts) else sources_for(plan.folder, todo)
             if cfg.engine == "ray":
-                from wit.shards import reshard_ray
-
                 reshard_ray.exchange(cfg, plan, senders, todo)
             else:
                 _local_exchange(cfg, plan, senders, todo, join(scratch, "exchange"), map_)
-        index = write_index(cfg.out, plan.counts, cfg.seed)
+        hashes = dict(map_(shard_hash, [(cfg.out, n) for n in plan.counts]))
+        index = write_index(cfg.out, plan.counts, cfg.seed, {f"{n}.tar": h for n, h in hashes.items()})
         exchanged = _count_files(join(scratch, "exchange"))
         intermediates = exchanged + _count_files(ranked) + _count_files(plan.folder)
     _clean_up(cfg, scratch, shared)
@@ -275,13 +218,3 @@ def _clean_up(cfg: ReshardConfig, scratch: str, shared: str) -> None:
     shutil.rmtree(os.path.join(scratch, "duckdb_tmp"), ignore_errors=True)
     if scratch != os.path.join(cfg.out.removeprefix("file://"), "_wit"):
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _read_tar(url: str):
-    """All samples of a crawled tar; a missing or damaged tar is a one-line error naming it."""
-    try:
-        yield from fasttar.read_samples(url)
-    except fasttar.TarMissing:
-        raise WitError(f"{url}: missing (its manifest lists ok samples)") from None
-    except fasttar.TarError as err:
-        raise WitError(str(err)) from None

@@ -24,19 +24,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from wit.shards.schema import DROPPED, ELIGIBLE, KEEP_PROB, OK, SELECTED
+from wit.shards.revocations import Revocations, match
+from wit.shards.schema import DROPPED, ELIGIBLE, KEEP_PROB, MANIFEST, OK, SELECTED
 from wit.shards.sql import first_line, ident, literal, run_sql
-from wit.shards.storage import WitError, fs_and_path, is_local, join
-from wit.shards.tables import parquet_files, read_parquet, write_parquet
+from wit.shards.storage import WitError, exists, fs_and_path, is_local, join
+from wit.shards.tables import parquet_files, read_manifest, read_parquet, write_parquet
 
 # The crawl manifest columns a corpus row carries, in the order the sample's .json lists them.
 CORPUS_FIELDS = ["uid", "url", "caption", "width", "height", "original_width", "original_height", "sha256",
                  "source_file", "source_row", "src_shard", "src_key"]
-_STRING = ("uid", "url", "caption", "sha256", "source_file", "status", "shard", "key")
-_INT32 = ("width", "height", "original_width", "original_height")
+SOURCE_COLUMN = {"src_shard": "shard", "src_key": "key"}  # corpus fields named after the crawl manifest's column
 RANKED = pa.schema([pa.field("uid", pa.string()), pa.field("rank", pa.int64())]
-                   + [pa.field(c, pa.int32() if c in _INT32 else pa.int64() if c == "source_row" else pa.string())
-                      for c in CORPUS_FIELDS[1:]])
+                   + [pa.field(c, MANIFEST.field(SOURCE_COLUMN.get(c, c)).type) for c in CORPUS_FIELDS[1:]])
 
 
 def rank(seed: int, uids: list[str]) -> np.ndarray:
@@ -46,40 +45,14 @@ def rank(seed: int, uids: list[str]) -> np.ndarray:
     return (np.frombuffer(digests, dtype=">u8") >> np.uint64(1)).astype(np.int64)
 
 
-def check_manifest(url: str, table: pa.Schema) -> None:
-    """A manifest lacking a column the reshard needs, or holding one of the wrong type, is a one-line error."""
-    for name in ("uid", "status", "shard", "key"):
-        if name not in table.names:
-            raise WitError(f"{url}: no column {name!r} (columns: {', '.join(table.names)})")
-    for field in table:
-        t = field.type
-        want = ("string" if field.name in _STRING else "integer" if field.name in (*_INT32, "source_row") else None)
-        if want is None or pa.types.is_null(t):
-            continue
-        if (want == "string" and not (pa.types.is_string(t) or pa.types.is_large_string(t))) or \
-                (want == "integer" and not pa.types.is_integer(t)):
-            raise WitError(f"{url}: column {field.name!r} is {t}, expected {want}")
-
-
-def read_manifest(url: str) -> pa.Table:
-    try:
-        table = read_parquet(url)
-    except FileNotFoundError:
-        raise WitError(f"{url}: no such manifest") from None
-    except (pa.ArrowException, OSError) as err:
-        raise WitError(f"{url}: not a readable parquet manifest ({first_line(err)})") from None
-    check_manifest(url, table.schema)
-    return table
-
-
 def rank_shard(task: tuple[str, str, int, str]) -> int:
     """Rank the ok rows of one crawled manifest into `dest` (a pure function of the manifest and the seed)."""
     raw, src, seed, dest = task
-    m = read_manifest(join(raw, f"{src}.parquet"))
+    m = read_manifest(join(raw, f"{src}.parquet"), required=("uid", "status", "shard", "key"))
     ok = m.filter(pc.equal(m["status"], OK))
     columns = {"uid": ok["uid"], "rank": pa.array(rank(seed, ok["uid"].to_pylist()), pa.int64())}
     for c in CORPUS_FIELDS[1:]:
-        name = {"src_shard": "shard", "src_key": "key"}.get(c, c)
+        name = SOURCE_COLUMN.get(c, c)
         field = RANKED.field(c)
         columns[c] = ok[name].cast(field.type) if name in ok.column_names else pa.nulls(ok.num_rows, field.type)
     write_parquet(join(dest, f"{src}.parquet"), pa.table(columns, schema=RANKED))
@@ -144,8 +117,12 @@ def _schemas(urls: list[str]) -> list[pa.Schema]:
 
 
 def build_plan(con, ranked: list[str], verdicts: tuple[str, ...], selection: str | None, shard_size: int,
-               raw: str, folder: str) -> Plan:
-    """Join, number and cut the ranked rows; write the plan partitioned by crawled shard and by output shard."""
+               raw: str, folder: str, ledger: Revocations | None = None) -> Plan:
+    """Join, number and cut the ranked rows; write the plan partitioned by crawled shard and by output shard.
+
+    The samples a revocation ledger revokes are left out after the numbering, not before: every other sample keeps
+    its place (its shard and key), so the corpus is what `wit revoke` leaves of the one written without the ledger,
+    and the plan's fingerprint does not change when a request is added."""
     q = lambda sql: run_sql(con, sql, what="reshard plan").fetchall()  # noqa: E731
     q(f"CREATE OR REPLACE TEMP TABLE ok AS SELECT * FROM {scan(con, ranked)}")
     dup = q("SELECT uid FROM ok GROUP BY uid HAVING count(*) > 1 LIMIT 1")
@@ -183,6 +160,10 @@ def build_plan(con, ranked: list[str], verdicts: tuple[str, ...], selection: str
             FROM ok {' '.join(keep)} {('WHERE ' + ' AND '.join(where)) if where else ''})""")
     fields = ", ".join(ident(c) for c in CORPUS_FIELDS) + matched.replace("sel.", "")
     width = name_width(q("SELECT coalesce(max(out_no), 0) FROM plan")[0][0])
+    n, xor, total = q("SELECT count(*), bit_xor(rank), sum(rank)::VARCHAR FROM plan")[0]
+    if ledger:
+        match(con, ledger, "plan", what="reshard plan")
+        q("DELETE FROM plan WHERE uid IN (SELECT uid FROM revoked)")
     naming = (f"printf('%0{width}d', out_no) AS shard, printf('%0{width}d_%06d', out_no, pos % {int(shard_size)}) AS key")
     tag = uuid.uuid4().hex[:8]
     staged = f"{folder}.new-{tag}" if is_local(folder) else os.path.join(_local_stage(con), f"plan-{tag}")
@@ -193,8 +174,7 @@ def build_plan(con, ranked: list[str], verdicts: tuple[str, ...], selection: str
           f"(FORMAT parquet, PARTITION_BY ({by}), FILENAME_PATTERN 'part_{{i}}')")
     counts = dict(q(f"SELECT printf('%0{width}d', out_no), count(*) FROM plan GROUP BY out_no ORDER BY out_no"))
     sources = [r[0] for r in q("SELECT DISTINCT src_shard FROM plan ORDER BY src_shard")]
-    n, xor, total = q("SELECT count(*), bit_xor(rank), sum(rank)::VARCHAR FROM plan")[0]
-    for table in ("plan", "sel", "ok", *(f"verdict_{i}" for i in range(len(verdicts)))):
+    for table in ("plan", "sel", "ok", "revoked", *(f"verdict_{i}" for i in range(len(verdicts)))):
         q(f"DROP TABLE IF EXISTS {ident(table)}")  # the exchange runs next: give DuckDB's memory back
     _swap_in(staged, folder)
     fingerprint = {"raw": raw, "shard_size": shard_size, "samples": n, "rank_xor": xor, "rank_sum": total}
@@ -216,11 +196,10 @@ def partition(folder: str, part: str, column: str, value: str) -> str:
 def read_partition(folder: str, part: str, column: str, value: str, columns: list[str] | None = None) -> pa.Table:
     """The plan rows of one shard, in position order."""
     where = partition(folder, part, column, value)
-    fs, path = fs_and_path(where)
-    files = sorted(fs.glob(path.rstrip("/") + "/*.parquet"))
+    files = parquet_files(where) if exists(where) else []
     if not files:
         raise WitError(f"{where}: the plan has no rows here (the plan folder was changed while resharding?)")
-    tables = [read_parquet(fs.unstrip_protocol(p) if "://" in where else p, columns) for p in files]
+    tables = [read_parquet(url, columns) for url in files]
     table = pa.concat_tables(tables)
     return table.take(pc.sort_indices(table["pos"]))
 

@@ -13,8 +13,8 @@ import os
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from wit.shards.reshard import read_source, write_output
 from wit.shards.reshard_plan import read_partition
+from wit.shards.reshard_samples import read_source, write_output
 from wit.shards.storage import WitError
 
 

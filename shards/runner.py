@@ -15,10 +15,15 @@ A pool worker that dies (`kill -9`, the kernel's out-of-memory killer) breaks th
 is lost. The pool is started again and each lost task runs once more; a task lost twice stops the map with one
 line (`WitError`). Ray retries a crashed worker's tasks itself. A map that stops early (a task's error, or its
 caller stopped reading) ends the pool's tasks still running instead of waiting for them.
+
+Ctrl-C reaches every process of the terminal's process group. Pool workers ignore it (`ignore_sigint`): the driver
+alone answers, ending its workers as a map that stops early does, so the user reads the door's one line instead of
+a KeyboardInterrupt traceback from every worker.
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor
@@ -160,6 +165,11 @@ def _shown(item, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def ignore_sigint() -> None:
+    """A pool worker's initializer: SIGINT (Ctrl-C) is the driver's to answer; it ends its workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _pool_map(fn, items, n: int, window: int, ordered: bool = True) -> Iterator:
     def wait_any(futures):
         finished, _ = wait_futures(futures, return_when=FIRST_COMPLETED)
@@ -190,7 +200,7 @@ class _Pool:
 
     def _start(self) -> ProcessPoolExecutor:
         # spawn, not fork: the caller may hold threads (pyarrow, duckdb) that fork would copy mid-lock.
-        return ProcessPoolExecutor(max_workers=self.n, mp_context=get_context("spawn"))
+        return ProcessPoolExecutor(max_workers=self.n, mp_context=get_context("spawn"), initializer=ignore_sigint)
 
     def submit(self, fn, x):
         try:

@@ -17,6 +17,9 @@ SCHEMA_VERSION = 1
 OK = "ok"  # the pair is in the shard beside this manifest
 FAILED = "failed"  # the pair is not in any shard; `reason` says why
 SUPERSEDED = "superseded"  # a later shard holds the retried attempt; `reason` names it
+# The reason of a row a revocation took back (shards/revocations.py): a crawl never fetches it (status failed), a
+# balance never selects it (status dropped), the audit's funnel counts the samples `wit revoke` took out of a corpus.
+REVOKED = "revoked"
 
 MANIFEST = pa.schema(
     [

@@ -108,7 +108,9 @@ def exists(url: str) -> bool:
 
 
 def entries(url: str) -> list[str]:
-    """Names directly under a folder (empty when it does not exist)."""
+    """Names directly under a folder, sorted (empty when it does not exist): the one flat listing in wit, freshly
+    read (other processes write shards here; a cached listing would hide them). tables.parquet_files and
+    verify.shard_names pick from it; a recursive walk is shards.lists.find_lists (URL lists) or fs.find."""
     fs, path = fs_and_path(url)
     fs.invalidate_cache(path)
     try:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wit.shards.schema import MANIFEST
-from wit.shards.storage import WitError, fs_and_path, is_local, move, write_atomic
+from wit.shards.storage import WitError, absolute, entries, expand, fs_and_path, is_local, join, move, write_atomic
 
 
 def arrow_reader(data: bytes) -> pa.BufferReader:
@@ -70,18 +70,28 @@ def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
         raise WitError(f"{url}: not a readable parquet file ({err})") from None
 
 
-def read_manifest(url: str, columns: list[str]) -> pa.Table:
-    """Columns of a shard's manifest, each checked against the manifest schema: a missing column or one of another
-    type is a WitError naming the file, not a surprise further on."""
-    table = read_parquet(url, columns)
-    for name in columns:
+def read_manifest(url: str, columns: list[str] | None = None, required: tuple[str, ...] = ()) -> pa.Table:
+    """A shard's manifest (the columns asked for, else all), checked against the manifest schema: no such file, a
+    file that is not parquet, a column asked for (or `required`) that it lacks, or a column of another type than the
+    schema's is a WitError naming the file, not a surprise further on. The one reader of crawl manifests."""
+    try:
+        table = read_parquet(url, columns)
+    except FileNotFoundError:
+        raise WitError(f"{url}: no such manifest") from None
+    for name in [*(columns or ()), *required]:
         if name not in table.column_names:
             raise WitError(f"{url}: no column {name!r} (columns: {', '.join(open_parquet(url).schema_arrow.names)})")
-        want, got = MANIFEST.field(name).type, table.schema.field(name).type
-        if got != want and not (pa.types.is_integer(want) and pa.types.is_integer(got)) \
-                and not (pa.types.is_string(want) and pa.types.is_large_string(got)) and not pa.types.is_null(got):
-            raise WitError(f"{url}: column {name!r} is {got}, the manifest schema has {want}")
+    for field in table.schema:
+        if field.name in MANIFEST.names and not _fits(field.type, MANIFEST.field(field.name).type):
+            raise WitError(f"{url}: column {field.name!r} is {field.type}, the manifest schema has "
+                           f"{MANIFEST.field(field.name).type}")
     return table
+
+
+def _fits(got: pa.DataType, want: pa.DataType) -> bool:
+    """A column's type where the schema wants another: any integer for an integer, large strings, or all nulls."""
+    return (got == want or pa.types.is_null(got) or (pa.types.is_integer(want) and pa.types.is_integer(got))
+            or (pa.types.is_string(want) and pa.types.is_large_string(got)))
 
 
 def write_parquet(url: str, table: pa.Table) -> None:
@@ -122,13 +132,35 @@ def write_parquet_stream(url: str, schema: pa.Schema, batches) -> int:
 
 
 def parquet_files(folder: str) -> list[str]:
-    """Shard-named parquet files in a folder (`00012.parquet`), in shard number order; not `_wit/` scratch."""
+    """Shard-named parquet files in a folder (`00012.parquet`), in shard number order; not `_wit/` scratch, nor a
+    file being written (`.parquet.tmp-*`)."""
     fs, path = fs_and_path(folder)
     fs.invalidate_cache(path)
     if not fs.isdir(path):
         raise WitError(f"{folder}: no such folder")
-    files = sorted(fs.glob(path.rstrip("/") + "/*.parquet"), key=shard_order)
-    return [fs.unstrip_protocol(p) if "://" in folder else p for p in files]
+    base = absolute(folder)
+    return sorted((join(base, name) for name in entries(folder) if name.endswith(".parquet")), key=shard_order)
+
+
+def parquet_inputs(patterns: list[str] | tuple[str, ...]) -> list[str]:
+    """The parquet files a command's inputs name: files, brace patterns, globs, or folders (their parquet files, as
+    parquet_files lists them); each pattern's files in order, a pattern that names none an error."""
+    files: list[str] = []
+    for pattern in patterns:
+        for url in expand(pattern):
+            fs, path = fs_and_path(url)
+            if fs.isdir(path):
+                found = parquet_files(url)
+            elif any(ch in path for ch in "*?["):
+                found = [fs.unstrip_protocol(p) if "://" in url else p for p in sorted(fs.glob(path))]
+            elif fs.exists(path):
+                found = [absolute(url)]
+            else:
+                raise WitError(f"{url}: not found")
+            if not found:
+                raise WitError(f"{url}: no parquet files there")
+            files += found
+    return files
 
 
 def read_folder(folder: str, required: tuple[str, ...] = (), columns: list[str] | None = None) -> pa.Table:

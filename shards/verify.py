@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from wit.shards import fasttar
 from wit.shards.schema import OK, SCHEMA_VERSION
-from wit.shards.storage import fs_and_path, join, move, read_json, write_atomic, write_json_atomic
+from wit.shards.storage import entries, fs_and_path, join, move, read_json, write_atomic, write_json_atomic
 from wit.shards.tables import read_parquet, write_parquet
 
 
@@ -147,9 +147,5 @@ def check_shards(task: tuple[str, list[str]]) -> list[ShardCheck]:
 
 def shard_names(folder: str) -> list[str]:
     """Names of the shards that have a stats file (the last file a shard gets), in shard number order."""
-    fs, path = fs_and_path(folder)
-    fs.invalidate_cache(path)  # other processes write shards here; a cached listing would hide them
-    if not fs.exists(path):
-        return []
-    names = [p.rsplit("/", 1)[-1].removesuffix("_stats.json") for p in fs.glob(path.rstrip("/") + "/*_stats.json")]
+    names = [n.removesuffix("_stats.json") for n in entries(folder) if n.endswith("_stats.json")]
     return sorted((n for n in names if n.isdigit()), key=int)  # "100000" comes after "99999"

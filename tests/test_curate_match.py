@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wit.filters.match import build_automaton, match_captions, spaced_batch
+from wit.filters.automaton import build_automaton, match_captions, spaced_batch
 from wit.filters.spacing import WS_CHARS, space
 from tests.conftest import shared_data
 

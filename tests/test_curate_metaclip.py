@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import shared_data
-from wit.filters.match import MatchConfig, build_automaton, match_captions, run, spaced_batch
+from wit.filters.automaton import build_automaton, match_captions, spaced_batch
+from wit.filters.match import MatchConfig, run
 from wit.filters.spacing import space, space_metaclip
 from wit.filters.tokenmatch import TokenMatcher
 

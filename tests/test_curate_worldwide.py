@@ -15,7 +15,8 @@ from wit.filters.balance import run as balance
 from wit.filters.languages import per_language_t, tail_share, tail_t
 from wit.filters.match import MatchConfig
 from wit.filters.match import run as match
-from wit.filters.queries import QueryBuildConfig, build, load, load_languages
+from wit.filters.languages import load_languages
+from wit.filters.queries import QueryBuildConfig, build, load
 from wit.filters.worldwide import WorldwideMatcher
 from wit.shards.storage import WitError
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from wit.filters.dedup import dedup_core
-from wit.filters.phash import bands, hamming, phash_bytes, to_signed
+from wit.shards.phash import bands, hamming, phash_bytes, to_signed
 from tests.conftest import shared_data
 from tests.filters_helpers import jpeg
 

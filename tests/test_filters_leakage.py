@@ -11,7 +11,7 @@ from PIL import Image
 
 from wit.filters.images import ImagesConfig, run_images
 from wit.filters.leakage import EvalIndex, hash_eval_sets
-from wit.filters.phash import to_signed
+from wit.shards.phash import to_signed
 from wit.shards.storage import WitError
 from tests.conftest import shared_data
 from tests.filters_helpers import jpeg, short_side_256, write_shard

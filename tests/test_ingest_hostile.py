@@ -85,8 +85,10 @@ def test_slow_dead_and_opted_out_hosts_get_their_reasons_within_their_limits(tmp
     assert held[f"/trickle/{big}"] <= 3 + SLACK, held
     assert 5 <= held[f"/slowok/{big}"] <= 6 + SLACK, held
 
-    # politeness: never more than --per-host connections on a host, though 8 requests could be in flight
-    assert 1 <= s["polite"].max_connections <= 2 and s["polite"].max_in_flight <= 2
+    # politeness: never more than --per-host requests in flight on a host, though 8 could be. (Not open TCP
+    # connections: a kept-alive socket the client has closed still counts on the server until its thread reads the
+    # end, so that count can briefly read one more than the client ever used; it failed CI once that way.)
+    assert 1 <= s["polite"].max_in_flight <= 2, s["polite"].max_in_flight
     # robots.txt: once per host for the whole crawl in this process (3 shards), and only where rows went
     for name in ("robots_wit", "robots_any", "polite", "main", "slow"):
         assert s[name].requests.count("/robots.txt") == 1, name

@@ -41,6 +41,68 @@ def test_wings_stand_on_shards_only_and_nothing_imports_the_door():
     assert not bad, bad
 
 
+PACKAGE = {"wit": "wit", **{wing: f"wit.{wing}" for wing in WINGS}}  # folder -> the package it installs as
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the project by its installed name (wit.shards.tables -> shards/tables.py)."""
+    modules = {}
+    for folder, package in PACKAGE.items():
+        for p in (REPO / folder).rglob("*.py"):
+            parts = [package, *p.relative_to(REPO / folder).with_suffix("").parts]
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return modules
+
+
+def _project_imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project's modules that `path` imports anywhere, function bodies included (`from wit.shards import
+    fasttar` imports wit.shards.fasttar)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    return found & modules.keys()
+
+
+def _circle(graph: dict[str, set[str]]) -> list[str]:
+    """One import circle of the graph (its modules, the first one again at the end), or [] when there is none."""
+    state: dict[str, str] = {}  # "open" while on the path being walked, then "done"
+
+    def walk(module: str, path: list[str]) -> list[str]:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                return path[path.index(target):] + [module, target]
+            if target not in state and (found := walk(target, path + [module])):
+                return found
+        state[module] = "done"
+        return []
+
+    for module in sorted(graph):
+        if module not in state and (found := walk(module, [])):
+            return found
+    return []
+
+
+def test_no_import_circles_not_even_inside_functions():
+    # An import inside a function body hides a circle from Python until that function runs; a circle means two
+    # modules that are really one, or a piece that belongs on a lower floor.
+    modules = _modules()
+    graph = {m: _project_imports(p, modules) - {m} for m, p in modules.items()}
+    assert _circle(graph) == []
+    assert _circle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check itself sees one
+
+
+def test_architecture_names_every_module():
+    # ARCHITECTURE.md is the map of the code: a module it does not name is one the next engineer cannot find there
+    text = (REPO / "ARCHITECTURE.md").read_text()
+    modules = sorted(str(p.relative_to(REPO)) for folder in PACKAGE for p in (REPO / folder).rglob("*.py")
+                     if p.name != "__init__.py")
+    assert modules and [m for m in modules if f"`{m}`" not in text] == []
+
+
 def test_every_bench_script_runs_through_make():
     scripts = sorted(p.stem for p in (REPO / "bench").glob("*.py") if not p.stem.startswith("_"))
     assert scripts

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from wit.shards.storage import WitError, fs_and_path, join, write_atomic
+from wit.shards.storage import WitError, entries, fs_and_path, join, write_atomic
 
 NAME = re.compile(r"step_(\d{8})\.pt$")
 # What `wit train` writes and needs to resume (trainer/train.py's save); "config" is optional.
@@ -47,11 +47,7 @@ def save(ckpt_dir: str, step: int, state: dict, keep: int = 0) -> str:
 
 def list_steps(ckpt_dir: str) -> list[str]:
     """Checkpoint URLs in the dir, oldest first (temp files are ignored)."""
-    fs, path = fs_and_path(ckpt_dir)
-    if not fs.exists(path):
-        return []
-    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if NAME.search(p))
-    return [join(ckpt_dir, n) for n in names]
+    return [join(ckpt_dir, n) for n in entries(ckpt_dir) if NAME.search(n)]
 
 
 def latest(ckpt_dir: str) -> str | None:

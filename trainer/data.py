@@ -153,6 +153,14 @@ def window_of(slices: list[tuple[int, int, int]], lo: int, hi: int) -> list[tupl
     return out
 
 
+def window_order(plan: Plan, rank: int, worker: int, w0: int, n: int) -> list[int]:
+    """The order in which a worker hands out the n slots of its window at segment position w0 (the lineage of a
+    checkpoint, trainer/lineage.py, replays it)."""
+    order = list(range(n))
+    random.Random(f"window-{plan.seed}-{plan.epoch}-{rank}-{worker}-{w0}").shuffle(order)
+    return order
+
+
 # ---------------------------------------------------------------------------------------------- decoding
 def crop_rng(seed: int, epoch: int, shard: int, index: int, slot: str = "") -> random.Random:
     """The RNG of one sample's crop: a function of (seed, epoch, sample), so every run and resume draws the same."""
@@ -286,8 +294,7 @@ class EpochStream(torch.utils.data.IterableDataset):
     def shuffled(self, window, raw, worker: int, w0: int, position: int):
         """A window's slots in its own seeded order, skipping those before `position`."""
         plan = self.plan
-        order = list(range(len(window)))
-        random.Random(f"window-{plan.seed}-{plan.epoch}-{self.rank}-{worker}-{w0}").shuffle(order)
+        order = window_order(plan, self.rank, worker, w0, len(window))
         for k in order[max(0, position - w0):]:
             shard, i = window[k]
             key, sample = raw[shard, i]

@@ -160,30 +160,24 @@ def embed_shard(job: EmbedJob) -> dict:
             image[[row for row, _ in good]] = emb
         batch.clear()
 
-    problem = None
-    if row_of:
-        try:
-            for key, sample in fasttar.read_samples(join(job.shards, f"{job.shard}.tar")):
-                row = row_of.get(key)
-                if row is None or seen[row]:
-                    continue
-                seen[row] = True
-                data = fasttar.image_of(sample)
-                if data is None:
-                    reasons[row] = "no_image"
-                    continue
-                batch.append((row, data))
-                if len(batch) == job.batch_size:
-                    flush()
-        except fasttar.TarMissing:
-            problem = "tar_missing"
-        except (fasttar.TarError, OSError):
-            problem = "tar_unreadable"
-        if batch:
+    samples = fasttar.ManifestSamples(join(job.shards, f"{job.shard}.tar"))
+    for key, sample in samples if row_of else ():
+        row = row_of.get(key)
+        if row is None or seen[row]:
+            continue
+        seen[row] = True
+        data = fasttar.image_of(sample)
+        if data is None:
+            reasons[row] = "no_image"
+            continue
+        batch.append((row, data))
+        if len(batch) == job.batch_size:
             flush()
+    if batch:
+        flush()
     for i in row_of.values():
         if not seen[i]:
-            reasons[i] = problem or "missing_in_tar"
+            reasons[i] = samples.missing
     todo = [i for i in range(n) if reasons[i] is None]
     for start in range(0, len(todo), job.batch_size):
         rows = todo[start:start + job.batch_size]
@@ -281,25 +275,16 @@ def _gather_results(results: list[dict], world: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """torchrun's entry point: `torchrun --nproc_per_node N -m wit.trainer.embed SHARDS --out ... --checkpoint ...`."""
-    import argparse
+    from wit.trainer.train import rank_main
 
-    from wit.shards.options import add_arguments, from_args
+    return rank_main("wit embed", __doc__.splitlines()[0], EmbedConfig, _embed_and_show, argv)
 
-    parser = argparse.ArgumentParser(prog="wit embed", description=__doc__.splitlines()[0])
-    add_arguments(parser, EmbedConfig)
-    try:
-        summary = run_embed(from_args(EmbedConfig, parser.parse_args(argv)))
-        if _ranks()[0] == 0:
-            print(summary, flush=True)
-        return 0
-    except WitError as err:
-        print(f"wit embed: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        import torch.distributed as dist
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+def _embed_and_show(cfg: EmbedConfig) -> int:
+    summary = run_embed(cfg)
+    if _ranks()[0] == 0:
+        print(summary, flush=True)
+    return 0
 
 
 if __name__ == "__main__":

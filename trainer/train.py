@@ -19,6 +19,7 @@ import open_clip
 import torch
 import torch.distributed as dist
 
+from wit.shards import lineage as lineage_records
 from wit.shards.options import add_arguments, from_args
 from wit.shards.progress import bar as progress_bar
 from wit.shards.storage import WitError, check_bucket
@@ -26,6 +27,7 @@ from wit.trainer import checkpoint
 from wit.trainer.config import TrainConfig
 from wit.trainer.data import ShardLoader, resolve_shards
 from wit.trainer.gpu_decode import DeviceBatches, choose_decode, prepared_ahead
+from wit.trainer.lineage import Lineage, shard_versions
 from wit.trainer.loss import LOSSES, MAX_LOGIT_SCALE, clip_loss, model_kwargs
 
 MODEL_CONFIGS = Path(__file__).parent / "model_configs"
@@ -186,6 +188,7 @@ def train(cfg: TrainConfig) -> int:
     # Rank 0 lists (or reads the index of) the shards and tells the others; fail early on bad data, before building
     # the model, and on a bad checkpoint
     shards = on_rank0(lambda: resolve_shards(cfg.data), rank, world)
+    versions = on_rank0(lambda: shard_versions(cfg.data, *shards), rank, world)  # the lineage's names and hashes
     on_rank0(lambda: check_bucket(cfg.ckpt_dir), rank, world)  # before anything is written there
     if not cfg.resume:
         on_rank0(lambda: refuse_another_run(cfg), rank, world)
@@ -211,6 +214,8 @@ def train(cfg: TrainConfig) -> int:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                   eps=cfg.eps, fused=device.type == "cuda")  # fused: one kernel for all parameters
+    lineage = Lineage(loader, cfg.window, cfg.data, versions)
+    changed = lineage.resume(state) if resume else ""  # a changed corpus: said in one line, then re-planned
     step, samples_seen = restore(resume, state, rank, model, optimizer, loader) if resume else (0, 0)
     note = schedule_note(state, cfg, step) if resume else ""
     del state  # the checkpoint's tensors are in the model and optimizer now
@@ -227,6 +232,8 @@ def train(cfg: TrainConfig) -> int:
               f"{sum(loader.counts)} samples in {len(loader.urls)} shards, "
               f"{loader.steps_per_epoch} steps/epoch; config in {out / 'config.json'}", flush=True)
         print(f"wit train: {'resuming from ' + resume if resume else 'starting fresh'} at step {step}{note}", flush=True)
+        if changed:
+            print(f"wit train: {changed}", flush=True)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     samples_log = open(out / f"samples-rank{rank}.jsonl", "a") if cfg.log_samples else None
     board = tensorboard_writer(out) if rank == 0 and cfg.tensorboard else None
@@ -292,7 +299,9 @@ def train(cfg: TrainConfig) -> int:
             interval = new_interval()
         if save_now:
             saving = time.perf_counter()
-            save(cfg, rank, world, model, optimizer, loader.state_dict(after=batch), step, samples_seen)
+            position = loader.state_dict(after=batch)
+            save(cfg, rank, world, model, optimizer, position, step, samples_seen,
+                 lineage.record(position) if rank == 0 else None)
             last_save = time.monotonic()
             spent = time.perf_counter() - saving
             interval["saving"] += spent  # logged as checkpoint_s with the next line
@@ -393,9 +402,11 @@ def forward_backward(forward, ddp, images, texts, valid, accum: int, autocast, o
     return loss.detach()
 
 
-def save(cfg, rank, world, model, optimizer, loader_state: dict, step, samples_seen) -> None:
-    """Rank 0 writes one file; every rank's RNG state goes in it. Every rank waits for it (nobody runs ahead of a
-    checkpoint that may be needed to resume) and stops with rank 0's error when it could not be written."""
+def save(cfg, rank, world, model, optimizer, loader_state: dict, step, samples_seen,
+         lineage: dict | None = None) -> None:
+    """Rank 0 writes one file, every rank's RNG state in it, and its lineage (what it read) in it and beside it.
+    Every rank waits for it (nobody runs ahead of a checkpoint that may be needed to resume) and stops with rank 0's
+    error when it could not be written."""
     rngs = [None] * world
     if world > 1:
         dist.all_gather_object(rngs, checkpoint.rng_state())
@@ -405,18 +416,30 @@ def save(cfg, rank, world, model, optimizer, loader_state: dict, step, samples_s
     def write():
         state = {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                  "samples_seen": samples_seen, "rng": rngs, "loader": loader_state,
-                 "config": json.loads(cfg.to_json())}
-        checkpoint.save(cfg.ckpt_dir, step, state, cfg.keep)
+                 "config": json.loads(cfg.to_json()), "lineage": lineage}
+        url = checkpoint.save(cfg.ckpt_dir, step, state, cfg.keep)
+        try:
+            lineage_records.write(cfg.ckpt_dir, step, lineage)
+        except Exception as err:  # noqa: BLE001 - storage errors of every kind, as checkpoint.save says them
+            raise WitError(f"{url} written, but not the lineage record beside it ({checkpoint.reason(err)}); "
+                           "--resume latest continues from it (its lineage is inside it too)") from None
     on_rank0(write, rank, world)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="wit train", description=__doc__.splitlines()[0])
-    add_arguments(parser, TrainConfig)
+    return rank_main("wit train", __doc__.splitlines()[0], TrainConfig, train, argv)
+
+
+def rank_main(prog: str, description: str, config_class, run, argv: list[str] | None) -> int:
+    """The entry point of a torchrun rank (`-m wit.trainer.train` or `-m wit.trainer.embed` with a command's flags,
+    what `wit train|embed --nproc N` starts): the flags into the config, `run` on it (its exit status), a WitError
+    as one line, and the process group ended whatever happened."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser, config_class)
     try:
-        return train(from_args(TrainConfig, parser.parse_args(argv)))
+        return run(from_args(config_class, parser.parse_args(argv)))
     except WitError as err:
-        print(f"wit train: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():

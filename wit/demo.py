@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     write_heldout(out / "heldout", digit_images[args.crawl:])
     images = {**photos, **{f"digit-{i:04d}.jpg": jpeg for i, (jpeg, _) in enumerate(digit_images[:args.crawl])}}
     sets = [f"train.steps={args.steps}"] * (args.steps is not None) + [f"balance.t={args.t}"] * (args.t is not None)
-    command = ["wit", "pipeline", str(CONFIG), *(a for s in sets for a in ("--set", s))]
+    (out / CONFIG.name).write_text(CONFIG.read_text())  # a copy beside the list: the user's own template to edit
+    command = ["wit", "pipeline", CONFIG.name, *(a for s in sets for a in ("--set", s))]
     server, fixed = serve(images)
     with server:
         write_list(out / "list.csv", server, sorted(photos), labels, args.crawl)

@@ -26,7 +26,8 @@ from wit.shards.lock import output_lock
 from wit.shards.options import DefaultsHelp, check_keys, cli_fields, from_mapping, opt
 from wit.shards.runner import ENGINES
 from wit.shards.storage import WitError, absolute, entries, exists, fs_and_path, join
-from wit.stages import AFTER, BEFORE, CORPUS, STAGES, Context, Layout, Stage
+from wit.shards.layout import Layout
+from wit.stages import AFTER, BEFORE, CORPUS, STAGES, Context, Stage
 
 try:
     import tomllib
@@ -520,14 +521,6 @@ def _say(line: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the command
-DESCRIPTION = (
-    "Run the stages a config file names, in the order of a sample's journey (lists -> crawl -> filters -> match -> "
-    "balance -> reshard -> audit -> train -> zero-shot), each through the same function as its command, into the "
-    "folder layout `wit audit` reads. Each stage records its options and inputs when it finishes: running the same "
-    "command again skips what is done and unchanged, redoes a stage whose options or inputs changed and every stage "
-    "after it, and resumes an interrupted stage as its command resumes.")
-
-
 def _epilog() -> str:
     lines = ["The [pipeline] table:"]
     for f in cli_fields(PipelineConfig):
@@ -537,7 +530,7 @@ def _epilog() -> str:
     lines += ["", "A table per stage; its keys are the options of the stage's command, except the folders the "
                   "pipeline sets:"]
     lines += [f"  [{name}]{' ' * (10 - len(name))}wit {STAGES[name].command}" for name in AFTER]
-    lines += ["", "Example: README.md, 'The pipeline on real data'; the demo's config: wit/demo.toml."]
+    lines += ["", "A small config: README.md, 'Your list in five minutes'; the demo's: wit/demo.toml; all of it: wit/README.md."]
     return "\n".join(lines)
 
 
@@ -545,13 +538,10 @@ class _Help(argparse.RawDescriptionHelpFormatter, DefaultsHelp):
     pass
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "pipeline", formatter_class=_Help, epilog=_epilog(),
-        help="lists -> crawl -> filters -> balance -> training shards -> audit (-> train) from one config file; "
-             "resumable stage by stage",
-        description=textwrap.fill(DESCRIPTION, 100),
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`wit pipeline`'s own arguments (wit/commands.py declares the command): a config file and how to run it."""
+    p.formatter_class, p.epilog = _Help, _epilog()  # the epilog's tables as written
+    p.description = textwrap.fill(p.description, 100)
     p.add_argument("config", help="the pipeline's TOML file")
     p.add_argument("--plan", action="store_true", help="print what each stage would do and why; run nothing")
     p.add_argument("--force", action="store_true",
@@ -563,9 +553,7 @@ def register(sub) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="TABLE.KEY=VALUE",
                    help="override one key of the file, e.g. --set balance.t=40000 (the value is read as TOML, "
                         "else as a string); repeatable")
-    p.set_defaults(run=_run)
 
 
-def _run(args) -> int:
+def run_command(args: argparse.Namespace) -> int:
     return run(load(args.config, args.sets), start=args.start, only=args.only, plan=args.plan, force=args.force)
-

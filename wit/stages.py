@@ -1,5 +1,6 @@
-"""The stages of `wit pipeline`: for each, the command it is, its config class, the folders it reads and writes
-under the output root, and the call into the same public function that the command runs.
+"""The stages of `wit pipeline`: the wiring between them. For each stage, the command it is (wit/commands.py, which
+gives its config class and the function the command runs), the folders it reads and writes under the output root
+(shards/layout.py), its defaults, and how its options decide a redo; a stage runs through its command's own function.
 
 A stage's config is its command's config, built from the stage's table of the pipeline file with `from_mapping`,
 so a field added to a command is a key of its table at once. The pipeline sets the folders between stages
@@ -9,7 +10,6 @@ engine and workers as defaults (`Stage.defaults`).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import subprocess
@@ -17,42 +17,11 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
+from wit.commands import COMMANDS
+from wit.shards.layout import Layout
 from wit.shards.storage import WitError, absolute, is_local, join
 
 FILTERS = ("text", "images", "dedup")  # the verdict stages, in the order the audit's funnel walks them
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The folders under the output root: the layout `wit audit` reads."""
-    root: str
-
-    @property
-    def raw(self) -> str:
-        return join(self.root, "raw")
-
-    def verdicts(self, stage: str) -> str:
-        return join(self.root, "verdicts", stage)
-
-    @property
-    def queries(self) -> str:
-        return join(self.root, "queries.parquet")
-
-    @property
-    def matches(self) -> str:
-        return join(self.root, "matches")
-
-    @property
-    def balance(self) -> str:
-        return join(self.root, "balance")
-
-    @property
-    def corpus(self) -> str:
-        return join(self.root, "corpus")
-
-    @property
-    def records(self) -> str:
-        return join(self.root, "_wit", "pipeline")
 
 
 @dataclass
@@ -76,8 +45,7 @@ class Context:
 
 class Stage:
     name: str = ""
-    command: str = ""  # the `wit` command that runs the same function
-    config_class: str = ""  # "module:Class", imported only when the stage is used
+    command: str = ""  # the `wit` command it is (wit/commands.py): its config class and the function it runs
     # Fields that change how it runs, not what it writes (and the engine's and DuckDB's options of every stage that
     # has them): changing them redoes nothing.
     runtime: tuple[str, ...] = ()
@@ -92,8 +60,7 @@ class Stage:
 
     @property
     def config(self):
-        module, cls = self.config_class.split(":")
-        return getattr(importlib.import_module(module), cls)
+        return COMMANDS[self.command].config_class
 
     def fill(self, c: Context) -> dict:
         """The keys the pipeline sets (the folders between stages)."""
@@ -122,7 +89,8 @@ class Stage:
         return ["wit", *self.command.split(), *to_argv(cfg)]
 
     def call(self, c: Context, cfg) -> dict:
-        raise NotImplementedError
+        """Run the stage: its command's own function on its config; the summary."""
+        return COMMANDS[self.command].runs(cfg)
 
     def figures(self, summary: dict) -> dict:
         """What the stage's end line shows: rows in, kept, dropped by reason, or the stage's own figures."""
@@ -154,7 +122,7 @@ class Download(Stage):
     rows are fetched (FETCH: how long and how hard to try a server, how much to take from it): like the workers,
     they apply to the rows not yet fetched, and changing them redoes nothing; retry_failed runs a finished crawl
     again to re-crawl its transient failures, as `wit download --retry-failed` does."""
-    name, command, config_class = "download", "download", "wit.ingest.config:DownloadConfig"
+    name, command = "download", "download"
     FETCH = ("timeout", "deadline", "min_rate", "retries", "per_host", "per_host_rate", "host_failures", "max_bytes")
     runtime = ("processes", "threads", "distributor", "ray_address", "progress", "memory_limit", "temp_dir",
                "retry_failed", *FETCH)
@@ -180,12 +148,8 @@ class Download(Stage):
         return list(cfg.lists)
 
     def call(self, c, cfg):
-        from wit.ingest.download import download
-        from wit.ingest.retry import retry_failed
-
-        cfg = replace(cfg, progress=cfg.progress and "CI" not in os.environ)  # as `wit download` does
-        summary = retry_failed(cfg) if cfg.retry_failed else download(cfg)
-        if summary.get("missing_shards"):
+        summary = super().call(c, cfg)
+        if summary.get("missing_shards"):  # the pipeline stops here: the stages after it need every shard
             raise WitError(f"{cfg.out}: shards not finished ({', '.join(summary['missing_shards'][:5])}); "
                            "run the pipeline again to resume")
         return summary
@@ -195,18 +159,13 @@ class Download(Stage):
 
 
 class Text(Stage):
-    name, command, config_class = "text", "filter text", "wit.filters.text:TextConfig"
+    name, command = "text", "filter text"
 
     def fill(self, c):
         return {"inputs": (c.layout.raw,), "out": c.layout.verdicts("text")}
 
     def reads(self, c, cfg):
         return list(cfg.inputs)
-
-    def call(self, c, cfg):
-        from wit.filters.text import run_text
-
-        return run_text(cfg)
 
     def figures(self, s):
         figures = funnel(s["rows"], s["kept"], s["dropped"])
@@ -218,7 +177,7 @@ class Text(Stage):
 
 
 class Images(Stage):
-    name, command, config_class = "images", "filter images", "wit.filters.images:ImagesConfig"
+    name, command = "images", "filter images"
     inputs = ("eval_sets",)
 
     def fill(self, c):
@@ -227,17 +186,12 @@ class Images(Stage):
     def reads(self, c, cfg):
         return [cfg.raw, *cfg.eval_sets]
 
-    def call(self, c, cfg):
-        from wit.filters.images import run_images
-
-        return run_images(cfg)
-
     def figures(self, s):
         return funnel(s["rows"], s["kept"], s["dropped"])
 
 
 class Dedup(Stage):
-    name, command, config_class = "dedup", "dedup", "wit.filters.dedup:DedupConfig"
+    name, command = "dedup", "dedup"
 
     def fill(self, c):
         f = {"images": c.layout.verdicts("images"), "out": c.layout.verdicts("dedup")}
@@ -248,21 +202,13 @@ class Dedup(Stage):
     def reads(self, c, cfg):
         return [cfg.images, *cfg.after]
 
-    def call(self, c, cfg):
-        from wit.filters.dedup import dedup
-        from wit.shards.storage import write_json_atomic
-
-        summary = dedup(cfg)
-        write_json_atomic(join(cfg.out, "_wit", "dedup_summary.json"), summary)  # as `wit dedup` does
-        return summary
-
     def figures(self, s):  # the rows earlier stages dropped are theirs: counted apart, not as this stage's drops
         figures = funnel(s["kept"] + sum(s["dropped"].values()), s["kept"], s["dropped"])
         return figures | ({"dropped_before": s["dropped_before"]} if s.get("dropped_before") else {})
 
 
 class Queries(Stage):
-    name, command, config_class = "queries", "queries build", "wit.filters.queries:QueryBuildConfig"
+    name, command = "queries", "queries build"
     inputs = ("unigrams", "bigrams", "titles", "wordnet", "extra")
 
     def fill(self, c):
@@ -279,17 +225,12 @@ class Queries(Stage):
 
         return [cfg.out, summary_path(cfg.out)]
 
-    def call(self, c, cfg):
-        from wit.filters.queries import build
-
-        return build(cfg)
-
     def figures(self, s):
         return {"entries": s["entries"]}
 
 
 class Match(Stage):
-    name, command, config_class = "match", "curate match", "wit.filters.match:MatchConfig"
+    name, command = "match", "curate match"
 
     def fill(self, c):
         f = {"inputs": c.pipeline.lists if c.before else (c.layout.raw,), "out": c.layout.matches}
@@ -303,20 +244,20 @@ class Match(Stage):
         return [*cfg.inputs, cfg.queries]
 
     def call(self, c, cfg):
-        from wit.filters.io import list_parquet
+        if not c.before:
+            return super().call(c, cfg)
         from wit.filters.match import run
         from wit.shards.lists import find_lists
 
-        # as `wit curate match` expands its inputs; URL lists (balance before download) as `wit download` does
-        inputs = find_lists(list(cfg.inputs)) if c.before else list_parquet(list(cfg.inputs))
-        return run(replace(cfg, inputs=tuple(inputs)))
+        # balance before download matches the URL lists themselves, found as `wit download` finds them
+        return run(replace(cfg, inputs=tuple(find_lists(list(cfg.inputs)))))
 
     def figures(self, s):
         return {"rows": s["rows"], "matched": s["matched_rows"]}
 
 
 class Balance(Stage):
-    name, command, config_class = "balance", "curate balance", "wit.filters.balance:BalanceConfig"
+    name, command = "balance", "curate balance"
 
     def fill(self, c):
         f = {"matches": (c.layout.matches,), "out": c.layout.balance}
@@ -327,12 +268,6 @@ class Balance(Stage):
     def reads(self, c, cfg):
         return [*cfg.matches, *cfg.verdicts]
 
-    def call(self, c, cfg):
-        from wit.filters.balance import run
-        from wit.filters.io import list_parquet
-
-        return run(replace(cfg, matches=tuple(list_parquet(list(cfg.matches)))))  # as `wit curate balance` does
-
     def figures(self, s):
         pairs = s["pairs"]
         return funnel(pairs["rows"], pairs["selected"],
@@ -340,43 +275,30 @@ class Balance(Stage):
 
 
 class Reshard(Stage):
-    name, command, config_class = "reshard", "shards write", "wit.shards.reshard:ReshardConfig"
+    name, command = "reshard", "shards write"
 
     def fill(self, c):
         f = {"raw": c.layout.raw, "out": c.layout.corpus, "verdicts": c.verdict_folders()}
         if "balance" in c.declared:
-            f["selection"] = join(c.layout.balance, "selection")
+            f["selection"] = c.layout.selection
         return f
 
     def reads(self, c, cfg):
         return [cfg.raw, *cfg.verdicts, *([cfg.selection] if cfg.selection else [])]
-
-    def call(self, c, cfg):
-        from wit.shards.reshard import reshard
-
-        return reshard(cfg)
 
     def figures(self, s):
         return {"samples": s["samples"], "shards": s["shards"]}
 
 
 class Audit(Stage):
-    name, command, config_class = "audit", "audit", "wit.shards.audit:AuditConfig"
+    name, command = "audit", "audit"
 
     def fill(self, c):
-        return {"root": c.layout.root, "out": join(c.layout.root, "audit")}
+        return {"root": c.layout.root, "out": c.layout.audit}
 
     def reads(self, c, cfg):
         lay = c.layout
         return [lay.raw, *c.verdict_folders(), lay.balance, lay.corpus, lay.queries]
-
-    def call(self, c, cfg):
-        from wit.shards.audit import audit
-        from wit.shards.storage import read_json
-
-        report = audit(cfg)
-        steps = read_json(join(cfg.out, "report.json"))["funnel"]
-        return {"report": report, "rows": steps[0]["rows_in"], "kept": steps[-1]["kept"]}
 
     def figures(self, s):
         return {"rows in": s["rows"], "kept in the end": s["kept"], "report": s["report"]}
@@ -385,7 +307,7 @@ class Audit(Stage):
 class Train(Stage):
     """Runs as `wit train` in its own process: with nproc > 1 that command hands the config to torchrun, and one
     process either way keeps the pipeline's process free of the model and the CUDA context."""
-    name, command, config_class = "train", "train", "wit.trainer.config:TrainConfig"
+    name, command = "train", "train"
     runtime = ("log_every", "tensorboard", "log_samples", "keep", "ckpt_every", "ckpt_minutes")
     grows = ("steps",)  # more steps: `wit train --resume latest` goes on from the last checkpoint
     costly = True
@@ -395,9 +317,9 @@ class Train(Stage):
         return {"data": join(c.layout.corpus, "index.json")}
 
     def defaults(self, c):
-        d = {"resume": "latest", "ckpt": join(c.layout.root, "train", "checkpoints")}  # a kill resumes exactly
+        d = {"resume": "latest", "ckpt": c.layout.checkpoints}  # a kill resumes exactly
         if is_local(c.layout.root):
-            d["out"] = join(c.layout.root, "train")  # the run folder is local: logs, config, TensorBoard
+            d["out"] = c.layout.train  # the run folder is local: logs, config, TensorBoard
         return d
 
     def reads(self, c, cfg):
@@ -439,23 +361,18 @@ class Train(Stage):
 
 
 class ZeroShot(Stage):
-    name, command, config_class = "zeroshot", "eval zeroshot", "wit.trainer.eval.zeroshot:ZeroShotConfig"
+    name, command = "zeroshot", "eval zeroshot"
     inputs = ("data", "prompts")
     runtime = ("batch_size", "workers", "device")
 
     def fill(self, c):
-        f = {"out": join(c.layout.root, "zeroshot.json")}
+        f = {"out": c.layout.zeroshot}
         if "train" in c.declared:
             f["checkpoint"] = c.configs["train"].ckpt_dir
         return f
 
     def reads(self, c, cfg):
         return [cfg.data, *([cfg.checkpoint] if cfg.checkpoint else [])]
-
-    def call(self, c, cfg):
-        from wit.trainer.eval.zeroshot import run
-
-        return run(cfg)
 
     def figures(self, s):
         return {"images": s["images"], "top1": f"{100 * s['top1']:.1f}%", "top5": f"{100 * s['top5']:.1f}%"}

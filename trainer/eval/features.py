@@ -60,12 +60,20 @@ def encode_images(model, preprocess, items, *, total=None, batch_size=256, devic
 
 @torch.no_grad()
 def encode_texts(model, tokenizer, texts, *, batch_size=256, device="cpu", precision="fp32", desc="texts"):
-    chunks = []
+    """Normalised features of `texts`, in their order. They are encoded in order of length (the end-of-text
+    token's position), so that a batch's captions are about as long as each other and `text_features` stops at
+    the longest: a batch of one long caption and 255 short ones costs the long one's length for all."""
+    tokens = tokenizer(list(texts))
+    order = torch.argsort(tokens.argmax(dim=-1), stable=True)
+    out = torch.empty(0)
     for start in bar(range(0, len(texts), batch_size), desc=desc, unit="batch"):
-        tokens = tokenizer(texts[start:start + batch_size]).to(device)
+        at = order[start:start + batch_size]
         with autocast(device, precision):
-            chunks.append(F.normalize(text_features(model, tokens).float(), dim=-1).cpu())
-    return torch.cat(chunks)
+            features = F.normalize(text_features(model, tokens[at].to(device)).float(), dim=-1).cpu()
+        if not out.numel():
+            out = torch.empty(len(texts), features.shape[1])
+        out[at] = features
+    return out
 
 
 def text_features(model, tokens: torch.Tensor) -> torch.Tensor:

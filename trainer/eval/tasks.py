@@ -105,7 +105,7 @@ def make_task(url: str, key: str, entry: dict, root: str) -> Task:
         kind = entry.get("task") or datasets.benchmark_set(path, split).kind
     elif not _exists(path):
         raise WitError(f"{where}: no data at {path} (a CLIP_benchmark set there has {split}/nshards.txt; "
-                       "README.md, 'Evaluation suite', says how to get the published sets)")
+                       "trainer/README.md, 'Evaluation suite', says how to get the published sets)")
     if kind not in KINDS:
         raise WitError(f"{where}: task {kind!r} (classification or retrieval)")
     if not main_metric:  # DataComp's default, acc1; for retrieval its retrieval tasks' mean_recall@1
