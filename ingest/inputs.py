@@ -85,7 +85,9 @@ def prepare_inputs(cfg: DownloadConfig) -> list[int]:
 
     if "uids_sha256" in record and "pairs_sha256" not in record and _legacy_digest(tasks) == record["uids_sha256"]:
         record = {**record, "pairs_sha256": fingerprint["pairs_sha256"]}  # a record from before pairs_sha256
-    if record and {k: record.get(k) for k in fingerprint} != fingerprint:
+    # the lists' content decides, not their paths: a project folder copied or moved elsewhere is the same crawl
+    content = [k for k in fingerprint if k != "lists"]
+    if record and {k: record.get(k) for k in content} != {k: fingerprint[k] for k in content}:
         _remove(fs, prepare_path)
         raise WitError(
             f"{cfg.out}: holds a crawl of other lists, another shard size or other --save-additional-columns "
