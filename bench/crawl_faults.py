@@ -5,11 +5,14 @@ the photos' other captions) shuffled in: over 20% of the list, of every kind the
 bodies that trickle 1 byte/s for 60 s, headers sent a byte a second, servers that accept and never answer, hosts
 whose connects hang, dead hosts, 404/500, resets, bodies cut mid-way, empty bodies, corrupt JPEGs, HTML, a
 decompression bomb, redirect loops, `X-Robots-Tag: noai`, a robots.txt that disallows, `tdm-reservation: 1` - and
-a few slow but honest answers. The photos are spread over four loopback hosts. Both crawlers get the same
-processes, threads, timeout, shard size and resize (short side 256, JPEG, WebDataset); then every row of each is
-checked against what it should be (wit: its reason; img2dataset: success or not - it honours neither robots.txt
-nor TDMRep, so those rows are successes for it).
-Last line: RESULT crawl_faults_speedup=<img2dataset seconds / wit seconds> target>=3.0
+a few slow but honest answers. The photos and the faults on their hosts are spread over eight loopback hosts with
+Zipf-like shares (1/k: the first holds 37% of them, as a hot CDN does). Both crawlers get the same processes,
+threads, timeout, shard size and resize (short side 256, JPEG, WebDataset); then every row of each is checked
+against what it should be (wit: its reason; img2dataset: success or not - it honours neither robots.txt nor
+TDMRep, so those rows are successes for it). Each server counts the requests it answers at once: the most any of
+them saw during wit's crawl must stay within `--per-host` (8 by default) for the whole crawl.
+Last lines: RESULT crawl_faults_speedup=<img2dataset seconds / wit seconds> target>=3.0
+            RESULT crawl_max_in_flight_per_host=<most seen by any server during wit's crawl> target<=8
 """
 from __future__ import annotations
 
@@ -38,7 +41,9 @@ from wit.ingest.loopback import LoopbackImageServer, StuckListener, closed_port 
 SHARED = REPO.parent / "shared" / "data"
 # the img2dataset CLI as its console script runs it (the script may not sit beside this python)
 IMG2DATASET = [sys.executable, "-c", "import sys; from img2dataset import main; sys.argv[0] = 'img2dataset'; sys.exit(main())"]
-GOOD_HOSTS = ("127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14")
+GOOD_HOSTS = tuple(f"127.0.0.{11 + i}" for i in range(8))
+SHARES = tuple(1 / (k + 1) for k in range(len(GOOD_HOSTS)))  # Zipf-like: 37%, 18%, 12%, ... of the photo hosts' rows
+PER_HOST = 8  # wit's default --per-host
 
 # kind -> (rows, route on a photo host (None: a host of its own), wit's reason (None: ok), img2dataset succeeds)
 FAULTS = {
@@ -76,18 +81,22 @@ def photos_and_captions() -> tuple[dict[str, bytes], dict[str, list[str]]]:
 
 def build_list(stack: ExitStack, photos: dict[str, bytes], captions: dict[str, list[str]], seed: int,
                scale: float = 1.0):
-    """Start the servers; return rows (url, caption, kind) and the expectations per kind."""
+    """Start the servers; return rows (url, caption, kind) and the servers that count requests in flight."""
     def serve(host, **kw):
         return stack.enter_context(LoopbackImageServer(photos, host=host, trickle_seconds=60, hang_seconds=60,
                                                        slowok_delay=1.0, slowok_seconds=3.0, **kw))
 
     good = [serve(h) for h in GOOD_HOSTS]
-    robots = serve("127.0.0.15", robots_txt="User-agent: *\nDisallow: /img/\n")
-    stuck = [stack.enter_context(StuckListener(h)) for h in ("127.0.0.16", "127.0.0.17")]
-    dead = [f"http://{h}:{closed_port(h)}" for h in ("127.0.0.18", "127.0.0.19")]
+    robots = serve("127.0.0.19", robots_txt="User-agent: *\nDisallow: /img/\n")
+    stuck = [stack.enter_context(StuckListener(h)) for h in ("127.0.0.20", "127.0.0.21")]
+    dead = [f"http://{h}:{closed_port(h)}" for h in ("127.0.0.22", "127.0.0.23")]
     names = sorted(photos)[: round(len(photos) * scale)]
     rng = random.Random(seed)
-    rows = [(f"{good[i % 4].url}/img/{n}?i={i}", captions[n][0], "good") for i, n in enumerate(names)]
+
+    def host():
+        return rng.choices(good, weights=SHARES)[0]
+
+    rows = [(f"{host().url}/img/{n}?i={i}", captions[n][0], "good") for i, n in enumerate(names)]
     spare = iter(c for n in names for c in captions[n][1:])
     for kind, (count, route, _, _) in FAULTS.items():
         for j in range(max(1, round(count * scale))):
@@ -99,14 +108,14 @@ def build_list(stack: ExitStack, photos: dict[str, bytes], captions: dict[str, l
             elif kind == "robots.txt disallows":
                 base, path = robots.url, f"/img/{img}"
             else:
-                base, path = good[j % 4].url, route.format(img=img)
+                base, path = host().url, route.format(img=img)
             sep = "&" if "?" in path else "?"
             rows.append((f"{base}{path}{sep}i={len(rows)}", next(spare), kind))
     for j in range(max(1, round(SLOW_OK * scale))):
         img = max(names[j * 97 % len(names):][:50], key=lambda n: len(photos[n]))  # big enough for any rate floor
-        rows.append((f"{good[j % 4].url}/slowok/{img}?i={len(rows)}", next(spare), "slow ok"))
+        rows.append((f"{host().url}/slowok/{img}?i={len(rows)}", next(spare), "slow ok"))
     rng.shuffle(rows)
-    return rows
+    return rows, [*good, robots]
 
 
 def check_wit(out: Path, rows) -> list[str]:
@@ -135,6 +144,33 @@ def check_img2dataset(out: Path, rows) -> list[str]:
     return problems
 
 
+def counted_from_now(servers, settle: float = 30.0) -> bool:
+    """Start the servers' in-flight peaks afresh, once the previous crawler's requests have all ended (a server
+    notices a client that left within its route's poll)."""
+    end = time.monotonic() + settle
+    while time.monotonic() < end and any(s.in_flight for s in servers):
+        time.sleep(0.1)
+    for s in servers:
+        s.max_in_flight = s.in_flight
+    return True
+
+
+def peak_requests(spans, most: int) -> list[str]:
+    """The routes of the requests a server counted in flight together at its peak (the first time it was reached),
+    with how long each had been in flight then: which answers overlapped."""
+    events = sorted([(start, 1, path, start) for start, _, path in spans] + [(end, -1, path, start)
+                                                                             for start, end, path in spans])
+    live: dict = {}
+    for t, step, path, start in events:
+        if step > 0:
+            live[(start, path)] = t
+            if len(live) >= most:
+                return [f"{p.split('?')[0]} ({t - s:.2f} s)" for (s, p) in live]
+        else:
+            live.pop((start, path), None)
+    return []
+
+
 def timed(cmd: list[str], out: Path, log: Path) -> tuple[float, float]:
     """Wall seconds, and CPU seconds of the crawler and its worker processes."""
     shutil.rmtree(out, ignore_errors=True)
@@ -149,10 +185,10 @@ def timed(cmd: list[str], out: Path, log: Path) -> tuple[float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--processes", type=int, default=4)
     p.add_argument("--threads", type=int, default=32)
     p.add_argument("--timeout", type=float, default=10.0)
-    p.add_argument("--shard-size", type=int, default=700)
+    p.add_argument("--shard-size", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", choices=("wit", "img2dataset"), help="run one crawler (for development)")
     p.add_argument("--scale", type=float, default=1.0, help="a fraction of the photos and faults (for development)")
@@ -164,7 +200,7 @@ def main() -> None:
     subprocess.run([sys.executable, "-c", "import img2dataset.downloader, wit.ingest.engine"], check=True, cwd=REPO,
                    env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
     with ExitStack() as stack:
-        rows = build_list(stack, photos, captions, args.seed, args.scale)
+        rows, servers = build_list(stack, photos, captions, args.seed, args.scale)
         faulty = sum(kind not in ("good", "slow ok") for *_, kind in rows)
         print(f"{len(rows)} rows, {faulty} faulty ({faulty / len(rows):.0%}): "
               + ", ".join(f"{k} {n}" for k, n in Counter(k for *_, k in rows).items()), flush=True)
@@ -183,10 +219,12 @@ def main() -> None:
                      "127.0.0.0/8", "--processes", common[0], "--threads", common[1], "--timeout", common[2],
                      "--shard-size", common[3], "--no-progress"], check_wit),
         }
-        seconds, problems = {}, []
+        seconds, problems, most = {}, [], None
         for name, (cmd, check) in crawlers.items():
             if args.only and name != args.only:
                 continue
+            if name == "wit":
+                most = counted_from_now(servers)
             seconds[name], cpu = timed(cmd, work / name, work / f"{name}.log")
             found = check(work / name, rows)
             problems += found
@@ -194,8 +232,14 @@ def main() -> None:
                   f"{len(rows) - len(found)}/{len(rows)} right", flush=True)
         wit_log = (work / "wit.log").read_text() if (work / "wit.log").exists() else ""
         for line in wit_log.splitlines():
-            if line.startswith(("crawl ", "this run")):
+            if line.startswith(("plan ", "crawl ", "this run")):
                 print("wit:", line)
+        if most is not None:
+            in_flight = {s.host: s.max_in_flight for s in servers}
+            print(f"wit: most requests in flight per server: {in_flight}")
+            most = max(in_flight.values())
+            busiest = max(servers, key=lambda s: s.max_in_flight)
+            print(f"wit: at that peak on {busiest.host}: {peak_requests(busiest.spans, busiest.max_in_flight)}")
     for problem in problems[:20]:
         print("PROBLEM", problem)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
@@ -206,6 +250,8 @@ def main() -> None:
     if len(seconds) == 2:
         print(json.dumps({"seconds": seconds}))
         print(f"RESULT crawl_faults_speedup={seconds['img2dataset'] / seconds['wit']:.2f} target>=3.0")
+    if most is not None:
+        print(f"RESULT crawl_max_in_flight_per_host={most} target<={PER_HOST}")
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ def run_step(step: str, args) -> None:
 
         assert all(verify_shard(args.out, n).ok for n in shard_names(args.out))
     elif step == "resume":
-        from wit.ingest.download import resume_scan
+        from wit.ingest.distribute import resume_scan
 
         assert len(resume_scan(DownloadConfig(lists=(), out=args.out, processes=args.workers))) == args.shards
 

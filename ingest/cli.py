@@ -18,7 +18,12 @@ def run(cfg: DownloadConfig) -> dict:
 
 
 def show(summary: dict) -> int:
-    from wit.ingest.summary import format_summary
+    from wit.ingest.summary import format_summary, rules_problem
+    from wit.shards.storage import WitError
 
     print(format_summary(summary))
-    return 1 if summary.get("missing_shards") else 0
+    if summary.get("missing_shards"):
+        return 1
+    if problem := rules_problem(summary):  # a finished crawl that fetched nothing, by the run's own rules
+        raise WitError(problem)
+    return 0

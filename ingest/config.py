@@ -30,9 +30,12 @@ class DownloadConfig:
     url_col: str | None = opt(None, "URL column (default: first of url, URL, image_url, img_url, link)")
     caption_col: str | None = opt(None, "caption column (default: first of caption, TEXT, text, alt, ALT, alt_text, "
                                         "title)")
+    save_additional_columns: tuple[str, ...] = opt((), "a list column to carry into the manifest and each sample's "
+                                                       ".json (repeatable)", many="append", metavar="COLUMN")
     image_size: int = opt(256, "resize so the short side is this many pixels", minimum=1)
     resize_mode: str = opt("keep_ratio", "img2dataset resize mode (keep_ratio: short side to --image-size, aspect "
                                          "kept)", choices=("keep_ratio", "center_crop", "border", "no"))
+    resize_only_if_bigger: bool = opt(False, "never enlarge: an image smaller than --image-size keeps its size")
     encode_quality: int = opt(95, "JPEG quality of stored images", minimum=1)
     processes: int = opt(help="download processes (default: one per core)", factory=lambda: os.cpu_count() or 1,
                          minimum=1)
@@ -47,8 +50,9 @@ class DownloadConfig:
                                   "too_slow (0: no floor)", minimum=0)
     retries: int = opt(0, "retries of a transient failure (timeout, reset, 5xx, 429, too_slow) within the deadline, "
                           "after an exponential backoff with jitter", minimum=0)
-    per_host: int = opt(8, "requests in flight per host, per worker process", minimum=1)
-    per_host_rate: float = opt(0.0, "requests per second per host, per worker process (0: no limit)", minimum=0)
+    per_host: int = opt(8, "requests in flight per host, for the whole crawl (every process and node together)",
+                        minimum=1)
+    per_host_rate: float = opt(0.0, "requests per second per host, for the whole crawl (0: no limit)", minimum=0)
     host_failures: int = opt(5, "consecutive connect failures or timeouts after which a host's remaining rows fail "
                                 "fast as host_unreachable (0: never)", minimum=0)
     distributor: str = opt("multiprocessing", "how shards are spread over workers",

@@ -17,7 +17,6 @@ from collections import Counter
 
 import albumentations as A
 import cv2
-import fsspec
 import numpy as np
 import pyarrow as pa
 from PIL import Image
@@ -39,15 +38,17 @@ finally:
 from wit.ingest.crawl_stats import FetchStats
 from wit.ingest.fetch import FetchSettings, fetcher
 from wit.ingest.output import disk_full, disk_full_error, shard_name
+from wit.ingest.plan import ShardSpec
+from wit.ingest.reader import shard_rows
 from wit.ingest.reasons import reason_for
 from wit.shards import revocations
 from wit.shards.schema import FAILED, MANIFEST, OK, REVOKED
-from wit.shards.storage import fs_and_path, join, read_json, write_json_atomic
+from wit.shards.storage import exists, fs_and_path, join, read_json, write_json_atomic
 from wit.shards.tables import read_parquet
 from wit.shards.verify import key_mismatch, mark_verified, publish_shard, tar_keys
 
-# Columns img2dataset carries through from our input into its parquet and each sample's json.
-CARRIED_COLUMNS = ["uid", "source_file", "source_row", "invalid"]
+# The columns of the plan every shard reads (then the list columns --save-additional-columns names).
+CARRIED_COLUMNS = ["uid", "url", "caption", "source_file", "source_row", "invalid"]
 
 # Formats whose header PIL reads and sizes, and that the decoders below handle; anything else is refused before
 # a decoder runs (OpenCV decodes more, e.g. Radiance HDR, whose size nothing checks first).
@@ -219,7 +220,9 @@ _SIZES = {
 
 
 class WitDownloader:
-    """Called by img2dataset's distributors with (shard id, input shard file): fetch, resize, write, finish."""
+    """Called by img2dataset's distributors with a lane of the plan (ingest/plan.py): its shards one after another,
+    each fetched, resized, written and finished; returns (True, lane), or (False, the shards that failed), which
+    the multiprocessing and Spark distributors run again once the others are done."""
 
     def __init__(self, *, fetch: FetchSettings, resizer: SafeResizer, sample_writer_class, column_list: list[str],
                  staging: str, output: str, number_sample_per_shard: int, oom_shard_count: int):
@@ -227,52 +230,49 @@ class WitDownloader:
         self.column_list, self.staging, self.output = column_list, staging, output
         self.number_sample_per_shard, self.oom_shard_count = number_sample_per_shard, oom_shard_count
 
-    def __call__(self, row):
+    def __call__(self, lane: tuple[ShardSpec, ...]):
         _quiet_disk_full_at_exit()
-        name = shard_name(row[0], self.oom_shard_count)
-        try:
-            self.download_shard(row)
-            finish_shard(self.staging, self.output, name)
-        except Exception as err:  # noqa: BLE001 - img2dataset's distributors retry a shard that returns False
-            if disk_full(err):
-                # stop the crawl: the distributor hands this to the driver, which says it in one line
-                raise disk_full_error(self.output) from None
-            traceback.print_exc()
-            print(f"shard {name} failed: {err}")
-            return False, row
-        fs, path = fs_and_path(row[1])
-        fs.rm(path)  # kept until now, so that img2dataset's retry of a failed shard can read it again
-        return True, row
+        failed = []
+        for spec in lane:
+            name = shard_name(spec.number, self.oom_shard_count)
+            if exists(join(self.output, f"{name}_stats.json")):
+                continue  # published by this lane's earlier try, in a worker that died after it
+            try:
+                self.download_shard(spec)
+                finish_shard(self.staging, self.output, name)
+            except Exception as err:  # noqa: BLE001 - the distributor runs a failed shard again
+                if disk_full(err):
+                    # stop the crawl: the distributor hands this to the driver, which says it in one line
+                    raise disk_full_error(self.output) from None
+                traceback.print_exc()
+                print(f"shard {name} failed: {err}")
+                failed.append(spec)
+        return (False, tuple(failed)) if failed else (True, lane)
 
-    def download_shard(self, row) -> None:
-        """img2dataset's download_shard with wit's fetcher: same staging files (tar, parquet, stats)."""
-        shard_id, shard_file = row
-        start = time.time()
-        fs, shard_path = fsspec.core.url_to_fs(shard_file)
-        with fs.open(shard_path, "rb") as f:
-            table = pa.ipc.open_file(f).read_all()
-        schema = table.schema
-        for name, kind in (("key", pa.string()), ("status", pa.string()), ("error_message", pa.string()),
-                           ("width", pa.int32()), ("height", pa.int32()), ("original_width", pa.int32()),
-                           ("original_height", pa.int32()), ("sha256", pa.string())):
-            schema = schema.append(pa.field(name, kind))
-        columns = table.select(self.column_list).to_pydict()
+    def download_shard(self, spec: ShardSpec) -> None:
+        """img2dataset's download_shard with wit's fetcher and the plan's rows: same staging files (tar, parquet,
+        stats), and each sample's .json in the manifest's words (`sample_meta`)."""
+        shard_id, start = spec.number, time.time()
+        table = json_ready(shard_rows(spec, self.column_list), self.column_list[len(CARRIED_COLUMNS):])
+        schema = staging_schema(table.schema)
+        columns = table.to_pydict()
         rows = list(zip(*(columns[c] for c in self.column_list)))
         del table, columns
         url_at, caption_at = self.column_list.index("url"), self.column_list.index("caption")
         invalid_at = self.column_list.index("invalid")
         writer = self.sample_writer_class(shard_id, self.staging, True, self.oom_shard_count, schema, "jpg")
         digits = math.ceil(math.log10(self.number_sample_per_shard))
+        shard = shard_name(shard_id, self.oom_shard_count)
         counts, errors, stats = Counter(), CappedCounter(), FetchStats()
 
-        def write(i: int, image, error: str | None, sizes=(None, None, None, None), sha256=None, status=None):
-            meta = {**dict(zip(self.column_list, rows[i])), "key": compute_key(i, shard_id, digits, self.oom_shard_count),
-                    "status": status or ("success" if error is None else "failed_to_download"),
-                    "error_message": error, "width": sizes[0], "height": sizes[1], "original_width": sizes[2],
-                    "original_height": sizes[3], "sha256": sha256}
-            counts[meta["status"]] += 1
+        def write(i: int, image, error: str | None, sizes=(None, None, None, None), sha256=None, resizing=False):
+            key = compute_key(i, shard_id, digits, self.oom_shard_count)
+            reason = rows[i][invalid_at] or (reason_for(error) if error is not None else None)
+            meta = sample_meta(self.column_list, rows[i], key, shard, reason, error, sizes, sha256)
+            # img2dataset's own tallies, for its stats file
+            counts["success" if error is None else "failed_to_resize" if resizing else "failed_to_download"] += 1
             errors.increment(error or "success")
-            writer.write(image, meta["key"], rows[i][caption_at], meta)
+            writer.write(image, key, rows[i][caption_at], meta)
 
         # a row the list reader marked invalid never reaches the fetcher, nor does one the revocation ledger revokes
         uid_at = self.column_list.index("uid")
@@ -285,20 +285,64 @@ class WitDownloader:
                 write(i, None, f"{REVOKED}: in the revocation ledger of {self.output}")
             else:
                 todo.append((i, r[url_at]))
-        for i, body, error in fetcher(self.fetch).fetch_rows(todo, stats):
+        for i, body, error in fetcher(self.fetch).fetch_rows(todo, stats, spec.budgets):
             if error is not None:
                 write(i, None, error)
                 continue
             image, width, height, original_width, original_height, error = self.resizer(io.BytesIO(body))
             if error is not None:
-                write(i, None, error, status="failed_to_resize")
+                write(i, None, error, resizing=True)
             else:
                 write(i, image, None, (width, height, original_width, original_height), hashlib.sha256(body).hexdigest())
         writer.close()
         write_stats(self.staging, shard_id, len(rows), counts["success"], counts["failed_to_download"],
                     counts["failed_to_resize"], start, time.time(), errors, self.oom_shard_count)
-        stats_file = join(self.staging, f"{shard_name(shard_id, self.oom_shard_count)}_stats.json")
+        stats_file = join(self.staging, f"{shard}_stats.json")
         write_json_atomic(stats_file, {**read_json(stats_file), "fetch": stats.to_json()})
+
+
+# A sample's .json and the staging parquet: the manifest's columns (status ok/failed, reason, detail), with the
+# list's saved columns after source_row. img2dataset's "success"/"failed_to_download" and error_message are left
+# to its stats file (count, successes, failed_to_download, failed_to_resize, status_dict), kept as it writes it.
+_SIZES_FIELDS = ("width", "height", "original_width", "original_height")
+
+
+def staging_schema(plan: pa.Schema) -> pa.Schema:
+    """The staging parquet's columns: the manifest's, with the saved list columns (their types from the plan)
+    after source_row."""
+    fields = [MANIFEST.field(n) for n in MANIFEST.names]
+    at = MANIFEST.names.index("source_row") + 1
+    extra = [plan.field(n) for n in plan.names if n not in CARRIED_COLUMNS]
+    return pa.schema(fields[:at] + extra + fields[at:])
+
+
+def sample_meta(column_list: list[str], row: tuple, key: str, shard: str, reason: str | None, detail: str | None,
+                sizes, sha256) -> dict:
+    """A row's metadata in the manifest's words: what the sample's .json holds, and its manifest row."""
+    values = dict(zip(column_list, row))
+    meta = {name: values[name] for name in ("uid", "url", "caption")}
+    meta.update(status=OK if reason is None else FAILED, reason=reason, detail=detail, shard=shard, key=key, **dict(zip(_SIZES_FIELDS, sizes)), sha256=sha256,
+                source_file=values["source_file"], source_row=values["source_row"])
+    meta.update((name, values[name]) for name in column_list[len(CARRIED_COLUMNS):])
+    return meta
+
+
+def json_ready(table: pa.Table, saved: list[str]) -> pa.Table:
+    """The saved list columns as JSON can hold them: numbers, text, booleans (and lists of them) as they are,
+    anything else (dates, decimals, bytes) as its text."""
+    for name in saved:
+        column = table[name]
+        if not _json_type(column.type):
+            text = pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())
+            table = table.set_column(table.schema.get_field_index(name), pa.field(name, pa.string()), text)
+    return table
+
+
+def _json_type(kind: pa.DataType) -> bool:
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _json_type(kind.value_type)
+    return (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+            or pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind))
 
 
 def revoked_rows(out: str, uids: list[str], urls: list[str]):
@@ -307,7 +351,7 @@ def revoked_rows(out: str, uids: list[str], urls: list[str]):
     return ledger.mask(uids=uids, urls=urls) if ledger else [False] * len(uids)
 
 
-def build_downloader(cfg, column_list: list[str], staging: str, name_width: int) -> WitDownloader:
+def build_downloader(cfg, staging: str, name_width: int) -> WitDownloader:
     """The worker's callable for a `wit download` config (ingest/config.py), naming shards `name_width` digits wide
     (the run record's: img2dataset's writers and keys take it as their `oom_shard_count`)."""
     from img2dataset.writer import WebDatasetSampleWriter
@@ -315,7 +359,7 @@ def build_downloader(cfg, column_list: list[str], staging: str, name_width: int)
     from wit.ingest.guard import GuardPolicy
 
     resizer = SafeResizer(
-        image_size=cfg.image_size, resize_mode=cfg.resize_mode, resize_only_if_bigger=False,
+        image_size=cfg.image_size, resize_mode=cfg.resize_mode, resize_only_if_bigger=cfg.resize_only_if_bigger,
         upscale_interpolation="lanczos", downscale_interpolation="area", encode_quality=cfg.encode_quality,
         encode_format="jpg", skip_reencode=False, disable_all_reencoding=False, min_image_size=0,
         max_image_area=float("inf"), max_aspect_ratio=cfg.max_aspect_ratio or float("inf"),
@@ -326,10 +370,11 @@ def build_downloader(cfg, column_list: list[str], staging: str, name_width: int)
         deadline=cfg.deadline or 2 * cfg.timeout, min_rate=cfg.min_rate, concurrency=cfg.threads,
         per_host=cfg.per_host, per_host_rate=cfg.per_host_rate, host_failures=cfg.host_failures,
         retries=cfg.retries, max_bytes=cfg.max_bytes, user_agent_token=cfg.user_agent_token,
-        header_optouts=cfg.header_optouts, robots=not cfg.ignore_robots,
+        header_optouts=cfg.header_optouts, robots=not cfg.ignore_robots, robots_cache=join(cfg.out, "_wit", "robots"),
     )
     return WitDownloader(fetch=fetch, resizer=resizer, sample_writer_class=WebDatasetSampleWriter,
-                         column_list=column_list, staging=staging, output=cfg.out,
+                         column_list=CARRIED_COLUMNS + list(cfg.save_additional_columns), staging=staging,
+                         output=cfg.out,
                          number_sample_per_shard=cfg.shard_size, oom_shard_count=name_width)
 
 
@@ -348,46 +393,16 @@ def _quiet_disk_full_at_exit() -> None:
     sys.unraisablehook = hook
 
 
-def to_manifest(raw: pa.Table, shard: str) -> pa.Table:
-    """img2dataset's per-shard parquet -> wit's manifest: one row per input row, with status and reason."""
-    d = raw.to_pydict()
-    n = raw.num_rows
-    status, reason = [], []
-    for i in range(n):
-        if d["invalid"][i]:
-            status.append(FAILED)
-            reason.append(d["invalid"][i])
-        elif d["status"][i] == "success":
-            status.append(OK)
-            reason.append(None)
-        else:
-            status.append(FAILED)
-            reason.append(reason_for(d["error_message"][i]))
-    ok = [s == OK for s in status]
-    columns = {
-        "uid": d["uid"],
-        "url": d["url"],
-        "caption": d["caption"],
-        "status": status,
-        "reason": reason,
-        "detail": d["error_message"],
-        "shard": [shard] * n,
-        "key": d["key"],
-        "width": d["width"],
-        "height": d["height"],
-        "original_width": d["original_width"],
-        "original_height": d["original_height"],
-        "sha256": [h if good else None for h, good in zip(d["sha256"], ok)],
-        "source_file": d["source_file"],
-        "source_row": d["source_row"],
-    }
-    return pa.table(columns, schema=MANIFEST).sort_by("key")
+def to_manifest(raw: pa.Table) -> pa.Table:
+    """The staging parquet (one row per input row, in the manifest's words already: `sample_meta`) as the shard's
+    manifest: MANIFEST's columns, then the saved list columns with the plan's types."""
+    return raw.sort_by("key")
 
 
 def finish_shard(staging: str, output: str, name: str) -> None:
     """Convert, verify and publish one shard: tar, then manifest, then stats (the done marker) last."""
     fs, _ = fs_and_path(staging)
-    manifest = to_manifest(read_parquet(join(staging, f"{name}.parquet")), name)
+    manifest = to_manifest(read_parquet(join(staging, f"{name}.parquet")))
     ok_keys = {k for k, s in zip(manifest["key"].to_pylist(), manifest["status"].to_pylist()) if s == OK}
     keys = tar_keys(join(staging, f"{name}.tar"))
     if problem := key_mismatch(keys, ok_keys):

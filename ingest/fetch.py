@@ -1,15 +1,17 @@
 """The crawler's fetcher: one asyncio event loop per worker process (aiohttp), every guard rule on every hop.
 
-A row goes through, in order: a politeness slot on its host (`--per-host`; waiting costs no thread), the host's
-breaker (`host_unreachable` once it tripped), a connection slot (`--threads` requests in flight), robots.txt of
-the host (fetched once per worker, shared by its rows), then its attempts. An attempt follows redirects itself,
+A row goes through, in order: a politeness slot on its host (the shard's part of `--per-host`, ingest/plan.py;
+waiting costs no thread), the host's breaker (`host_unreachable` once it tripped), its turn under the shard's part
+of `--per-host-rate`, the host's Retry-After and its 429s (the adaptive rate, hosts.py), a connection slot
+(`--threads` requests in flight), robots.txt of the host (fetched once per crawl, shared by its rows, robots.py),
+then its attempts. An attempt follows redirects itself,
 and each hop is parsed (`guard.parse_target`), resolved and checked (`guard.Resolver`) and, unless
 `--ignore-robots`, checked against that host's robots.txt. Each request has `--timeout` for connect and headers
 together; a body takes a memory slot when it starts (at most 2 x `--threads` bodies being read or waiting for the
 resizer) and must keep up `--min-rate` over every `RATE_WINDOW`. The row ends at `--deadline`, counted from the
 moment it holds its host's slot and pacing turn: every wait for a robots.txt (of each hop's host), every attempt and
-backoff included. Transient failures are retried (`--retries`) after an exponential backoff with jitter while
-the deadline allows.
+backoff included. Transient failures are retried (`--retries`) after an exponential backoff with jitter, or
+the Retry-After of a 429 or 503 (seconds or an HTTP date) when it asks for longer, while the deadline allows.
 """
 from __future__ import annotations
 
@@ -20,8 +22,10 @@ import queue
 import random
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from urllib.parse import urljoin
 
 import aiohttp
@@ -31,13 +35,14 @@ from wit.ingest import robots
 from wit.ingest.config import HEADER_OPTOUTS
 from wit.ingest.crawl_stats import FetchStats
 from wit.ingest.guard import Blocked, GuardPolicy, InvalidURL, Resolver, Target, parse_target
-from wit.ingest.hosts import Host, Hosts
+from wit.ingest.hosts import Budgets, Host, Hosts
 from wit.ingest.reasons import is_transient
 
 RATE_WINDOW = 3.0  # seconds: a body slower than --min-rate over a whole window is dropped (`too_slow`)
 BACKOFF = 0.5  # seconds before the first retry; doubled each time, times a jitter in [0.5, 1)
 MAX_HOPS = 10  # redirects followed, as urllib
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
+ROBOTS_POLL = 0.1  # seconds between looks at a robots.txt answer another process is fetching
 BREAKER_REASONS = frozenset({"connection_error", "timeout", "deadline", "too_slow"})
 
 
@@ -48,14 +53,15 @@ class FetchSettings:
     deadline: float = 20.0  # everything one row may take: attempts, redirects, backoff
     min_rate: float = 1024.0  # bytes/s over each RATE_WINDOW once the body started; 0: no floor
     concurrency: int = 64  # requests in flight per process
-    per_host: int = 8  # requests in flight per host and process
-    per_host_rate: float = 0.0  # requests per second per host and process; 0: no limit
+    per_host: int = 8  # requests in flight per host, in a shard whose plan names no part of it
+    per_host_rate: float = 0.0  # requests per second per host, likewise; 0: no limit
     host_failures: int = 5  # consecutive connect failures/timeouts that trip a host's breaker; 0: never
     retries: int = 0
     max_bytes: int = 20 * 2**20
     user_agent_token: str = "wit"
     header_optouts: tuple[str, ...] = HEADER_OPTOUTS  # X-Robots-Tag directives honoured
     robots: bool = True  # honour robots.txt and `tdm-reservation: 1`
+    robots_cache: str | None = None  # the crawl's folder of robots.txt answers (robots.CrawlCache); None: per process
 
     @property
     def user_agent(self) -> str:
@@ -65,10 +71,12 @@ class FetchSettings:
 
 @dataclass
 class _Job:
-    """One shard's rows: its account, and the memory slots its bodies hold (from their first byte until the
-    resizer took them; per shard, so that a shard given up half-way leaks none into the next)."""
+    """One shard's rows: its account, its part of each host's budget, and the memory slots its bodies hold (from
+    their first byte until the resizer took them; per shard, so that a shard given up half-way leaks none into the
+    next)."""
     stats: FetchStats
     buffers: asyncio.Semaphore
+    budgets: Budgets
 
 
 class Failure(Exception):
@@ -100,7 +108,9 @@ class Fetcher:
     async def _open(self) -> None:
         s = self.settings
         self.resolver = Resolver(s.policy)
-        self.hosts = Hosts(s.per_host, s.per_host_rate, s.host_failures)
+        self.hosts = Hosts(s.host_failures)
+        self.robots_cache = (robots.CrawlCache(s.robots_cache, stale_after=s.deadline + 10)
+                             if s.robots and s.robots_cache else None)
         self.connections = asyncio.Semaphore(s.concurrency)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(resolver=self.resolver, use_dns_cache=False, limit=0, keepalive_timeout=30),
@@ -116,10 +126,14 @@ class Fetcher:
             except Exception:  # noqa: BLE001 - at exit, a connection that will not close is no reason to fail
                 pass
 
-    def fetch_rows(self, rows: list[tuple[int, str]], stats: FetchStats) -> Iterator[tuple[int, bytes | None, str | None]]:
-        """(key, body, None) or (key, None, error) for each (key, url), in the order they finish."""
+    def fetch_rows(self, rows: list[tuple[int, str]], stats: FetchStats, budgets: tuple = ()
+                   ) -> Iterator[tuple[int, bytes | None, str | None]]:
+        """(key, body, None) or (key, None, error) for each (key, url), in the order they finish. budgets: the
+        shard's part of the budget of the hosts the plan names, (host, requests in flight, requests per second)."""
         done: queue.SimpleQueue = queue.SimpleQueue()
-        job = asyncio.run_coroutine_threadsafe(_new_job(stats, 2 * self.settings.concurrency), self.loop).result()
+        s = self.settings
+        job = asyncio.run_coroutine_threadsafe(
+            _new_job(stats, 2 * s.concurrency, Budgets(s.per_host, s.per_host_rate, budgets)), self.loop).result()
         running = asyncio.run_coroutine_threadsafe(self._fetch_all(rows, done.put, job), self.loop)
         freed = 0  # memory slots to give back: in batches, each wakeup of the loop costs a thread switch
         try:
@@ -167,15 +181,15 @@ class Fetcher:
         host = self.hosts.get(target.key)
         host.users += 1
         try:
-            async with host.slots:
+            async with job.budgets.slots(target.key):
                 if self.hosts.tripped(host):
                     raise Failure("host_unreachable", f"{target.key} failed {s.host_failures} times in a row")
-                await self.hosts.pace(host)
+                await self.hosts.pace(host, job.budgets.rate_of(target.key))
                 deadline_at = loop.time() + s.deadline  # from here on, everything the row does counts
                 if s.robots:
                     async with self.connections:
                         await self._robots_allow(target, host, url, deadline_at, job)
-                body = await self._attempts(url, host, deadline_at, job)
+                body = await self._attempts(url, target.key, host, deadline_at, job)
             job.stats.row(target.key, None)
             return body, None
         except Failure as failure:
@@ -184,7 +198,7 @@ class Fetcher:
         finally:
             host.users -= 1
 
-    async def _attempts(self, url: str, host: Host, deadline_at: float, job: _Job) -> bytes:
+    async def _attempts(self, url: str, key: str, host: Host, deadline_at: float, job: _Job) -> bytes:
         loop, attempt = asyncio.get_running_loop(), 0
         while True:
             try:
@@ -194,15 +208,16 @@ class Fetcher:
                 return body
             except Failure as failure:
                 pause = max(BACKOFF * 2**attempt * random.uniform(0.5, 1.0), failure.retry_after)
+                turn = max(pause, self.hosts.turn_in(host))  # the host's Retry-After and 429s hold every row
                 if (attempt == self.settings.retries or not is_transient(failure.reason)
-                        or failure.reason in ("deadline", "host_unreachable") or loop.time() + pause >= deadline_at):
+                        or failure.reason in ("deadline", "host_unreachable") or loop.time() + turn >= deadline_at):
                     raise
                 if self.hosts.tripped(host):
                     raise Failure("host_unreachable", f"{failure}; then the host's breaker tripped") from None
             attempt += 1
             job.stats.retries += 1
             await asyncio.sleep(pause)
-            await self.hosts.pace(host)
+            await self.hosts.pace(host, job.budgets.rate_of(key))
 
     # ------------------------------------------------------------------------------------------- one attempt
     def _target(self, url: str) -> Target:
@@ -252,8 +267,15 @@ class Fetcher:
             result = await self._exchange(url, target, host, deadline_at, job)
         except Failure as failure:
             (self.hosts.failed if failure.reason in BREAKER_REASONS else self.hosts.answered)(host)
+            if failure.reason == "http_429":
+                self.hosts.throttled(host, failure.retry_after)
+                if job is not None:
+                    job.stats.throttled(target.key)
+            elif failure.retry_after:
+                self.hosts.asked_to_wait(host, failure.retry_after)
             raise
         self.hosts.answered(host)
+        self.hosts.not_throttled(host)
         return result
 
     async def _exchange(self, url: str, target: Target, host: Host, deadline_at: float, job: _Job | None):
@@ -339,8 +361,9 @@ class Fetcher:
 
     # --------------------------------------------------------------------------------------------- robots.txt
     async def _robots_allow(self, target: Target, host: Host, url: str, deadline_at: float, job: _Job) -> None:
-        """Whether robots.txt lets the row fetch url. The host's robots.txt is fetched once, under a deadline of its
-        own, and shared by the host's rows: each row waits for it only until its own deadline."""
+        """Whether robots.txt lets the row fetch url. The host's robots.txt is read once per crawl (`_robots_answer`),
+        under a deadline of its own, and shared by the host's rows: each row waits for it only until its own
+        deadline."""
         previous = host.robots
         if previous is None or previous.cancelled() or (previous.done() and isinstance(previous.exception(), Failure)):
             host.robots = asyncio.ensure_future(self._robots_rules(target, job))  # never fetched, or the host did not answer
@@ -359,11 +382,37 @@ class Fetcher:
             raise Failure("robots_disallowed", f"robots.txt of {target.key} disallows it")
 
     async def _robots_rules(self, target: Target, job: _Job):
+        return robots.rules(*await self._robots_answer(target, job))
+
+    async def _robots_answer(self, target: Target, job: _Job) -> tuple[int, bytes]:
+        """The host's robots.txt (status, body): the crawl's kept answer, or fetched by this process when it is the
+        first to claim it (robots.CrawlCache), or the answer another process fetched, once it is kept."""
+        cache, key = self.robots_cache, target.key
+        if cache is None:
+            return await self._fetch_robots(target, job)
+        while True:
+            kept = await asyncio.to_thread(cache.read, key)
+            if kept is not None:
+                return kept
+            if await asyncio.to_thread(cache.claim, key):
+                break
+            if await asyncio.to_thread(cache.claim_is_stale, key):
+                await asyncio.to_thread(cache.release, key)  # its process died mid-fetch: take it over
+                continue
+            await asyncio.sleep(ROBOTS_POLL)
+        try:
+            status, body = await self._fetch_robots(target, job)
+            if status < 500:  # a 5xx says "not now": not kept for the crawl
+                await asyncio.to_thread(cache.store, key, status, body)
+            return status, body
+        finally:
+            cache.release(key)  # not awaited: a cancelled fetch releases its claim too
+
+    async def _fetch_robots(self, target: Target, job: _Job) -> tuple[int, bytes]:
         authority = f"[{target.host}]" if ":" in target.host else target.host
         url = f"{target.scheme}://{authority}:{target.port}/robots.txt"
         deadline_at = asyncio.get_running_loop().time() + self.settings.deadline
-        status, body = await self._get(url, deadline_at, job, image=False)
-        return robots.rules(status, body)
+        return await self._get(url, deadline_at, job, image=False)
 
 
 def _request_url(url: str, target: Target, allow_userinfo: bool) -> yarl.URL:
@@ -381,9 +430,8 @@ def _request_url(url: str, target: Target, allow_userinfo: bool) -> yarl.URL:
 
 def _check_answer(response, s: FetchSettings) -> None:
     if response.status >= 400:
-        retry_after = response.headers.get("Retry-After", "")
-        raise Failure(f"http_{response.status}", f"HTTP Error {response.status}: {response.reason}",
-                      float(retry_after) if retry_after.isdigit() else 0.0)
+        wait = retry_after(response.headers.get("Retry-After", "")) if response.status in (429, 503) else 0.0
+        raise Failure(f"http_{response.status}", f"HTTP Error {response.status}: {response.reason}", wait)
     if response.status >= 300:  # a redirect without a Location (or a 304): its body is not the image
         raise Failure("bad_response", f"{response.status} {response.reason} with no Location to follow")
     optouts = response.headers.getall("X-Robots-Tag", [])
@@ -391,6 +439,21 @@ def _check_answer(response, s: FetchSettings) -> None:
         raise Failure("robots_optout", "use of the image disallowed by an X-Robots-Tag directive")
     if s.robots and response.headers.get("tdm-reservation", "").strip() == "1":
         raise Failure("tdm_reserved", "text and data mining rights reserved (TDMRep header tdm-reservation: 1)")
+
+
+def retry_after(value: str, now: float | None = None) -> float:
+    """Seconds a Retry-After header asks to wait: a number of seconds or an HTTP date (RFC 9110 10.2.3); 0 when
+    it is neither, or a date already past."""
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return 0.0
+    if when.tzinfo is None:  # a date without a zone is not an HTTP date; read as UTC, as GMT is meant
+        return 0.0
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def classify(err: BaseException) -> Failure:
@@ -441,5 +504,5 @@ def _release(semaphore: asyncio.Semaphore, n: int) -> None:
         semaphore.release()
 
 
-async def _new_job(stats: FetchStats, buffers: int) -> _Job:
-    return _Job(stats, asyncio.Semaphore(buffers))  # made on the loop that uses it
+async def _new_job(stats: FetchStats, buffers: int, budgets: Budgets) -> _Job:
+    return _Job(stats, asyncio.Semaphore(buffers), budgets)  # made on the loop that uses it

@@ -111,6 +111,14 @@ def parse_target(url: str, allow_userinfo: bool = False) -> Target:
     return Target(parts.scheme, host, port if port is not None else (443 if parts.scheme == "https" else 80))
 
 
+def host_key(url: str) -> str | None:
+    """The key politeness keeps a URL's host by (`Target.key`), or None for a URL that will never be fetched."""
+    try:
+        return parse_target(url, allow_userinfo=True).key
+    except InvalidURL:
+        return None
+
+
 def is_host_name(host: str) -> bool:
     """An IP literal, or a DNS name whose labels are letters, digits, '-' and '_' (IDNs through IDNA). The
     numeric forms that inet_aton would read as an address (`127.1`, `0x7f.0.0.1`, `2130706433`) are not."""

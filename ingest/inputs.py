@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -24,15 +25,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from wit.ingest.config import DownloadConfig
+from wit.ingest.guard import host_key
 from wit.ingest.output import crawl_sql, entries, name_width, planned_shards, read_record, run_record_url
 from wit.shards.lists import BATCH_ROWS, find_lists, iter_list_batches
 from wit.shards.runner import run_map
-from wit.shards.schema import INPUT, repeat_uid
+from wit.shards.schema import INPUT, MANIFEST, repeat_uid
 from wit.shards.sql import sql_errors
 from wit.shards.storage import WitError, exists, fs_and_path, join, move, write_json_atomic
 from wit.shards.tables import open_parquet, read_row_count, write_parquet, write_parquet_stream
 
 REPEAT = pa.schema([pa.field("source_row", pa.int64()), pa.field("n", pa.int64())])
+
+
+HOST = pa.field("host", pa.string())  # after INPUT's columns: the key of the host's politeness (guard.host_key)
 
 
 @dataclass(frozen=True)
@@ -42,10 +47,15 @@ class ListTask:
     fmt: str | None
     url_col: str | None
     caption_col: str | None
+    extra: tuple[str, ...] = ()  # --save-additional-columns
 
 
 def prepare_inputs(cfg: DownloadConfig) -> list[int]:
     """Normalise every list into `_wit/input/`; refuse an output that holds other lists' crawl. Row counts."""
+    for name in cfg.save_additional_columns:
+        if name in MANIFEST.names or name in (HOST.name, "invalid"):
+            raise WitError(f"--save-additional-columns {name}: wit writes a column of that name itself; save the "
+                           "list's column under another name")
     files = find_lists(list(cfg.lists))
     record = read_record(cfg.out) if exists(run_record_url(cfg.out)) else {}
     record = _upgrade(cfg.out, record)
@@ -53,6 +63,7 @@ def prepare_inputs(cfg: DownloadConfig) -> list[int]:
     final = join(cfg.out, "_wit", "input")
     sources = lists_fingerprint(files)
     if (sources and record.get("sources_sha256") == sources and record.get("shard_size") == cfg.shard_size
+            and record.get("additional_columns", []) == list(cfg.save_additional_columns)
             and _holds(final, names, record["rows"])):
         return record["rows"]  # the same lists, untouched since they were normalised
 
@@ -60,30 +71,36 @@ def prepare_inputs(cfg: DownloadConfig) -> list[int]:
     fs, prepare_path = fs_and_path(prepare)
     _remove(fs, prepare_path)  # a prepare that was cut short
     staged = join(prepare, "input")
-    tasks = [ListTask(f, join(staged, f"{n}.parquet"), cfg.input_format, cfg.url_col, cfg.caption_col)
-             for f, n in zip(files, names)]
+    tasks = [ListTask(f, join(staged, f"{n}.parquet"), cfg.input_format, cfg.url_col, cfg.caption_col,
+                      cfg.save_additional_columns) for f, n in zip(files, names)]
     engine = {"engine": "ray" if cfg.distributor == "ray" else "local", "workers": cfg.processes,
               "ray_address": cfg.ray_address}
     read = run_map(normalise_list, tasks, **engine)
     fingerprint = {"lists": files, "rows": [r["rows"] for r in read], "shard_size": cfg.shard_size,
                    "pairs_sha256": hashlib.sha256("\n".join(r["pairs_sha256"] for r in read).encode()).hexdigest()}
+    if cfg.save_additional_columns or record.get("additional_columns"):  # absent from records of crawls without
+        fingerprint["additional_columns"] = list(cfg.save_additional_columns)
     repeats = number_repeats(cfg, [t.target for t in tasks], join(prepare, "repeats"))
     run_map(apply_repeats, [(tasks[i].target, path) for i, path in repeats], **engine)
 
     if "uids_sha256" in record and "pairs_sha256" not in record and _legacy_digest(tasks) == record["uids_sha256"]:
         record = {**record, "pairs_sha256": fingerprint["pairs_sha256"]}  # a record from before pairs_sha256
-    if record and {k: record.get(k) for k in fingerprint} != fingerprint:
+    # the lists' content decides, not their paths: a project folder copied or moved elsewhere is the same crawl
+    content = [k for k in fingerprint if k != "lists"]
+    if record and {k: record.get(k) for k in content} != {k: fingerprint[k] for k in content}:
         _remove(fs, prepare_path)
         raise WitError(
-            f"{cfg.out}: holds a crawl of other lists or another shard size ({run_record_url(cfg.out)}); "
-            "use a new output folder, or delete this one to start over"
+            f"{cfg.out}: holds a crawl of other lists, another shard size or other --save-additional-columns "
+            f"({run_record_url(cfg.out)}); use a new output folder, or delete this one to start over"
         )
     if not (record and _holds(final, names, fingerprint["rows"])):  # else the input in place is this very one
         _replace_folder(fs, fs_and_path(staged)[1], fs_and_path(final)[1])
     _remove(fs, prepare_path)
-    # the names' width is chosen once, by the crawl's first run; a record without one is from before: five digits
-    width = {} if record else {"name_width": name_width(planned_shards(fingerprint["rows"], cfg.shard_size))}
-    write_json_atomic(run_record_url(cfg.out), {**record, **fingerprint, **width, "sources_sha256": sources})
+    # the names' width and the order of rows into shards are chosen once, by the crawl's first run; a record
+    # without them is from before: five digits, and the lists' order
+    first = {} if record else {"plan": "hosts",
+                               "name_width": name_width(planned_shards(fingerprint["rows"], cfg.shard_size, True))}
+    write_json_atomic(run_record_url(cfg.out), {**record, **fingerprint, **first, "sources_sha256": sources})
     return fingerprint["rows"]
 
 
@@ -108,17 +125,29 @@ def lists_fingerprint(files: list[str]) -> str | None:
 
 
 def normalise_list(task: ListTask) -> dict:
-    """One list -> its normalised input (pair uids, numbered later), written batch by batch as it is read (never
-    the whole list in memory); its row count and a digest of its pairs."""
+    """One list -> its normalised input (pair uids, numbered later; each row's host), written batch by batch as it
+    is read (never the whole list in memory); its row count and a digest of its pairs."""
     digest = LineDigest()
+    batches = (with_hosts(batch) for batch in iter_list_batches(task.src, task.fmt, task.url_col, task.caption_col,
+                                                                 extra=task.extra))
+    first = next(batches)  # a list is never empty (iter_list_batches says so in one line): its schema
 
-    def batches():
-        for batch in iter_list_batches(task.src, task.fmt, task.url_col, task.caption_col):
+    def digested():
+        for batch in itertools.chain([first], batches):
             digest.update(batch.column(0).to_pylist())
             yield batch
 
-    rows = write_parquet_stream(task.target, INPUT, batches())
+    rows = write_parquet_stream(task.target, first.schema, digested())
     return {"rows": rows, "pairs_sha256": digest.hexdigest()}
+
+
+def with_hosts(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The batch with each row's host (null where the URL is invalid: it is never fetched) after INPUT's columns."""
+    hosts = [None if bad else host_key(url) for url, bad in zip(batch.column("url").to_pylist(),
+                                                                batch.column("invalid").to_pylist())]
+    at = len(INPUT)
+    return pa.RecordBatch.from_arrays([*batch.columns[:at], pa.array(hosts, pa.string()), *batch.columns[at:]],
+                                      schema=batch.schema.insert(at, HOST))
 
 
 class LineDigest:
@@ -190,7 +219,7 @@ def apply_repeats(task: tuple[str, str]) -> None:
                 batch = batch.set_column(0, INPUT.field("uid"), pc.replace_with_mask(uids, mask, pa.array(new)))
             yield batch
 
-    write_parquet_stream(target, INPUT, batches())
+    write_parquet_stream(target, open_parquet(target).schema_arrow, batches())
 
 
 class _Repeats:

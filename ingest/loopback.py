@@ -24,11 +24,13 @@ Routes:  /img/<name>        the image            /404, /500, /503    that status
          /robots.txt        `robots_txt` when set, else 404; after `robots_delay` seconds
 
 What the server saw is kept for tests: `requests` (paths), `request_times` ((monotonic time, path)),
-`answer_times` ((wall-clock time, path, status) of every answer sent whole, just before its last bytes),
+`answer_times` ((wall-clock time, path, status) of every answer sent whole, just before its last bytes), `spans`
+((monotonic start, end, path) of every request: when it came and when it stopped counting as in flight),
 `held` ((path, seconds the client kept a slow route's connection)), `max_connections` (most TCP connections open
 at once) and `max_in_flight` (most requests being answered at once). A request stops counting as in flight just
 before the last bytes of its answer leave: a client that has the whole answer (and sends its next request) can
-never see it still counted, so the peak is exact for the answers sent whole. `closed_port` and `StuckListener` stand in for
+never see it still counted, so the peak is exact for the answers sent whole. A request the client gives up on
+(a trickle, a hang) ends when its client closes the connection: every new request first ends those. `closed_port` and `StuckListener` stand in for
 dead hosts: nothing listening (refused at once), and a listener that never accepts (connects hang).
 """
 from __future__ import annotations
@@ -78,9 +80,11 @@ class LoopbackImageServer:
         self.flaky_seen: Counter = Counter()
         self.busy_seen: Counter = Counter()
         self.answer_times: list[tuple[float, str, int]] = []
+        self.spans: list[tuple[float, float, str]] = []
         self.gate = threading.Event()
         self.connections = self.max_connections = self.in_flight = self.max_in_flight = 0
         self._lock = threading.Lock()
+        self._live: dict = {}  # handler of each request in flight -> when it came
         self.httpd = _Server((host, port), self._handler())
         self.host, self.port = self.httpd.server_address[:2]
         self.url = f"http://{self.host}:{self.port}"
@@ -102,10 +106,37 @@ class LoopbackImageServer:
 
     def _count(self, attr: str, step: int) -> None:
         with self._lock:
-            value = getattr(self, attr) + step
-            setattr(self, attr, value)
-            peak = "max_" + attr
-            setattr(self, peak, max(getattr(self, peak), value))
+            self._count_locked(attr, step)
+
+    def _count_locked(self, attr: str, step: int) -> None:
+        value = getattr(self, attr) + step
+        setattr(self, attr, value)
+        peak = "max_" + attr
+        setattr(self, peak, max(getattr(self, peak), value))
+
+    def _begin(self, request) -> None:
+        """A request is in flight; first, those whose client has closed its connection no longer are. A client
+        closes a connection it gives up on before it sends its next request, and its close reaches this host's
+        kernel first, so the peak never counts a request its client has left (however late its thread notices)."""
+        with self._lock:
+            for other in [r for r in self._live if _peer_closed(r.connection)]:
+                self._end_locked(other, None)
+            self._live[request] = time.monotonic()
+            self._count_locked("in_flight", 1)
+
+    def _end(self, request, status: int | None) -> None:
+        with self._lock:
+            self._end_locked(request, status)
+
+    def _end_locked(self, request, status: int | None) -> None:
+        """The request is no longer in flight (once); an answer sent whole is timed."""
+        started = self._live.pop(request, None)
+        if started is None:
+            return
+        self._count_locked("in_flight", -1)
+        self.spans.append((started, time.monotonic(), request.path))
+        if status is not None:
+            self.answer_times.append((time.time(), request.path, status))
 
     def _handler(self):
         server = self
@@ -131,8 +162,7 @@ class LoopbackImageServer:
                     server.request_times.append((time.monotonic(), self.path))
                 path = urlsplit(self.path).path
                 head, _, name = path.lstrip("/").partition("/")
-                server._count("in_flight", 1)
-                self.counted = True
+                server._begin(self)
                 try:
                     self._route(head, name, path)
                 except (BrokenPipeError, ConnectionResetError):
@@ -141,13 +171,7 @@ class LoopbackImageServer:
                     self._answered()
 
             def _answered(self, status: int | None = None):
-                """The request is no longer in flight (once); an answer sent whole is timed."""
-                if self.counted:
-                    self.counted = False
-                    server._count("in_flight", -1)
-                    if status is not None:
-                        with server._lock:
-                            server.answer_times.append((time.time(), self.path, status))
+                server._end(self, status)
 
             def _route(self, head, name, path):
                 image = server.images.get(name)
@@ -201,6 +225,7 @@ class LoopbackImageServer:
                 if path == "/reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.close_connection = True
+                    self._answered()  # before the reset reaches the client
                     return self.connection.close()
                 if path == "/corrupt.jpg":
                     first = next(iter(server.images.values()))
@@ -257,6 +282,8 @@ class LoopbackImageServer:
                     if self._client_gone(server.slowok_seconds / pieces):
                         self.close_connection = True
                         break
+                    if i + step >= len(image):
+                        self._answered(200)  # before the last piece: the client then has the whole answer
                     self.wfile.write(image[i:i + step])
                 with server._lock:
                     server.held.append((urlsplit(self.path).path, time.monotonic() - start))
@@ -311,6 +338,16 @@ class LoopbackImageServer:
                 self.close_connection = True
 
         return Handler
+
+
+def _peer_closed(sock) -> bool:
+    """Whether the other end has closed the connection (read without waiting and without taking any data)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:  # reset, or closed here
+        return True
 
 
 def closed_port(host: str = "127.0.0.3") -> int:

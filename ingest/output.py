@@ -39,9 +39,17 @@ def name_width(planned: int) -> int:
     return max(NAME_WIDTH, len(str(10 * planned - 1)))
 
 
-def planned_shards(rows: list[int], shard_size: int) -> int:
-    """The crawl's own shards: each list's rows cut into shards of `shard_size` (img2dataset's reader)."""
+def planned_shards(rows: list[int], shard_size: int, by_hosts: bool) -> int:
+    """The crawl's own shards: all its rows cut into shards of `shard_size` once they are planned by host
+    (ingest/plan.py), else each list's rows by themselves (img2dataset's reader; crawls from before plans)."""
+    if by_hosts:
+        return math.ceil(sum(rows) / shard_size)
     return sum(math.ceil(n / shard_size) for n in rows)
+
+
+def by_hosts(record: dict) -> bool:
+    """Whether the crawl's rows are planned into shards by host (every crawl since plans), not in list order."""
+    return record.get("plan") == "hosts"
 
 
 def shard_name(number: int, width: int) -> str:
@@ -87,7 +95,7 @@ def check_own_folder(out: str) -> None:
 
 def own_shards(record: dict) -> OwnShards:
     """The shards the run record lists, named at the width it keeps (five for a record from before it kept one)."""
-    crawl = planned_shards(record.get("rows", []), record["shard_size"])
+    crawl = planned_shards(record.get("rows", []), record["shard_size"], by_hosts(record))
     ranges = [range(crawl)] + [range(first, stop) for first, stop in record.get("retries", [])]
     return OwnShards(tuple(ranges), record.get("name_width", NAME_WIDTH))
 

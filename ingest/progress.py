@@ -1,8 +1,10 @@
 """A progress bar over pairs, fed by the stats files that finished shards publish (works for any distributor);
-plain periodic lines instead of a bar when stderr is not a terminal (wit.shards.progress)."""
+plain periodic lines instead of a bar when stderr is not a terminal (wit.shards.progress). Its figures: ok and
+failed rows, rows/s of this run, and on a resume the shards an earlier run finished (their rows start the bar)."""
 from __future__ import annotations
 
 import threading
+import time
 
 from wit.shards.progress import bar
 from wit.shards.storage import join, read_json
@@ -14,22 +16,31 @@ class ShardProgress:
         self.out, self.every = out, every
         self.shards = own_shards(read_record(out))
         self.seen = set(crawl_shard_names(out, self.shards))
-        self.bar = bar(total=total_rows, unit="pair", desc="download", disable=not enabled)
         self.ok = self.failed = 0
-        for name in self.seen:
-            self._add(name)
+        before = sum(self._count(name) for name in self.seen)
+        self.earlier = f"{len(self.seen):,} shards" if self.seen else None
+        self.bar = bar(total=total_rows, initial=before, unit="pair", desc="download", disable=not enabled)
+        self.started, self.rows = time.monotonic(), 0
+        self._show()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
-    def _add(self, name: str) -> None:
+    def _count(self, name: str) -> int:
+        """Add a finished shard's ok and failed rows; its rows."""
         try:
             wit = read_json(join(self.out, f"{name}_stats.json"))["wit"]
         except Exception:
-            return
+            return 0
         self.ok += wit["samples"]
         self.failed += wit["rows"] - wit["samples"]
-        self.bar.update(wit["rows"])
-        self.bar.set_postfix(ok=self.ok, failed=self.failed, refresh=False)
+        return wit["rows"]
+
+    def _show(self) -> None:
+        elapsed = time.monotonic() - self.started
+        figures = {"ok": self.ok, "failed": self.failed, "rows/s": f"{self.rows / elapsed:.1f}" if elapsed else "-"}
+        if self.earlier:
+            figures["done before"] = self.earlier
+        self.bar.set_postfix(figures, refresh=False)
 
     def _poll(self) -> None:
         while not self._stop.wait(self.every):
@@ -38,7 +49,10 @@ class ShardProgress:
     def _refresh(self) -> None:
         for name in sorted(set(crawl_shard_names(self.out, self.shards)) - self.seen, key=int):
             self.seen.add(name)
-            self._add(name)
+            rows = self._count(name)
+            self.rows += rows
+            self._show()
+            self.bar.update(rows)
 
     def __enter__(self):
         self._thread.start()

@@ -44,6 +44,27 @@ def summarize(out: str, started: float | None = None, new_shards: set[str] | fro
     }
 
 
+# Failures that the run's own rules caused, and the flag that changes the rule.
+RULE_FLAGS = {
+    "ssrf_blocked": "--allow-net CIDR (their hosts are loopback, private or link-local addresses)",
+    "robots_disallowed": "--ignore-robots (their robots.txt disallows them)",
+    "robots_optout": "--ignore-robots (their answers opt out with X-Robots-Tag)",
+    "tdm_reserved": "--ignore-robots (their answers reserve text and data mining rights)",
+}
+
+
+def rules_problem(s: dict) -> str | None:
+    """A crawl where no row succeeded and every failure came from the run's own rules (and malformed URLs): one
+    line that says which flag to pass. None when any row succeeded, or any failed for a reason of the web."""
+    reasons = s["failures_by_reason"]
+    ruled = {r: n for r, n in reasons.items() if r in RULE_FLAGS}
+    if s["ok"] or not ruled or set(reasons) - set(RULE_FLAGS) - {"invalid_url"}:
+        return None
+    counts = ", ".join(f"{n:,} {r}" for r, n in ruled.items())
+    flags = "; ".join(dict.fromkeys(f"to fetch them anyway pass {RULE_FLAGS[r]}" for r in ruled))
+    return f"{s['output']}: no row was fetched ({counts}): {flags}; then run the same command again"
+
+
 def format_summary(s: dict) -> str:
     lines = [
         f"output        {s['output']}",

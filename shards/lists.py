@@ -142,35 +142,42 @@ def read_list(url: str, fmt: str | None = None, url_col: str | None = None, capt
 
 
 def iter_list_batches(url: str, fmt: str | None = None, url_col: str | None = None, caption_col: str | None = None,
-                      batch_rows: int | None = None) -> Iterator[pa.RecordBatch]:
+                      batch_rows: int | None = None, extra: tuple[str, ...] = ()) -> Iterator[pa.RecordBatch]:
     """One list file as INPUT-schema batches of at most `batch_rows` rows (default `BATCH_ROWS`), in row order:
     every row with its pair's uid (`pair_uid`; repeats are not numbered here), its file, its 0-based row in that
-    file and its `invalid` reason. An empty list is a WitError, raised once the whole file has been read."""
+    file and its `invalid` reason; then the list's columns named in `extra`, as the list holds them. An empty list
+    is a WitError, raised once the whole file has been read."""
     fmt = fmt or list_format(url)
+    if extra and fmt == "txt":
+        raise WitError(f"{url}: a txt list has no columns to save (--save-additional-columns {extra[0]})")
     columns: list[str] = []
 
     def pick(names: list[str]) -> list[str]:
-        """The url (and caption) column among the file's column names: the columns to read."""
+        """The url (and caption) column among the file's column names, then `extra`: the columns to read."""
         columns[:] = [_pick_column(url, names, url_col, URL_COLUMNS, "URL", "--url-col")]
         if fmt != "txt":
             columns.append(_pick_column(url, names, caption_col, CAPTION_COLUMNS, "caption", "--caption-col"))
-        return list(dict.fromkeys(columns))
+        for name in extra:
+            _pick_column(url, names, name, (), name, "--save-additional-columns")
+        return list(dict.fromkeys(columns + list(extra)))
 
     rows, offset = batch_rows or BATCH_ROWS, 0
     with _local_copy(url) as path:
         for chunk in _rebatch(_guarded(url, fmt, path, _chunks(url, path, fmt, pick, rows)), rows):
-            yield _input_batch(url, chunk, columns, offset)
+            yield _input_batch(url, chunk, columns, offset, extra)
             offset += chunk.num_rows
     if offset == 0:
         raise WitError(f"{url}: the list is empty")
 
 
-def _input_batch(url: str, chunk: pa.Table, columns: list[str], offset: int) -> pa.RecordBatch:
-    """The INPUT rows of one chunk (its Python lists die here, before the next chunk's are made)."""
+def _input_batch(url: str, chunk: pa.Table, columns: list[str], offset: int, extra: tuple[str, ...] = ()
+                 ) -> pa.RecordBatch:
+    """The INPUT rows of one chunk, then its `extra` columns (its Python lists die here, before the next chunk's
+    are made)."""
     check_url_type(url, columns[0], chunk.column(columns[0]).type)
     urls = text_values(chunk.column(columns[0]))
     captions = text_values(chunk.column(columns[1])) if len(columns) > 1 else [""] * len(urls)
-    return pa.RecordBatch.from_pydict({
+    batch = pa.RecordBatch.from_pydict({
         "uid": list(map(pair_uid, urls, captions)),
         "url": urls,
         "caption": captions,
@@ -178,6 +185,9 @@ def _input_batch(url: str, chunk: pa.Table, columns: list[str], offset: int) -> 
         "source_row": list(range(offset, offset + len(urls))),
         "invalid": [url_problem(u) for u in urls],
     }, schema=INPUT)
+    for name in extra:
+        batch = batch.append_column(name, chunk.column(name).combine_chunks())
+    return batch
 
 
 def check_url_type(url: str, column: str, kind: pa.DataType) -> None:

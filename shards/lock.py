@@ -17,7 +17,7 @@ import socket
 import time
 import uuid
 
-from wit.shards.storage import WitError, fs_and_path, is_local, join
+from wit.shards.storage import WitError, create_new, fs_and_path, is_local, join
 
 LOCK = ("_wit", "lock")
 
@@ -64,14 +64,12 @@ def _object_lock(url: str, holder: dict):
     fs, path = fs_and_path(url)
     body = json.dumps(holder).encode()
     for _ in range(2):
-        try:
-            _create(fs, path, body)
+        if create_new(url, body):
             break
-        except FileExistsError:
-            current = _parse(fs.cat_file(path))
-            if not _gone(current):
-                raise _refused(url, current) from None
-            fs.rm(path)  # its run ended on this host without removing it: take it over
+        current = _parse(fs.cat_file(path))
+        if not _gone(current):
+            raise _refused(url, current) from None
+        fs.rm(path)  # its run ended on this host without removing it: take it over
     else:
         raise _refused(url, _parse(fs.cat_file(path)))
     try:
@@ -80,17 +78,6 @@ def _object_lock(url: str, holder: dict):
         with contextlib.suppress(Exception):
             if _parse(fs.cat_file(path)).get("token") == holder["token"]:
                 fs.rm(path)
-
-
-def _create(fs, path: str, body: bytes) -> None:
-    """Write `body` only if nothing is at `path` (FileExistsError otherwise)."""
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
-    if "s3" in protocols:
-        fs.pipe_file(path, body, mode="create")  # atomic on S3 (and moto); stores that ignore it lose the guarantee
-    elif fs.exists(path):  # other stores: a check, then the write
-        raise FileExistsError(path)
-    else:
-        fs.pipe_file(path, body)
 
 
 def _parse(data: bytes) -> dict:

@@ -51,6 +51,32 @@ def write_json_atomic(url: str, obj) -> None:
     write_atomic(url, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def create_new(url: str, data: bytes) -> bool:
+    """Write `data` at `url` only if nothing is there: True when this call made it. Exclusive on local disks and on
+    S3 (a conditional put); other stores check, then write."""
+    fs, path = fs_and_path(url)
+    if is_local(url):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    try:
+        if "s3" in protocols:
+            fs.pipe_file(path, data, mode="create")  # atomic on S3 (and moto); stores that ignore it lose the guarantee
+        elif fs.exists(path):
+            return False
+        else:
+            fs.pipe_file(path, data)
+    except FileExistsError:
+        return False
+    return True
+
+
 def move(fs, src: str, dst: str) -> None:
     if "file" in fs.protocol:  # fsspec's protocol is a name or a tuple of names
         os.replace(src, dst)  # atomic on POSIX

@@ -102,12 +102,13 @@ def test_invalid_rows_are_never_fetched_and_the_shard_finishes(tmp_path, image_s
     assert fetched == {names[0], names[2], names[4]}  # the invalid rows never reached the fetcher
 
     m = manifests(out).to_pylist()
-    assert [row["source_row"] for row in m] == [0, 1, 2, 3, 4]  # every row, in input order
+    # every row once, planned by host: the host's rows in list order, then the invalid ones (no host)
+    assert [row["source_row"] for row in m] == [0, 2, 4, 1, 3]
     assert [row["key"] for row in m] == [f"{i:06d}" for i in range(5)]  # keyed by position in the shard (8 rows: 1 + 5 digits)
     assert [(row["status"], row["reason"]) for row in m] == [
-        ("ok", None), ("failed", "invalid_url"), ("ok", None), ("failed", "invalid_url"), ("ok", None)]
+        ("ok", None), ("ok", None), ("ok", None), ("failed", "invalid_url"), ("failed", "invalid_url")]
     samples = tar_samples(out)
-    assert set(samples) == {"000000", "000002", "000004"}
+    assert set(samples) == {"000000", "000001", "000002"}
     for row in m:
         if row["status"] == "ok":
             meta = json.loads(samples[row["key"]]["json"])

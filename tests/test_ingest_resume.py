@@ -85,6 +85,27 @@ def test_rerun_with_other_lists_is_refused(tmp_path, image_server, real_images):
     assert r.returncode == 2 and "holds a crawl of other lists" in r.stderr
 
 
+def test_a_project_folder_moved_elsewhere_is_the_same_crawl(tmp_path, image_server, real_images):
+    """The run record names the lists by where they were; the content decides: a project moved (or copied) with its
+    lists resumes in place, with no request made again."""
+    rows = [(f"{image_server.url}/img/{n}", f"photo {i}") for i, n in enumerate(sorted(real_images)[:8])]
+    project = tmp_path / "before"
+    project.mkdir()
+    write_csv(project / "l.csv", rows)
+
+    def crawl(where):
+        return wit("download", str(where / "l.csv"), "--out", str(where / "raw"), "--allow-net", "127.0.0.1/32",
+                   "--shard-size", "4", "--processes", "1", "--no-progress")
+
+    assert crawl(project).returncode == 0
+    asked = len(image_server.requests)
+    moved = project.rename(tmp_path / "after")
+    r = crawl(moved)
+    assert r.returncode == 0, r.stderr
+    assert "this run      0 shards" in r.stdout and len(image_server.requests) == asked, r.stdout
+    _check_complete(moved / "raw", rows)
+
+
 def _private_tmpfs_shell(probe) -> list[str]:
     """A shell in its own mount namespace, where it may mount a small tmpfs; skip when this machine allows none."""
     import shutil

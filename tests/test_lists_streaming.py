@@ -75,7 +75,7 @@ def test_a_list_many_batches_long_is_normalised_as_reading_it_whole(tmp_path, mo
                              "source_file": [str(path)] * len(urls), "source_row": list(range(len(urls))),
                              "invalid": [url_problem(u) for u in urls]}, schema=INPUT)
         written = pq.ParquetFile(out / "_wit" / "input" / f"{i:05d}.parquet")
-        assert written.read().equals(expected), path.name
+        assert written.read().drop_columns(["host"]).equals(expected), path.name  # and each row's host
         assert written.metadata.num_row_groups == -(-len(urls) // BATCH)  # written a batch at a time
         file_digests.append(hashlib.sha256("\n".join(map(pair_uid, urls, captions)).encode()).hexdigest())
     assert sum(n - 1 for n in seen.values()) >= 90  # many repeated rows, within and across the files

@@ -104,6 +104,15 @@ def canonical(out: Path) -> dict:
                                                                         "failures_by_reason", "missing_shards")}}
 
 
+def whatever_the_order(crawl: dict) -> dict:
+    """A crawl's rows by list and row, without where they sit: since issue 27 the crawl plans its rows into shards by
+    host, so a row's shard and key, and the retry shard that holds its new try, are not the ones main gave it."""
+    rows = [{k: v for k, v in r.items() if k not in ("shard", "key")} for r in crawl["manifests"]]
+    rows = [{**r, "reason": "retried_in:" if (r["reason"] or "").startswith("retried_in:") else r["reason"]}
+            for r in rows]
+    return {**crawl, "manifests": sorted(rows, key=lambda r: (r["source_file"], r["source_row"], r["status"]))}
+
+
 def test_crawl_and_retry_give_what_main_gave_on_the_fixture(tmp_path):
     # the expectation was written by main before the input, resume and retry steps moved to per-file tasks and
     # DuckDB: the same uids (repeats numbered across lists), keys, statuses, reasons, superseded rows and summary
@@ -114,7 +123,7 @@ def test_crawl_and_retry_give_what_main_gave_on_the_fixture(tmp_path):
     for step, extra in (("crawl", ()), ("retry", ("--retry-failed",))):
         r = wit(*args, *extra)
         assert r.returncode == 0, r.stderr[-2000:]
-        assert canonical(tmp_path / "out") == expected[step], step
+        assert whatever_the_order(canonical(tmp_path / "out")) == whatever_the_order(expected[step]), step
 
 
 def _config(lists, out, **kw) -> DownloadConfig:
@@ -128,7 +137,7 @@ def test_prepared_uids_are_exactly_row_uids_over_the_lists_in_order(tmp_path):
     seen = Counter()  # the rule as it was: one Counter carried from list to list
     for i, path in enumerate(lists):
         got = pq.read_table(tmp_path / "out" / "_wit" / "input" / f"{i:05d}.parquet")
-        assert got.equals(read_list(str(path), seen=seen)), path.name
+        assert got.drop_columns(["host"]).equals(read_list(str(path), seen=seen)), path.name  # the host: planning's
     assert len(set(pc.unique(pq.read_table(tmp_path / "out" / "_wit" / "input")["uid"]).to_pylist())) == 22
     assert sorted(os.listdir(tmp_path / "out" / "_wit")) == ["input", "run.json"]  # no scratch left
 

@@ -56,9 +56,9 @@ def test_each_command_is_parsed_by_its_own_wing_alone():
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, image_server):
-    """`wit download ... | true`: the crawl's lines meet a pipe whose reader has gone; no traceback, the SIGPIPE
-    status. (The reader leaves before the crawl prints anything: the summary is written in one go at the end, so a
-    reader that took its first line first would race the rest of it into the pipe's buffer.)"""
+    """`wit download ... | true`: the crawl's first line (its plan) meets a pipe whose reader has gone; the command
+    ends there, as a writer to a closed pipe does, with no traceback and the SIGPIPE status. (The reader leaves before
+    the interpreter has even imported wit, so no line can slip into the pipe's buffer first.)"""
     import os
     import subprocess
     import sys
@@ -75,7 +75,6 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, image_server
     proc.stdout.close()  # the reader is gone before the interpreter has even imported wit
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 141, err
-    assert list((tmp_path / "out").glob("*.tar")), err  # the crawl itself ran to its end
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
 
 
