@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,15 @@ def write_csv(path: Path, rows, header=("url", "caption")) -> Path:
         w.writerow(header)
         w.writerows(rows)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_left_running():
+    """A test that started Ray in this process (an engine="ray" stage initialises it and leaves it up) must not hand
+    that instance to the next test of the same xdist worker: a test that starts its own with its own resources then
+    fails with "ray.init twice" (it did in CI's order, not alone)."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
