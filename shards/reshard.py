@@ -34,7 +34,7 @@ from wit.shards import reshard_exchange as exchange
 from wit.shards.reshard_plan import CORPUS_FIELDS, Plan, build_plan, rank_shard, read_partition, sources_for
 from wit.shards.reshard_samples import read_source, write_output
 from wit.shards.options import opt
-from wit.shards.runner import EngineOptions, default_workers, run_map
+from wit.shards.runner import EngineOptions, default_workers, ignore_sigint, run_map
 from wit.shards.schema import SCHEMA_VERSION
 from wit.shards.sql import SQLOptions, connect
 from wit.shards.storage import (
@@ -178,7 +178,8 @@ def _mapper(cfg: ReshardConfig):
     if cfg.engine != "local" or n <= 1:
         yield lambda fn, items: run_map(fn, items, engine=cfg.engine, workers=cfg.workers, ray_address=cfg.ray_address)
         return
-    with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn")) as pool:
+    # Ctrl-C is the driver's to answer, as in every pool of shards/runner.py: one line, no traceback per worker
+    with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn"), initializer=ignore_sigint) as pool:
         yield lambda fn, items: list(pool.map(fn, items, chunksize=1)) if len(items) > 1 else [fn(x) for x in items]
 
 

@@ -181,3 +181,18 @@ def test_sample_json_is_json_dumps_of_the_row_byte_for_byte():
     t = pa.table({"uid": ["a", None, 'é"\\\n\u2028😀'], "width": pa.array([1, None, -3], pa.int32()),
                   "matched": pa.array([[1, 2], None, []], pa.list_(pa.int32())), "sha256": pa.array([None, None, "x"])})
     assert sample_json(t) == [json.dumps(r) for r in t.to_pylist()]
+
+
+def _sigint_ignored(_) -> bool:
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_the_reshards_own_pool_leaves_ctrl_c_to_the_driver(tmp_path):
+    """Ctrl-C reaches every process of the terminal's group: the reshard's pool workers ignore it, as the runner's
+    do, so the user reads the driver's one line and not a KeyboardInterrupt traceback per worker."""
+    from wit.shards.reshard import _mapper
+
+    cfg = ReshardConfig(raw=str(tmp_path / "raw"), out=str(tmp_path / "out"), verdicts=(), selection=None,
+                        workers=2)
+    with _mapper(cfg) as map_:
+        assert map_(_sigint_ignored, [0, 1, 2, 3]) == [True] * 4
