@@ -80,3 +80,9 @@ class DownloadConfig:
     @property
     def header_optouts(self) -> tuple[str, ...]:
         return () if self.ignore_robots else HEADER_OPTOUTS
+
+    @property
+    def fetch_rules(self) -> dict:
+        """The rules that decide which rows may be fetched at all, as the run record keeps them: a run that widens
+        them re-attempts the rows the old rules refused (ingest/retry.py)."""
+        return {"allow_net": sorted(self.allow_net), "ignore_robots": self.ignore_robots}

@@ -98,7 +98,8 @@ def prepare_inputs(cfg: DownloadConfig) -> list[int]:
     _remove(fs, prepare_path)
     # the names' width and the order of rows into shards are chosen once, by the crawl's first run; a record
     # without them is from before: five digits, and the lists' order
-    first = {} if record else {"plan": "hosts",
+    # and the fetch rules of the first run, so that a resume with a wider rule knows which rows met the narrower one
+    first = {} if record else {"plan": "hosts", "fetch_rules": cfg.fetch_rules,
                                "name_width": name_width(planned_shards(fingerprint["rows"], cfg.shard_size, True))}
     write_json_atomic(run_record_url(cfg.out), {**record, **fingerprint, **first, "sources_sha256": sources})
     return fingerprint["rows"]

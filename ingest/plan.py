@@ -127,7 +127,8 @@ def plan_files(folder: str, rows: int) -> list[tuple[str, int]] | None:
     is planned again)."""
     names = [n for n in entries(folder) if n.endswith(".parquet") and n[:-8].isdigit()]
     try:
-        files = [(join(folder, n), read_row_count(join(folder, n))) for n in sorted(names)]
+        # by number, as host_spans numbers the rows: past 99,999 files the names' text order is not it
+        files = [(join(folder, n), read_row_count(join(folder, n))) for n in sorted(names, key=lambda n: int(n[:-8]))]
     except Exception:  # noqa: BLE001 - whatever keeps a footer from being read: plan again
         return None
     return files if files and sum(n for _, n in files) == rows else None

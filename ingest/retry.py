@@ -36,7 +36,7 @@ from wit.ingest.reasons import is_transient
 from wit.ingest.summary import manifest_files, summarize
 from wit.shards.schema import FAILED, INPUT, SUPERSEDED
 from wit.shards.sql import ident, sql_errors
-from wit.shards.storage import WitError, absolute, check_writable, exists, join, write_json_atomic
+from wit.shards.storage import WitError, absolute, check_writable, exists, join, remove_scratch, write_json_atomic
 from wit.shards.tables import read_parquet, read_schema, write_parquet, write_parquet_stream
 from wit.shards.verify import mark_verified, marked
 
@@ -79,7 +79,7 @@ def reattempt_changed_rules(cfg: DownloadConfig) -> None:
     kept in the run record). A narrower rule re-fetches nothing: what was fetched stays, as `wit pipeline`, which
     redoes the whole crawl then, says."""
     record = read_record(cfg.out)
-    rules = {"allow_net": sorted(cfg.allow_net), "ignore_robots": cfg.ignore_robots}
+    rules = cfg.fetch_rules
     before = record.get("fetch_rules")
     reasons: set[str] = set()
     if before is not None:
@@ -121,11 +121,15 @@ def retry_plan(cfg: DownloadConfig, batch: str, rows: int, first: int, record: d
     folder = join(batch, "plan")
     inputs = [join(cfg.out, "_wit", "input", f"{n}.parquet") for n in input_names(len(record["rows"]))]
     hosts = by_hosts(record) and "host" in read_schema(inputs[0]).names
+    remove_scratch(folder)  # the plan of an earlier retry into these numbers, killed before its shards finished
     if hosts:
         plans.write_plan(cfg, [join(batch, "00000.parquet")], folder, hosts_from=inputs)
     else:
         plans.write_list_order_plan([join(batch, "00000.parquet")], folder, cfg.shard_size)
-    return plans.load(cfg, plans.plan_files(folder, rows), start=first, by_host=hosts)
+    files = plans.plan_files(folder, rows)
+    if files is None:
+        raise WitError(f"{folder}: the retry's plan does not hold its {rows:,} rows; is a list given twice?")
+    return plans.load(cfg, files, start=first, by_host=hosts)
 
 
 def transient_failures(cfg: DownloadConfig, target: str, wanted=is_transient) -> int:

@@ -109,8 +109,12 @@ class CrawlCache:
             held = read_json(self._url(key, ".claim"))
         except FileNotFoundError:
             return False  # released: its answer is stored, or its fetch failed (then claim it)
-        except ValueError:
-            held = {}  # a claim being written
+        except ValueError:  # created but not written: being written, or its process was killed in between
+            fs, path = fs_and_path(self._url(key, ".claim"))
+            try:
+                return time.time() - fs.modified(path).timestamp() > self.stale_after
+            except FileNotFoundError:
+                return False
         return time.time() - held.get("at", time.time()) > self.stale_after
 
     def release(self, key: str) -> None:

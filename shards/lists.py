@@ -73,6 +73,12 @@ def find_lists(patterns: list[str]) -> list[str]:
             files.append(url)
     if not files:
         raise WitError("no URL list given")
+    seen: dict[str, str] = {}
+    for url in files:  # a list met twice (a folder and a file inside it) would give its rows twice the same origin
+        key = url if "://" in url else os.path.realpath(url)
+        if key in seen:
+            raise WitError(f"{url}: given twice (also as {seen[key]}); name each list once")
+        seen[key] = url
     return files
 
 

@@ -199,6 +199,34 @@ def test_a_crawl_refused_by_its_own_rules_says_which_flag_and_the_rerun_fetches_
         assert sum(p.startswith("/img/") for p in closed.requests) == 2
 
 
+def test_a_rule_widened_on_the_resume_of_a_killed_crawl_reattempts_what_the_first_run_refused(tmp_path, real_images):
+    """The first run's rules are in the run record from its start: a crawl killed before its end, resumed with a
+    wider --allow-net, still re-attempts the rows the first run refused (and finishes its own shards)."""
+    names = sorted(real_images)
+    with LoopbackImageServer(real_images, host="127.0.0.8") as refused, \
+            LoopbackImageServer(real_images, host="127.0.0.9", slow_seconds=3.0) as slow:
+        rows = [(f"{refused.url}/img/{n}", f"refused {n}") for n in names[:4]]  # the hottest host: shard 00000
+        rows += [(f"{slow.url}/slow/{n}", f"slow {n}") for n in names[:2]]  # shard 00001, 3 s
+        lst = write_csv(tmp_path / "l.csv", rows)
+        out = tmp_path / "out"
+        args = ["download", str(lst), "--out", str(out), "--processes", "1", "--shard-size", "4", "--no-progress"]
+        proc = subprocess.Popen([sys.executable, "-m", "wit", *args, "--allow-net", "127.0.0.9/32"], cwd=REPO,
+                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "00000_stats.json").exists():
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # shard 00001 is still waiting for its slow answers
+        proc.wait()
+        assert not (out / "00001_stats.json").exists() and refused.requests == []
+
+        r = wit(*args, "--allow-net", "127.0.0.8/31")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "retrying 4 rows that failed only because of the old --allow-net" in r.stdout, r.stdout
+        live = [row for row in manifests(out).to_pylist() if row["status"] != "superseded"]
+        assert sorted(row["source_row"] for row in live) == list(range(6))
+        assert {row["status"] for row in live} == {"ok"}, [row["reason"] for row in live]
+
+
 def test_saved_list_columns_resize_only_if_bigger_and_one_vocabulary(tmp_path):
     import io
     import json as jsonlib

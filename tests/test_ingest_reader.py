@@ -118,3 +118,30 @@ def test_budgets_divide_the_rate_among_the_shards_that_can_run_at_once():
     assert budget(3, 8, 6.0, None) == (2, 2.0)
     assert budget(3, 8, 6.0, 1) == (8, 6.0)  # one process: one shard at a time, it may use everything
     assert Counter(budget(n, 8, 0.0, 4)[0] for n in (2, 3, 4, 5, 9)) == Counter({4: 1, 2: 4})
+
+
+def test_plan_files_are_in_number_order_past_99999(tmp_path):
+    # the names are {n:05d}: the 100,001st file's name sorts as text before the 100,000th's, not after it
+    from wit.ingest.plan import plan_files
+
+    for name, rows in (("99999", 2), ("100000", 1)):
+        pq.write_table(pa.table({"uid": ["x"] * rows}), tmp_path / f"{name}.parquet")
+    assert [(f.rsplit("/", 1)[1], n) for f, n in plan_files(str(tmp_path), 3)] == [("99999.parquet", 2),
+                                                                                  ("100000.parquet", 1)]
+
+
+def test_a_robots_claim_left_empty_by_a_killed_process_goes_stale(tmp_path):
+    # create_new makes the claim's file, then writes it: a process killed in between leaves it empty, and that
+    # claim must be taken over once a fetch could not still be running, or the host's rows wait until their deadline
+    import os
+    import time
+
+    from wit.ingest.robots import CrawlCache
+
+    cache = CrawlCache(str(tmp_path), stale_after=30)
+    assert cache.claim("h:80")
+    claim = next(tmp_path.glob("*.claim"))
+    claim.write_bytes(b"")
+    assert not cache.claim_is_stale("h:80")  # being written, as far as anyone can tell
+    os.utime(claim, (time.time() - 60, time.time() - 60))
+    assert cache.claim_is_stale("h:80")

@@ -56,3 +56,13 @@ def test_a_url_column_that_is_not_text_is_one_error(tmp_path, values):
     jsonl.write_text("".join(json.dumps({"url": v, "caption": "c"}) + "\n" for v in values))
     with pytest.raises(WitError, match=rf"^{jsonl}: column 'url' holds .*, not text"):
         read_list(str(jsonl))
+
+
+def test_a_list_given_twice_is_refused_naming_it(tmp_path, monkeypatch):
+    # a folder and a file inside it (here as a relative path): the same rows twice, with the same source_file/row
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "a.csv").write_text("url,caption\nhttp://127.0.0.1/a.jpg,a\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WitError, match=r"lists/a.csv: given twice \(also as .*lists/a.csv\)"):
+        find_lists([str(tmp_path / "lists"), "lists/a.csv"])
+    assert find_lists(["lists/a.csv"]) == ["lists/a.csv"]
