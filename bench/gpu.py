@@ -448,16 +448,23 @@ def zeroshot(name: str, checkpoint: Path, result_file: Path, args, work: Path, e
 
 
 # ---------------------------------------------------------------------------------------------- make gpu-pack
+PACK_FILES = {"cifar10.tar.gz", "SIZE", "work"}  # what make_pack writes in its folder
+
+
 def make_pack(args, env: dict) -> None:
     """.gpuwheels/ and bench/out/gpu-pack/cifar10.tar.gz; prints (and writes to bench/out/gpu-pack/SIZE) the size of
     what a device call carries, the working tree included, against the 64 MiB limit."""
-    download_wheels(WHEELS)
     pack = Path(args.pack)
-    shutil.rmtree(pack, ignore_errors=True)
-    built = make_cifar_pack(pack.parent / "gpu-pack-work", env)
-    pack.mkdir(parents=True)
-    built.rename(pack / "cifar10.tar.gz")
-    shutil.rmtree(pack.parent / "gpu-pack-work")
+    # --pack may name any folder: only what an earlier gpu-pack wrote there is ever replaced, and its scratch lives
+    # inside it
+    theirs = sorted(p.name for p in pack.iterdir() if p.name not in PACK_FILES) if pack.is_dir() else []
+    if theirs:
+        sys.exit(f"gpu-pack: {pack} holds files gpu-pack did not write ({', '.join(theirs[:3])}); give a new folder")
+    download_wheels(WHEELS)
+    pack.mkdir(parents=True, exist_ok=True)
+    built = make_cifar_pack(pack / "work", env)
+    built.replace(pack / "cifar10.tar.gz")
+    shutil.rmtree(pack / "work")
     tree = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                           capture_output=True, check=True).stdout.split(b"\0")
     sizes = {"working tree": sum((ROOT / f.decode()).stat().st_size for f in tree if f and (ROOT / f.decode()).is_file()),

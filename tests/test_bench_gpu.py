@@ -49,3 +49,12 @@ def test_device_call_2_learning_runs_in_smoke_form_through_wit_shards_write(tmp_
     assert float(results["cifar10_gap_vs_open_clip"]) == pytest.approx(
         float(results["cifar10_zeroshot_top1"]) - float(results["cifar10_open_clip_top1"]), abs=0.01)
     assert {"learn-wit-log.jsonl", "learn-open_clip-out.log"} <= {p.name for p in out.iterdir()}
+
+
+def test_gpu_pack_refuses_a_folder_holding_files_it_did_not_write(tmp_path):
+    # --pack names any folder: a user's files there are never replaced (and nothing is fetched before that check)
+    (tmp_path / "notes.txt").write_text("mine")
+    proc = subprocess.run([sys.executable, "bench/gpu.py", "--make-pack", "--pack", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    assert proc.returncode != 0 and "holds files gpu-pack did not write (notes.txt)" in proc.stderr, proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
